@@ -1,0 +1,71 @@
+"""Turn a Config (or a checkpoint record) into the objects it describes: data, networks, denoisers, schedules."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from .config import Config, config_from_json
+from .data import TensorData, sample_toy
+from .denoiser import Denoiser
+from .diffusion.parameterization import get_parameterization
+from .diffusion.schedules import Schedule, make_schedule
+from .nets import MLPNet
+from .training.checkpoint import CheckpointError, load_into, read_record
+
+
+def load_data(cfg: Config) -> TensorData:
+    """The training examples the config names."""
+    return TensorData(sample_toy(cfg.data.name, cfg.data.size, cfg.data.seed), flip=cfg.data.flip)
+
+
+def schedule_of(cfg: Config) -> Schedule:
+    d = cfg.diffusion
+    return make_schedule(d.schedule, d.logsnr_min, d.logsnr_max)
+
+
+def build_denoiser(cfg: Config, data_shape: tuple[int, ...], num_classes: int = 0,
+                   dropout: float | None = None) -> Denoiser:
+    """A freshly initialised denoiser for data of shape `data_shape` (one example, without the batch dimension)."""
+    m = cfg.model
+    factor = get_parameterization(m.parameterization).channel_factor
+    if m.arch == "mlp":
+        if len(data_shape) != 1:
+            raise ValueError(f"model.arch 'mlp' needs flat data, got examples of shape {tuple(data_shape)}")
+        net = MLPNet(data_shape[0], factor * data_shape[0], m.hidden, m.depth, m.emb_dim,
+                     m.dropout if dropout is None else dropout, num_classes)
+    else:  # pragma: no cover - validate() only admits known archs
+        raise ValueError(f"unknown model.arch {m.arch!r}")
+    return Denoiser(net, m.parameterization)
+
+
+def make_accelerator(cfg: Config) -> Accelerator:
+    """accelerate's Accelerator on the configured device (auto: CUDA when present)."""
+    cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device = 'cuda' but no CUDA device is available; use device = 'cpu' or 'auto'")
+    return Accelerator(cpu=cpu)
+
+
+def load_denoiser(stem: str | Path, device: torch.device | str = "cpu") -> tuple[Denoiser, dict, Config]:
+    """The sampling weights of a checkpoint as an eval-mode Denoiser, with its record and Config."""
+    record = read_record(stem)
+    try:
+        cfg = config_from_json(record["config"])
+        data_shape = tuple(record["data_shape"])
+        num_classes = int(record.get("num_classes", 0))
+        weights = record["sampling_weights"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint record for {stem} is incomplete or invalid ({e})") from None
+    dropout = cfg.distill.dropout if record.get("kind") == "student" else None
+    denoiser = build_denoiser(cfg, data_shape, num_classes, dropout=dropout)
+    load_into(denoiser, stem, weights)
+    return denoiser.to(device).eval().requires_grad_(False), record, cfg
+
+
+def with_overrides(cfg: Config, **sections) -> Config:
+    """A copy of cfg with whole sections replaced, validated."""
+    return replace(cfg, **sections).validate()

@@ -1,0 +1,276 @@
+"""Typed, validated configuration: dataclasses read from TOML presets, overridden from the command line,
+written as JSON beside every checkpoint. Every error names the offending field."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .data.toy2d import TOY_DISTRIBUTIONS
+from .diffusion.parameterization import PARAMETERIZATIONS
+from .diffusion.weighting import FORBIDDEN, WEIGHTINGS
+
+
+class ConfigError(ValueError):
+    """A configuration value that is missing, unknown, of the wrong type or out of range."""
+
+
+def is_power_of_two(n: int) -> bool:
+    return isinstance(n, int) and n >= 1 and (n & (n - 1)) == 0
+
+
+@dataclass
+class DataConfig:
+    name: str = "ring"  # a 2-D distribution: ring, checkerboard, moons, swissroll
+    size: int = 100_000  # training examples drawn for 2-D data
+    seed: int = 0
+    flip: bool = False  # random horizontal flips
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "mlp"
+    parameterization: str = "v"  # eps, x, v or both
+    hidden: int = 256
+    depth: int = 4
+    emb_dim: int = 128
+    dropout: float = 0.0
+
+
+@dataclass
+class DiffusionConfig:
+    schedule: str = "cosine"  # cosine or linear (DDPM betas)
+    logsnr_min: float = -20.0
+    logsnr_max: float = 20.0
+    weighting: str = "snr_plus1"  # the teacher's loss weighting
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20_000
+    batch_size: int = 512
+    lr: float = 1e-3
+    warmup: int = 500
+    lr_decay: str = "constant"  # after warmup: constant, linear (to 0) or cosine (to 0)
+    grad_clip: float = 1.0  # gradient-norm clipping; 0 turns it off
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    ema_decay: float = 0.999  # 0 turns EMA off
+    checkpoint_every: int = 5_000
+    keep_checkpoints: int = 3
+    seed: int = 0
+
+
+@dataclass
+class DistillConfig:
+    start_steps: int = 256  # the first teacher's DDIM step count N
+    target_steps: int = 1  # distil down to this many student steps
+    updates_per_round: int = 4_000
+    final_updates_per_round: int = 0  # updates for rounds whose student has <= long_round_max_steps (0: as above)
+    long_round_max_steps: int = 2
+    batch_size: int = 512
+    lr: float = 5e-4  # linearly annealed to 0 within every round
+    warmup: int = 0
+    grad_clip: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    ema_decay: float = 0.0  # the paper uses no EMA while distilling
+    dropout: float = 0.0
+    weighting: str = "snr_trunc"
+    seed: int = 1
+
+
+@dataclass
+class SampleConfig:
+    sampler: str = "ddim"  # ddim or ancestral
+    variance: str = "small"  # ancestral: small, large or interp
+    clip: bool = True  # clip x_hat to [-1, 1] while sampling (never during distillation)
+    num_samples: int = 10_000
+    seed: int = 1234
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    device: str = "auto"  # auto, cpu or cuda
+
+    def validate(self) -> "Config":
+        """Check every cross-field and range rule; raise ConfigError naming the field."""
+        _choice("data.name", self.data.name, TOY_DISTRIBUTIONS)
+        _choice("model.arch", self.model.arch, ["mlp"])
+        _choice("model.parameterization", self.model.parameterization, PARAMETERIZATIONS)
+        _choice("diffusion.schedule", self.diffusion.schedule, ["cosine", "linear"])
+        _choice("diffusion.weighting", self.diffusion.weighting, WEIGHTINGS)
+        _choice("distill.weighting", self.distill.weighting, WEIGHTINGS)
+        _choice("train.lr_decay", self.train.lr_decay, ["constant", "linear", "cosine"])
+        _choice("sample.sampler", self.sample.sampler, ["ddim", "ancestral"])
+        _choice("sample.variance", self.sample.variance, ["small", "large", "interp"])
+        _choice("device", self.device, ["auto", "cpu", "cuda"])
+        # distill.weighting is checked against the parameterization when distillation starts (an eps teacher
+        # is trainable; it just cannot be distilled).
+        reason = FORBIDDEN.get((self.model.parameterization, self.diffusion.weighting))
+        if reason:
+            raise ConfigError(f"diffusion.weighting: {reason}")
+        if not self.diffusion.logsnr_min < self.diffusion.logsnr_max:
+            raise ConfigError("diffusion.logsnr_min must be below diffusion.logsnr_max")
+        for name in ("data.size", "model.hidden", "model.depth", "train.steps", "train.batch_size",
+                     "train.checkpoint_every", "train.keep_checkpoints", "distill.updates_per_round",
+                     "distill.batch_size", "sample.num_samples"):
+            _positive(name, self._get(name))
+        for name in ("train.lr", "distill.lr"):
+            _positive(name, self._get(name))
+        for name in ("train.warmup", "distill.warmup", "distill.final_updates_per_round", "train.grad_clip",
+                     "distill.grad_clip"):
+            if self._get(name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {self._get(name)}")
+        for name in ("model.dropout", "distill.dropout", "train.ema_decay", "distill.ema_decay",
+                     "train.adam_beta1", "train.adam_beta2", "distill.adam_beta1", "distill.adam_beta2"):
+            if not 0.0 <= self._get(name) < 1.0:
+                raise ConfigError(f"{name} must lie in [0, 1), got {self._get(name)}")
+        if self.model.emb_dim < 4 or self.model.emb_dim % 2:
+            raise ConfigError(f"model.emb_dim must be even and >= 4, got {self.model.emb_dim}")
+        check_distill_steps(self.distill.start_steps, self.distill.target_steps)
+        return self
+
+    def _get(self, dotted: str) -> Any:
+        section, key = dotted.split(".")
+        return getattr(getattr(self, section), key)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_distill_steps(start: int, target: int, *, start_name="distill.start_steps",
+                        target_name="distill.target_steps") -> None:
+    """Both step counts powers of two, and the target at or below the start."""
+    for name, value in ((start_name, start), (target_name, target)):
+        if not is_power_of_two(value):
+            raise ConfigError(f"{name} must be a power of two (1, 2, 4, ...), got {value}")
+    if target > start:
+        raise ConfigError(f"{target_name} ({target}) is above {start_name} ({start}): distillation halves the steps")
+
+
+def _choice(name: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}: unknown value {value!r}; choose one of {', '.join(allowed)}")
+
+
+def _positive(name: str, value) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name} must be > 0, got {value}")
+
+
+def _check_type(name: str, value: Any, tp: Any) -> Any:
+    """Return value converted to the annotated type tp, or raise ConfigError."""
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if type(value) is not tp:
+            raise ConfigError(f"{name} must be of type {tp.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{name}: unsupported field type {tp}")  # pragma: no cover - guards new fields
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass `cls` from nested dicts, refusing unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f" in [{prefix}]" if prefix else ""
+        raise ConfigError(f"unknown config key{where}: {', '.join(map(str, unknown))}; known: {', '.join(sorted(names))}")
+    kwargs = {}
+    for key, value in data.items():
+        tp = hints[key]
+        name = f"{prefix}.{key}" if prefix else key
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value, name)
+        else:
+            kwargs[key] = _check_type(name, value, tp)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """'train.lr=1e-3' -> {'train': {'lr': 0.001}}; the value is read as TOML, or as a bare string if it is not."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.lr=1e-3)")
+    key, raw = text.split("=", 1)
+    key, raw = key.strip(), raw.strip()
+    if not key or any(not part.isidentifier() for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: {key!r} is not a dotted config key such as train.lr")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    out: dict = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("progdistill.presets").iterdir() if p.name.endswith(".toml"))
+
+
+def read_toml(source: str) -> dict:
+    """A preset name (see `preset_names`) or a path to a TOML file, as a dict."""
+    path = Path(source)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        text = path.read_text()
+    else:
+        res = resources.files("progdistill.presets") / f"{source}.toml"
+        if not res.is_file():
+            raise ConfigError(f"no preset called {source!r} and no such file; presets: {', '.join(preset_names())}")
+        text = res.read_text()
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config {source}: invalid TOML: {e}") from None
+
+
+def load_config(source: str | None = None, overrides: list[str] | tuple[str, ...] = (),
+                base: dict | None = None) -> Config:
+    """Defaults (or `base`, e.g. a checkpoint's config), then a preset or TOML file, then `section.key=value`
+    overrides; validated."""
+    data = dict(base or {})
+    if source:
+        data = _merge(data, read_toml(source))
+    for text in overrides:
+        data = _merge(data, parse_override(text))
+    return from_dict(Config, data).validate()
+
+
+def config_from_json(data: dict) -> Config:
+    """The Config recorded in a checkpoint."""
+    return from_dict(Config, data).validate()
+
+
+def dump_json(config: Config) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True)
+
+

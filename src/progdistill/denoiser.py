@@ -1,0 +1,36 @@
+"""The one denoiser interface: any network `net(z, cond, labels)` plus a parameterization -> x_hat."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .diffusion.parameterization import eps_from_x, get_parameterization
+from .diffusion.schedules import alpha_sigma, broadcast
+
+
+def noise_condition(logsnr: Tensor) -> Tensor:
+    """arctan(exp(-lambda / 2)) / (pi / 2): a schedule-independent noise level in [0, 1] (= t for the cosine
+    schedule), which networks embed; this is the conditioning the paper's code feeds its U-Net."""
+    return torch.atan(torch.exp(-0.5 * logsnr.float())) / (0.5 * math.pi)
+
+
+class Denoiser(nn.Module):
+    """x_hat(z, lambda) for a network and a parameterization; eps_hat and v_hat follow from x_hat."""
+
+    def __init__(self, net: nn.Module, parameterization: str):
+        super().__init__()
+        self.net = net
+        self.parameterization = get_parameterization(parameterization)
+
+    def forward(self, z: Tensor, logsnr: Tensor, labels: Tensor | None = None) -> Tensor:
+        out = self.net(z, noise_condition(logsnr), labels)
+        alpha, sigma = alpha_sigma(broadcast(logsnr.to(out.dtype), z))
+        return self.parameterization.to_x(out, z, alpha, sigma)
+
+    def eps(self, z: Tensor, logsnr: Tensor, labels: Tensor | None = None) -> Tensor:
+        """eps_hat = (z - alpha x_hat) / sigma."""
+        alpha, sigma = alpha_sigma(broadcast(logsnr, z))
+        return eps_from_x(z, self(z, logsnr, labels), alpha, sigma)

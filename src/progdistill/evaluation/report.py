@@ -1,0 +1,88 @@
+"""Evaluate a run (its teacher and every distilled student) against the data: report.json, a markdown table,
+a plot of the metric against step count and sample panels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..build import load_denoiser, schedule_of
+from ..data import sample_toy
+from ..training.checkpoint import CheckpointError, read_record
+from .metrics import sliced_wasserstein
+from .plots import metric_vs_steps, scatter_panels
+from .sampling import generate
+
+METRIC = "sliced_wasserstein"
+
+
+def find_students(run: Path) -> dict[int, Path]:
+    """{student steps: checkpoint stem} of the students saved in run/students."""
+    found = {}
+    for record_path in sorted((Path(run) / "students").glob("student_*steps.json")):
+        stem = record_path.with_suffix("")
+        found[int(read_record(stem)["sampling_steps"])] = stem
+    return found
+
+
+def markdown_table(rows: list[dict], metric: str) -> str:
+    """Steps down the side, samplers across; lower is better."""
+    samplers = sorted({r["sampler"] for r in rows if r["metric"] == metric and r["steps"] > 0})
+    steps = sorted({r["steps"] for r in rows if r["metric"] == metric and r["steps"] > 0}, reverse=True)
+    value = {(r["sampler"], r["steps"]): r["value"] for r in rows if r["metric"] == metric}
+    lines = [f"| steps | {' | '.join(samplers)} |", "|---:|" + "---:|" * len(samplers)]
+    for k in steps:
+        cells = [f"{value[(s, k)]:.4f}" if (s, k) in value else "" for s in samplers]
+        lines.append(f"| {k} | {' | '.join(cells)} |")
+    floor = [r["value"] for r in rows if r["metric"] == metric and r["sampler"] == "data"]
+    if floor:
+        lines.append(f"\nFloor (two independent data samples of the same size): {floor[0]:.4f}")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_run(
+    run: str | Path,
+    out: str | Path | None = None,
+    *,
+    steps: list[int] | None = None,
+    num: int = 10_000,
+    seed: int = 1234,
+    ancestral: bool = True,
+    progress: bool = True,
+) -> list[dict]:
+    """Sliced Wasserstein distance to fresh data for the teacher (DDIM, ancestral) and the students."""
+    run = Path(run)
+    out = Path(out) if out is not None else run / "eval"
+    if not (run / "teacher.json").is_file():
+        raise CheckpointError(f"{run} holds no teacher checkpoint (teacher.json); is it a run folder made by "
+                              "'progdistill train'?")
+    teacher, record, cfg = load_denoiser(run / "teacher")
+    students = find_students(run)
+    if steps is None:
+        top = max([cfg.distill.start_steps, *students]) if students else cfg.distill.start_steps
+        steps = [2**i for i in range(top.bit_length())]
+    schedule = schedule_of(cfg)
+    shape = tuple(record["data_shape"])
+    # Reference and floor sets come from seeds the training data never used.
+    reference = sample_toy(cfg.data.name, num, seed=cfg.data.seed + 100_003)
+    rows = [{"sampler": "data", "steps": 0, "metric": METRIC,
+             "value": sliced_wasserstein(sample_toy(cfg.data.name, num, seed=cfg.data.seed + 200_003), reference)}]
+    panels = [("data", reference)]
+    jobs = [("teacher_ddim", k) for k in steps] + [("student", k) for k in sorted(students, reverse=True)]
+    if ancestral:
+        jobs += [("teacher_ancestral", k) for k in steps]
+    for sampler, k in tqdm(jobs, desc="evaluate", disable=not progress, dynamic_ncols=True):
+        model = load_denoiser(students[k])[0] if sampler == "student" else teacher
+        x = generate(model, schedule, k, num, shape, sampler="ancestral" if sampler == "teacher_ancestral" else "ddim",
+                     variance=cfg.sample.variance, clip=cfg.sample.clip, seed=seed)
+        rows.append({"sampler": sampler, "steps": k, "metric": METRIC, "value": sliced_wasserstein(x, reference)})
+        if sampler != "teacher_ancestral":
+            panels.append((f"{sampler} {k} steps", x))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(rows, indent=2))
+    (out / "report.md").write_text(markdown_table(rows, METRIC))
+    metric_vs_steps(rows, out / "metric_vs_steps.png", METRIC, floor=rows[0]["value"])
+    scatter_panels(panels, out / "samples.png")
+    return rows

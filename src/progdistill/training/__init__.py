@@ -1,0 +1,1 @@
+"""Teacher training, distillation rounds, the shared loop and checkpoints."""

@@ -1,0 +1,113 @@
+"""Checkpoints: weights as safetensors beside a JSON record of how they were made, each written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+FORMAT = "progdistill-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or not what the caller needs."""
+
+
+def _atomic_write(path: Path, write) -> None:
+    """write(tmp_path) then rename over path, so a crash leaves the old file intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def checkpoint_paths(stem: str | Path) -> tuple[Path, Path]:
+    """(weights, record) of the checkpoint `stem` (a path without suffix; a given suffix is dropped)."""
+    stem = Path(stem)
+    if stem.suffix in (".safetensors", ".json"):
+        stem = stem.with_suffix("")
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
+def save_checkpoint(stem: str | Path, modules: dict[str, torch.nn.Module], record: dict[str, Any]) -> Path:
+    """Write the modules' state dicts (keys prefixed "name.") and the record; the record goes last, so a
+    checkpoint is only ever visible complete."""
+    weights_path, record_path = checkpoint_paths(stem)
+    tensors = {}
+    for name, module in modules.items():
+        for key, value in module.state_dict().items():
+            tensors[f"{name}.{key}"] = value.detach().to("cpu").contiguous()
+    _atomic_write(weights_path, lambda tmp: save_file(tensors, tmp))
+    full = {"format": FORMAT, "version": VERSION, "modules": sorted(modules), **record}
+
+    def write_record(tmp: str) -> None:
+        Path(tmp).write_text(json.dumps(full, indent=2, sort_keys=True))
+
+    _atomic_write(record_path, write_record)
+    return weights_path.with_suffix("")
+
+
+def read_record(stem: str | Path) -> dict[str, Any]:
+    """The JSON record of a checkpoint, checked to be one of ours."""
+    _, record_path = checkpoint_paths(stem)
+    if not record_path.is_file():
+        raise CheckpointError(f"no checkpoint record at {record_path} (expected NAME.json beside NAME.safetensors)")
+    try:
+        record = json.loads(record_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint record {record_path} is not valid JSON ({e})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise CheckpointError(f"{record_path} is not a progdistill checkpoint record")
+    return record
+
+
+def load_state(stem: str | Path, name: str) -> dict[str, torch.Tensor]:
+    """The state dict saved under module `name` in checkpoint `stem`."""
+    weights_path, _ = checkpoint_paths(stem)
+    if not weights_path.is_file():
+        raise CheckpointError(f"checkpoint weights {weights_path} do not exist")
+    try:
+        tensors = load_file(weights_path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint weights {weights_path} are corrupt or truncated ({e})") from None
+    prefix = f"{name}."
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    if not state:
+        raise CheckpointError(f"checkpoint {weights_path} holds no weights for {name!r}")
+    return state
+
+
+def load_into(module: torch.nn.Module, stem: str | Path, name: str) -> None:
+    """Load module `name` of checkpoint `stem` into `module`, refusing weights made for another network."""
+    state = load_state(stem, name)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise CheckpointError(
+            f"checkpoint {checkpoint_paths(stem)[0]} does not fit this network ({first}); "
+            "was it made with another model config?"
+        ) from None
+
+
+def prune(directory: Path, pattern: str, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints matching `pattern` (sorted by name) in `directory`."""
+    stems = sorted({p.with_suffix("") for p in directory.glob(pattern + ".json")})
+    for stem in stems[:-keep] if keep > 0 else []:
+        for path in checkpoint_paths(stem):
+            path.unlink(missing_ok=True)

@@ -1,0 +1,113 @@
+"""The one training loop, shared by teacher training and distillation: thin over accelerate, no math inside."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from ..denoiser import Denoiser
+from ..diffusion.weighting import weighted_loss
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or the gradient norm became NaN or infinite."""
+
+
+@dataclass
+class OptimSettings:
+    """Adam with linear warmup, then a constant, linear-to-0 or cosine-to-0 learning rate."""
+
+    lr: float
+    total_steps: int
+    warmup: int = 0
+    decay: str = "constant"
+    grad_clip: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    ema_decay: float = 0.0
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of lr at optimizer step `step` (0-based)."""
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if self.decay == "constant":
+            return 1.0
+        span = max(self.total_steps - self.warmup, 1)
+        frac = min((step - self.warmup) / span, 1.0)
+        if self.decay == "linear":
+            return 1.0 - frac
+        return 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+def make_ema(model: torch.nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of `model`'s parameters and buffers, or None when decay is 0."""
+    if decay <= 0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+Objective = Callable[[Tensor, Tensor | None, torch.Generator], tuple[Tensor, Tensor, Tensor]]
+
+
+def fit(
+    denoiser: Denoiser,
+    batches: Iterator[tuple[Tensor, Tensor | None]],
+    objective: Objective,
+    weighting: str,
+    settings: OptimSettings,
+    *,
+    accelerator: Accelerator,
+    seed: int,
+    ema: AveragedModel | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+    desc: str = "train",
+    progress: bool = True,
+) -> list[tuple[int, float]]:
+    """Run settings.total_steps optimizer steps of  w(lambda) ||x_target - x_hat(z_t)||^2; returns (step, loss)
+    pairs logged along the way. `on_step(step, loss)` runs after every step (1-based), e.g. to checkpoint."""
+    device = accelerator.device
+    optimizer = torch.optim.Adam(denoiser.parameters(), lr=settings.lr, betas=settings.betas)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, settings.lr_factor)
+    model, optimizer = accelerator.prepare(denoiser, optimizer)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    model.train()
+    history: list[tuple[int, float]] = []
+    running = None
+    bar = tqdm(range(1, settings.total_steps + 1), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    for step in bar:
+        x, labels = next(batches)
+        x = x.to(device, non_blocking=True)
+        labels = labels.to(device) if labels is not None else None
+        z_t, logsnr, x_target = objective(x, labels, generator)
+        with accelerator.autocast():
+            x_hat = model(z_t, logsnr, labels)
+        loss = weighted_loss(x_hat, x_target, logsnr, weighting)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        grad_norm = (accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
+                     if settings.grad_clip > 0 else None)
+        value = loss.item()
+        if not math.isfinite(value) or (grad_norm is not None and not torch.isfinite(grad_norm)):
+            raise NonFiniteLossError(
+                f"{desc}: non-finite loss ({value}) or gradient norm at step {step}; stopping before the update. "
+                "Lower the learning rate, keep grad_clip > 0, or check the data for NaNs."
+            )
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update_parameters(accelerator.unwrap_model(model))
+        running = value if running is None else 0.98 * running + 0.02 * value
+        if step % 50 == 0 or step == settings.total_steps:
+            history.append((step, running))
+            bar.set_postfix(loss=f"{running:.4g}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if on_step is not None:
+            on_step(step, value)
+    bar.close()
+    model.eval()
+    return history

@@ -1,0 +1,54 @@
+"""What a training step regresses x_hat onto: the data (teacher) or the two-teacher-step target (distillation).
+
+Both return (z_t, logsnr_t, x_target); the loop and the loss are shared (ARCHITECTURE point 4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..diffusion.distillation import distillation_target
+from ..diffusion.samplers import DenoiserFn
+from ..diffusion.schedules import Schedule, alpha_sigma, broadcast
+
+
+def _noisy(x: Tensor, logsnr: Tensor, generator: torch.Generator) -> Tensor:
+    """z_t = alpha_t x + sigma_t eps, eps ~ N(0, I)."""
+    eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    alpha, sigma = alpha_sigma(broadcast(logsnr, x))
+    return alpha * x + sigma * eps
+
+
+@dataclass
+class TeacherObjective:
+    """Continuous time: t ~ U(0, 1), target x."""
+
+    schedule: Schedule
+
+    def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator):
+        t = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=torch.float64)
+        logsnr = self.schedule(t).to(x.dtype)
+        return _noisy(x, logsnr, generator), logsnr, x
+
+
+@dataclass
+class DistillObjective:
+    """Discrete time on the student's grid of M steps: i ~ U{1..M}, t = i/M, t' = t - 1/(2M), t'' = t - 1/M;
+    target x_tilde from two unclipped teacher DDIM steps (paper Algorithm 2)."""
+
+    teacher: DenoiserFn
+    schedule: Schedule
+    student_steps: int
+
+    def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator):
+        m = self.student_steps
+        i = torch.randint(1, m + 1, (x.shape[0],), generator=generator, device=x.device)
+        t = i.double() / m
+        # Evaluated in float64 then cast, exactly as `step_grid` builds the sampler's grid.
+        logsnr_t, logsnr_tp, logsnr_tpp = (self.schedule(s).to(x.dtype) for s in (t, t - 0.5 / m, t - 1.0 / m))
+        z_t = _noisy(x, logsnr_t, generator)
+        x_tilde = distillation_target(self.teacher, z_t, logsnr_t, logsnr_tp, logsnr_tpp, i == 1, labels)
+        return z_t, logsnr_t, x_tilde
