@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import typing
 from dataclasses import asdict, dataclass, field
@@ -174,7 +175,9 @@ def _positive(name: str, value) -> None:
 def _check_type(name: str, value: Any, tp: Any) -> Any:
     """Return value converted to the annotated type tp, or raise ConfigError."""
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value}")
     if tp in (int, float, str, bool):
         if type(value) is not tp:
             raise ConfigError(f"{name} must be of type {tp.__name__}, got {type(value).__name__} {value!r}")
