@@ -1,0 +1,422 @@
+"""Image data sets (Fashion-MNIST, CIFAR-10, a folder of images) loaded into memory as TensorData scaled to [-1, 1]."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import os
+import pickle
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .batches import TensorData
+
+
+class DataError(ValueError):
+    """A data set is missing, incomplete or malformed; the message names the file or folder and how to fix it."""
+
+
+SPLITS = ("train", "test")
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fashion-MNIST
+# ----------------------------------------------------------------------------------------------------------------
+
+FASHION_MNIST_DEFAULT = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist package
+FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# SHA-256 of the DECOMPRESSED IDX files (distributors recompress the .gz, so hashes of the .gz themselves differ).
+FASHION_MNIST_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
+IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
+NUM_CLASSES = 10
+_CHUNK = 1 << 20
+
+
+def _check_split(split: str) -> None:
+    """Raise DataError unless split is 'train' or 'test'."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
+
+
+def _to_unit_range(x: np.ndarray) -> torch.Tensor:
+    """uint8 array -> float32 tensor scaled to [-1, 1] (x / 127.5 - 1)."""
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).div_(127.5).sub_(1.0)
+
+
+def default_cache_dir() -> Path:
+    """Where downloads go: $PROGDISTILL_CACHE/fashion-mnist, else ~/.cache/progdistill/fashion-mnist."""
+    base = os.environ.get("PROGDISTILL_CACHE")
+    return (Path(base).expanduser() if base else Path.home() / ".cache" / "progdistill") / "fashion-mnist"
+
+
+def _find_idx(folder: Path, name: str) -> Path | None:
+    """The plain or gzipped IDX file `name` in folder (plain preferred), or None."""
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _missing_idx(folder: Path, split: str) -> list[str]:
+    """Names of the split's IDX files that are in neither plain nor gzipped form in folder."""
+    return [name for name in FASHION_MNIST_FILES[split] if _find_idx(folder, name) is None]
+
+
+def _read_maybe_gzip(path: Path) -> bytes:
+    """The bytes of path, decompressed when it ends in .gz; a corrupt or unreadable file raises DataError."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"cannot read {path}: {e}; the file is truncated or corrupt, delete it and reinstall or "
+                        "download it again") from e
+
+
+def read_idx(path: str | Path, magic: int) -> np.ndarray:
+    """A uint8 IDX file (plain or .gz) as an array with the header's dims; validates magic and byte length."""
+    path = Path(path)
+    data = _read_maybe_gzip(path)
+    fix = "the file is truncated or corrupt, delete it and reinstall or download it again"
+    if len(data) < 4:
+        raise DataError(f"{path} is too short to be an IDX file ({len(data)} bytes); {fix}")
+    found = int.from_bytes(data[:4], "big")
+    if found != magic:
+        raise DataError(f"{path} has IDX magic number {found}, expected {magic}; it is not the right IDX file ({fix})")
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path} ends inside its IDX header ({len(data)} bytes); {fix}")
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    expected = header + int(np.prod(dims, dtype=np.int64))
+    if len(data) != expected:
+        raise DataError(f"{path} holds {len(data)} bytes but its header dims {dims} need {expected}; {fix}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _load_idx_pair(images_path: Path, labels_path: Path) -> TensorData:
+    """Fashion-MNIST images and labels from two IDX files, validated against each other."""
+    images = read_idx(images_path, IDX_IMAGES_MAGIC)
+    labels = read_idx(labels_path, IDX_LABELS_MAGIC)
+    if images.shape[1:] != (28, 28):
+        raise DataError(f"{images_path} holds images of {images.shape[1]}x{images.shape[2]} pixels, expected 28x28 "
+                        "for Fashion-MNIST")
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(f"{images_path} holds {images.shape[0]} images but {labels_path} holds {labels.shape[0]} "
+                        "labels; the files belong to different splits or one is damaged")
+    if labels.size and int(labels.max()) >= NUM_CLASSES:
+        raise DataError(f"{labels_path} holds label {int(labels.max())}, Fashion-MNIST has {NUM_CLASSES} classes")
+    return TensorData(x=_to_unit_range(images[:, None]), labels=torch.from_numpy(labels.astype(np.int64)))
+
+
+def _sha256_decompressed(path: Path) -> str:
+    """SHA-256 of the decompressed contents of a .gz file."""
+    digest = hashlib.sha256()
+    with gzip.open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _download_one(url: str, target: Path, expected_sha256: str) -> None:
+    """Fetch url to target via a temp file in the same folder; verify the decompressed SHA-256, then rename."""
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+                shutil.copyfileobj(response, out, _CHUNK)
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+            raise DataError(f"downloading {url} failed: {e}; check the network, or install Debian's "
+                            f"dataset-fashion-mnist package, or put the IDX files in a folder and pass it") from e
+        try:
+            found = _sha256_decompressed(tmp)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"the download of {url} is not a valid gzip file ({e}); it was deleted, try again or "
+                            "use another --base-url / mirror") from e
+        if found != expected_sha256:
+            raise DataError(f"the download of {url} has SHA-256 {found} (decompressed), expected {expected_sha256}; "
+                            "it was deleted, the server holds different data: try again or use another mirror")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def download_fashion_mnist(target: str | Path, base_url: str = FASHION_MNIST_URL) -> Path:
+    """Download the four Fashion-MNIST .gz files missing from target (created if needed), checksum-verified."""
+    target = Path(target)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create the download folder {target}: {e}; set PROGDISTILL_CACHE to a writable "
+                        "folder") from e
+    for names in FASHION_MNIST_FILES.values():
+        for name in names:
+            if _find_idx(target, name) is None:
+                url = f"{base_url.rstrip('/')}/{name}.gz"
+                _download_one(url, target / f"{name}.gz", FASHION_MNIST_SHA256[name])
+    return target
+
+
+def load_fashion_mnist(
+    root: str | Path | None = None,
+    split: str = "train",
+    *,
+    download: bool = False,
+    cache_dir: str | Path | None = None,
+    base_url: str = FASHION_MNIST_URL,
+) -> TensorData:
+    """Fashion-MNIST `split` as x float32 [N, 1, 28, 28] in [-1, 1] and int64 labels [N].
+
+    With root None it looks in FASHION_MNIST_DEFAULT, then the cache dir (cache_dir, else default_cache_dir());
+    with a root it looks only there. If nothing is found and download is True, the files are fetched from
+    base_url into the cache dir (or into root when one is given).
+    """
+    _check_split(split)
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    places = [Path(root).expanduser()] if root is not None else [FASHION_MNIST_DEFAULT, cache]
+    for folder in places:
+        if not _missing_idx(folder, split):
+            images_name, labels_name = FASHION_MNIST_FILES[split]
+            return _load_idx_pair(_find_idx(folder, images_name), _find_idx(folder, labels_name))  # type: ignore[arg-type]
+    if download:
+        target = download_fashion_mnist(places[0] if root is not None else cache, base_url)
+        images_name, labels_name = FASHION_MNIST_FILES[split]
+        return _load_idx_pair(_find_idx(target, images_name), _find_idx(target, labels_name))  # type: ignore[arg-type]
+    looked = "\n".join(
+        f"  {folder}: " + ("folder does not exist" if not folder.is_dir() else "missing " + ", ".join(
+            f"{n}(.gz)" for n in _missing_idx(folder, split)))
+        for folder in places
+    )
+    raise DataError(
+        f"Fashion-MNIST ({split} split) not found. Looked in:\n{looked}\n"
+        "Fix: install Debian's `dataset-fashion-mnist` package (apt install dataset-fashion-mnist), "
+        "pass a folder holding the IDX files, or allow download (`--download`)."
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CIFAR-10
+# ----------------------------------------------------------------------------------------------------------------
+
+CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST_FILES = ("test_batch",)
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+
+
+def _numpy_global(module: str, name: str) -> Any:
+    """numpy internals needed to rebuild arrays, from numpy._core (numpy 2) or numpy.core (numpy 1)."""
+    import importlib
+
+    for mod in (f"numpy._core.{module}", f"numpy.core.{module}"):
+        try:
+            return getattr(importlib.import_module(mod), name)
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError(f"numpy has no {module}.{name}")  # pragma: no cover
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """_codecs.encode as used by protocol-2 pickles of bytes, restricted to latin-1."""
+    if encoding.replace("-", "").replace("_", "").lower() not in ("latin1", "iso88591"):
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not allowed")
+    return text.encode("latin-1")
+
+
+def _safe_globals() -> dict[tuple[str, str], Any]:
+    """The only globals a CIFAR-10 pickle may reference: plain containers and numpy array reconstruction."""
+    allowed: dict[tuple[str, str], Any] = {}
+    for builtins_module in ("builtins", "__builtin__"):
+        for obj in (dict, list, tuple, set, frozenset, bytes, bytearray, str, int, float, bool):
+            allowed[(builtins_module, obj.__name__)] = obj
+    allowed[("_codecs", "encode")] = _latin1_encode
+    for core in ("numpy.core", "numpy._core"):
+        allowed[(f"{core}.multiarray", "_reconstruct")] = _numpy_global("multiarray", "_reconstruct")
+        allowed[(f"{core}.multiarray", "scalar")] = _numpy_global("multiarray", "scalar")
+        allowed[(f"{core}.numeric", "_frombuffer")] = _numpy_global("numeric", "_frombuffer")
+    allowed[("numpy", "ndarray")] = np.ndarray
+    allowed[("numpy", "dtype")] = np.dtype
+    return allowed
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that refuses every global outside _safe_globals(), so a malicious file cannot run code."""
+
+    _allowed = _safe_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-10 batch") from None
+
+
+def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch as (uint8 [N, 3072], int64 [N]); a bad or unsafe file raises DataError."""
+    try:
+        with path.open("rb") as f:
+            obj = _RestrictedUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError, AttributeError, IndexError,
+            KeyError, MemoryError) as e:
+        raise DataError(f"cannot unpickle CIFAR-10 batch {path}: {e}; the file is corrupt, not a CIFAR-10 batch or "
+                        f"unsafe; re-extract it from {CIFAR10_URL}") from e
+    if not isinstance(obj, dict):
+        raise DataError(f"{path} holds a {type(obj).__name__}, expected a CIFAR-10 batch dict; re-extract it")
+    data = obj.get(b"data", obj.get("data"))
+    labels = obj.get(b"labels", obj.get("labels"))
+    if data is None or labels is None:
+        raise DataError(f"{path} lacks the 'data' or 'labels' entry of a CIFAR-10 batch; re-extract it")
+    data = np.asarray(data)
+    try:
+        labels = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{path} holds labels that are not integers; re-extract it") from e
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataError(f"{path} holds data of dtype {data.dtype} and shape {data.shape}, expected uint8 [N, 3072]; "
+                        "re-extract it")
+    if labels.shape != (data.shape[0],):
+        raise DataError(f"{path} holds {data.shape[0]} images but labels of shape {labels.shape}; re-extract it")
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DataError(f"{path} holds labels outside 0..{NUM_CLASSES - 1}; re-extract it")
+    return data, labels
+
+
+def load_cifar10(root: str | Path, split: str = "train") -> TensorData:
+    """CIFAR-10 `split` from the python batches in root or root/cifar-10-batches-py: x float32 [N, 3, 32, 32]."""
+    _check_split(split)
+    root = Path(root).expanduser()
+    names = CIFAR10_TRAIN_FILES if split == "train" else CIFAR10_TEST_FILES
+    places = [root, root / "cifar-10-batches-py"]
+    for folder in places:
+        if all((folder / n).is_file() for n in names):
+            break
+    else:
+        looked = "\n".join(f"  {folder}: missing " + ", ".join(n for n in names if not (folder / n).is_file())
+                           for folder in places)
+        raise DataError(f"CIFAR-10 ({split} split) not found. Looked in:\n{looked}\n"
+                        f"Fix: download {CIFAR10_URL}, extract it and pass the folder holding cifar-10-batches-py.")
+    parts = [_load_cifar_batch(folder / n) for n in names]
+    data = np.concatenate([d for d, _ in parts]).reshape(-1, 3, 32, 32)
+    labels = np.concatenate([lab for _, lab in parts])
+    return TensorData(x=_to_unit_range(data), labels=torch.from_numpy(labels))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A folder of images
+# ----------------------------------------------------------------------------------------------------------------
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
+
+
+def list_images(root: Path) -> list[Path]:
+    """Every image file under root (recursively, by extension, hidden files skipped), sorted by path."""
+    return sorted(
+        p for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+
+
+def _load_square(path: Path, size: int, mode: str) -> np.ndarray:
+    """One image centre-cropped to a square and resized to size x size, as uint8 [size, size, channels]."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert(mode)  # first frame of animated files; converting forces a full decode
+            w, h = img.size
+            side = min(w, h)
+            left, top = (w - side) // 2, (h - side) // 2
+            img = img.crop((left, top, left + side, top + side))
+            if side != size:
+                img = img.resize((size, size), Image.Resampling.BICUBIC)
+            arr = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise DataError(f"cannot read image {path}: {e}; delete or replace the file") from e
+    return arr.reshape(size, size, -1)
+
+
+def load_image_folder(root: str | Path, size: int, *, channels: int = 3) -> TensorData:
+    """All images under root, centre-cropped and resized: x float32 [N, channels, size, size] in [-1, 1].
+
+    If every image sits inside a subfolder of root, labels are the index of its top-level subfolder in sorted
+    order (class folders); otherwise labels are None.
+    """
+    if channels not in (1, 3):
+        raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), not {channels}")
+    if not isinstance(size, int) or size < 1:
+        raise DataError(f"image size must be a positive integer, not {size!r}")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist or is not a folder; pass a folder of images")
+    paths = list_images(root)
+    if not paths:
+        raise DataError(f"image folder {root} holds no images (looked recursively for "
+                        f"{', '.join(IMAGE_EXTENSIONS)}); pass a folder of images")
+    mode = "RGB" if channels == 3 else "L"
+    x = np.empty((len(paths), size, size, channels), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        x[i] = _load_square(path, size, mode)
+    tops = [p.relative_to(root).parts for p in paths]
+    labels = None
+    if all(len(parts) > 1 for parts in tops):
+        classes = sorted({parts[0] for parts in tops})
+        index = {c: i for i, c in enumerate(classes)}
+        labels = torch.tensor([index[parts[0]] for parts in tops], dtype=torch.int64)
+    return TensorData(x=_to_unit_range(x.transpose(0, 3, 1, 2)), labels=labels)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dispatch
+# ----------------------------------------------------------------------------------------------------------------
+
+IMAGE_DATASETS = ("fashion-mnist", "cifar10", "folder")
+_NATIVE_SIZE = {"fashion-mnist": 28, "cifar10": 32}
+
+
+def load_image_dataset(
+    name: str,
+    root: str | None,
+    *,
+    split: str = "train",
+    image_size: int | None = None,
+    download: bool = False,
+) -> TensorData:
+    """The image data set `name` ('fashion-mnist', 'cifar10' or 'folder') as TensorData in [-1, 1]."""
+    if name not in IMAGE_DATASETS:
+        raise DataError(f"unknown image data set {name!r}: choose one of {', '.join(IMAGE_DATASETS)}")
+    _check_split(split)
+    if name in _NATIVE_SIZE and image_size is not None and image_size != _NATIVE_SIZE[name]:
+        raise DataError(f"{name} images are {_NATIVE_SIZE[name]}x{_NATIVE_SIZE[name]}; image_size {image_size} is "
+                        f"not supported (leave it unset or set it to {_NATIVE_SIZE[name]})")
+    if name == "fashion-mnist":
+        return load_fashion_mnist(root, split, download=download)
+    if name == "cifar10":
+        if root is None:
+            raise DataError(f"cifar10 needs a root folder (automatic download is not supported): download "
+                            f"{CIFAR10_URL}, extract it and pass the folder")
+        return load_cifar10(root, split)
+    if root is None or image_size is None:
+        raise DataError("the 'folder' data set needs both a root folder of images and an image_size")
+    if split != "train":
+        raise DataError(f"the 'folder' data set has no {split!r} split: it only provides training images")
+    return load_image_folder(root, image_size)
