@@ -69,7 +69,7 @@ def test_cli_sample_evaluate_and_errors(trained_run, tmp_path, capsys):
     assert (tmp_path / "s.png").stat().st_size > 1000
     assert main(["sample", "--ckpt", str(stem), "--steps", "4", "--sampler", "ancestral", "--num", "100",
                  "--out", str(tmp_path / "s.pt"), "--no-progress"]) == 0
-    assert torch.load(tmp_path / "s.pt").shape == (100, 2)
+    assert torch.load(tmp_path / "s.pt")["samples"].shape == (100, 2)
     assert main(["evaluate", "--run", str(out), "--out", str(tmp_path / "eval"), "--steps", "4,16", "--num", "500",
                  "--no-progress"]) == 0
     rows = json.loads((tmp_path / "eval" / "report.json").read_text())
@@ -104,7 +104,7 @@ def test_eps_teacher_cannot_be_distilled(tmp_path, capsys):
 
 
 def test_demo_quick(tmp_path):
-    assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--num", "300", "--no-progress",
+    assert main(["demo", "--data", "ring", "--quick", "--out", str(tmp_path / "demo"), "--num", "300", "--no-progress",
                  "--set", "train.steps=200", "--set", "distill.updates_per_round=20",
                  "--set", "distill.final_updates_per_round=20"]) == 0
     rows = json.loads((tmp_path / "demo" / "eval" / "report.json").read_text())

@@ -7,19 +7,32 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedType
 
-from .config import Config, config_from_json
+from .config import Config, ConfigError, config_from_json
 from .data import TensorData, sample_toy
+from .data.images import IMAGE_DATASETS, load_image_dataset
 from .denoiser import Denoiser
 from .diffusion.parameterization import get_parameterization
 from .diffusion.schedules import Schedule, make_schedule
 from .nets import MLPNet
+from .nets.unet import UNET_PRESETS, UNet
 from .training.checkpoint import CheckpointError, load_into, read_record
 
 
-def load_data(cfg: Config) -> TensorData:
-    """The training examples the config names."""
-    return TensorData(sample_toy(cfg.data.name, cfg.data.size, cfg.data.seed), flip=cfg.data.flip)
+def load_data(cfg: Config, split: str = "train") -> TensorData:
+    """The training examples the config names (images in [-1, 1], labels only when data.conditional)."""
+    d = cfg.data
+    if d.name not in IMAGE_DATASETS:
+        seed = d.seed if split == "train" else d.seed + 100_003
+        return TensorData(sample_toy(d.name, d.size, seed), flip=d.flip)
+    data = load_image_dataset(d.name, d.root or None, split=split, image_size=d.image_size or None,
+                              download=d.download)
+    x, labels = data.x, data.labels
+    if d.limit and split == "train":
+        x, labels = x[: d.limit], labels[: d.limit] if labels is not None else None
+    return TensorData(x, labels if d.conditional else None, flip=d.flip)
 
 
 def schedule_of(cfg: Config) -> Schedule:
@@ -37,17 +50,32 @@ def build_denoiser(cfg: Config, data_shape: tuple[int, ...], num_classes: int = 
             raise ValueError(f"model.arch 'mlp' needs flat data, got examples of shape {tuple(data_shape)}")
         net = MLPNet(data_shape[0], factor * data_shape[0], m.hidden, m.depth, m.emb_dim,
                      m.dropout if dropout is None else dropout, num_classes)
+    elif m.arch == "unet":
+        if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
+            raise ValueError(f"model.arch 'unet' needs square images [C, H, W], got examples of shape "
+                             f"{tuple(data_shape)}")
+        channels = data_shape[0]
+        net = UNet(UNET_PRESETS[m.unet], data_shape[1], channels, factor * channels,
+                   m.dropout if dropout is None else dropout, num_classes)
     else:  # pragma: no cover - validate() only admits known archs
         raise ValueError(f"unknown model.arch {m.arch!r}")
     return Denoiser(net, m.parameterization)
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
-    """accelerate's Accelerator on the configured device (auto: CUDA when present)."""
+    """accelerate's Accelerator on the configured device (auto: CUDA when present) and mixed precision."""
     cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device = 'cuda' but no CUDA device is available; use device = 'cpu' or 'auto'")
-    return Accelerator(cpu=cpu)
+        raise ConfigError("device = 'cuda' but no CUDA device is available; use device = 'cpu' or 'auto'")
+    if cfg.mixed_precision == "fp16" and cpu:
+        raise ConfigError("mixed_precision = 'fp16' needs a CUDA device; use 'bf16' or 'no' on the CPU")
+    shared = AcceleratorState._shared_state
+    if (shared and shared.get("distributed_type") == DistributedType.NO
+            and shared.get("_mixed_precision") != cfg.mixed_precision):
+        # One process may run configs with different precisions (tests, notebooks); accelerate keeps one global
+        # state, so a single-process run resets it. Launched multi-process runs keep their launch settings.
+        AcceleratorState._reset_state()
+    return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision)
 
 
 def load_denoiser(stem: str | Path, device: torch.device | str = "cpu") -> tuple[Denoiser, dict, Config]:

@@ -61,48 +61,122 @@ def cmd_sample(a: argparse.Namespace) -> None:
     import torch
 
     from .build import load_denoiser, schedule_of
+    from .evaluation.images import balanced_labels, save_grid
     from .evaluation.plots import scatter_panels
     from .evaluation.sampling import generate
 
-    denoiser, record, cfg = load_denoiser(a.ckpt)
+    if a.num < 1:
+        raise ConfigError(f"--num must be >= 1, got {a.num}")
+    denoiser, record, cfg = load_denoiser(a.ckpt, a.device)
     steps = a.steps or record.get("sampling_steps") or cfg.distill.start_steps
-    x = generate(denoiser, schedule_of(cfg), steps, a.num, tuple(record["data_shape"]), sampler=a.sampler,
-                 variance=a.variance, clip=not a.no_clip, seed=a.seed, progress=not a.no_progress)
+    shape = tuple(record["data_shape"])
+    num_classes = int(record.get("num_classes", 0))
+    if a.label is not None:
+        if not 0 <= a.label < max(num_classes, 1) or num_classes == 0:
+            raise ConfigError(f"--label {a.label}: this model has {num_classes} classes"
+                              + (" (it is unconditional)" if num_classes == 0 else f"; use 0..{num_classes - 1}"))
+        labels = torch.full((a.num,), a.label)
+    else:
+        labels = balanced_labels(a.num, num_classes)
+    x = generate(denoiser, schedule_of(cfg), steps, a.num, shape, sampler=a.sampler, variance=a.variance,
+                 clip=not a.no_clip, seed=a.seed, labels=labels, device=a.device, progress=not a.no_progress)
     out = Path(a.out)
+    title = f"{record['kind']} {a.sampler} {steps} steps"
     if out.suffix == ".pt":
         out.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(x, out)
+        torch.save({"samples": x, "labels": labels}, out)
+    elif len(shape) == 3:
+        ncols = num_classes if num_classes and a.num >= num_classes else min(a.num, 10)
+        save_grid([(f"{title}" if i == 0 else "", x[i : i + ncols]) for i in range(0, a.num, ncols)], out, ncols)
     else:
-        scatter_panels([(f"{record['kind']} {a.sampler} {steps} steps", x)], out, ncols=1)
+        scatter_panels([(title, x)], out, ncols=1)
     print(f"{a.num} samples ({a.sampler}, {steps} steps) written to {out}")
 
 
-def cmd_evaluate(a: argparse.Namespace) -> None:
-    from .evaluation.report import evaluate_run, markdown_table, METRIC
+def _print_report(rows: list[dict]) -> None:
+    from .evaluation.report import markdown_table
 
-    steps = [int(s) for s in a.steps.split(",")] if a.steps else None
+    for metric in dict.fromkeys(r["metric"] for r in rows):
+        print(f"{metric} (lower is better{'' if metric != 'isc' else '; Inception score: higher is better'})")
+        print(markdown_table(rows, metric))
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from .evaluation.report import evaluate_run
+
+    steps = _int_list(a.steps, "--steps") if a.steps else None
+    options = {}
+    if a.samplers:
+        options["samplers"] = tuple(s.strip() for s in a.samplers.split(","))
+    if a.max_baseline_steps:
+        options["max_steps"] = {"teacher_ancestral": a.max_baseline_steps, "dpm_solver": a.max_baseline_steps}
+    if a.inception_weights:
+        options["inception_weights"] = a.inception_weights
+    if a.device != "cpu":
+        options["device"] = a.device
     rows = evaluate_run(a.run, a.out, steps=steps, num=a.num, seed=a.seed, ancestral=not a.no_ancestral,
-                        progress=not a.no_progress)
-    print(markdown_table(rows, METRIC))
+                        progress=not a.no_progress, **options)
+    _print_report(rows)
     print(f"report written to {Path(a.out) if a.out else Path(a.run) / 'eval'}")
 
 
-# The demo: a shorter version of the toy2d preset (about 5 minutes on 2 CPU cores); --quick: well under a minute.
+def _int_list(text: str, name: str) -> list[int]:
+    try:
+        values = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{name} must be comma-separated integers such as 1,2,4,8, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise ConfigError(f"{name} values must be >= 1, got {text!r}")
+    return values
+
+
+# The 2-D demo: a shorter version of the toy2d preset (about 5 minutes on 2 CPU cores); --quick: under a minute.
 DEMO = ["train.steps=6000", "distill.start_steps=64", "distill.updates_per_round=1500",
         "distill.final_updates_per_round=3000"]
 QUICK = ["train.steps=1500", "train.checkpoint_every=500", "distill.start_steps=16",
          "distill.updates_per_round=300", "distill.final_updates_per_round=600"]
+# The image demo is the fashion_mnist preset (teacher ~15 min, distillation 32 -> 1 ~10 min on 2 CPU cores);
+# --quick: a few-minute smoke test on 2000 images that shows the pipeline, not quality.
+IMAGE_QUICK = ["train.steps=30", "train.checkpoint_every=10", "data.limit=2000", "distill.start_steps=4",
+               "distill.updates_per_round=4", "distill.final_updates_per_round=4"]
+
+
+def _scaled(cfg, scale: float):
+    """cfg with teacher steps and distillation updates multiplied by `scale` (at least 1 each)."""
+    from dataclasses import replace
+
+    if scale == 1.0:
+        return cfg
+    if not (scale > 0):
+        raise ConfigError(f"--scale must be > 0, got {scale}")
+    t, d = cfg.train, cfg.distill
+    return replace(cfg, train=replace(t, steps=max(1, round(t.steps * scale))),
+                   distill=replace(d, updates_per_round=max(1, round(d.updates_per_round * scale)),
+                                   final_updates_per_round=max(0, round(d.final_updates_per_round * scale)))
+                   ).validate()
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
-    from .evaluation.report import METRIC, evaluate_run, markdown_table
+    from .data.images import IMAGE_DATASETS
+    from .evaluation.report import evaluate_run
     from .training.rounds import distill
     from .training.teacher import train_teacher
 
-    overrides = [f"data.name={json.dumps(a.data)}", *DEMO]
-    if a.quick:
-        overrides += QUICK
-    cfg = load_config("toy2d", overrides + a.overrides)
+    images = a.data in IMAGE_DATASETS
+    if images:
+        if a.data != "fashion-mnist":
+            raise ConfigError(f"the demo runs on fashion-mnist or 2-D data; for {a.data} use "
+                              "'progdistill train/distill/evaluate' with --config and --set data.root=...")
+        overrides = IMAGE_QUICK if a.quick else []
+        # Fetch Fashion-MNIST (checksums verified) only if it is neither in the system folder nor in the cache.
+        cfg = load_config("fashion_mnist", overrides + ["data.download=true", f"device={json.dumps(a.device)}"]
+                          + a.overrides)
+        num = a.num or (100 if a.quick else 500)
+    else:
+        overrides = [f"data.name={json.dumps(a.data)}", *DEMO] + (QUICK if a.quick else [])
+        cfg = load_config("toy2d", overrides + [f"device={json.dumps(a.device)}"] + a.overrides)
+        num = a.num or 10_000
+    cfg = _scaled(cfg, a.scale)
     out = Path(a.out)
     _check_fresh_out(out, "teacher.json", a.force)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,10 +186,18 @@ def cmd_demo(a: argparse.Namespace) -> None:
     stem = train_teacher(cfg, out, progress=progress)
     print(f"[2/3] distilling {cfg.distill.start_steps} -> {cfg.distill.target_steps} steps")
     distill(stem, out, cfg, progress=progress)
-    print("[3/3] evaluating every sampler against fresh data")
-    rows = evaluate_run(out, out / "eval", num=a.num, progress=progress)
-    print(markdown_table(rows, METRIC))
+    print(f"[3/3] evaluating every sampler and student on {num} samples each")
+    device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and _cuda()) else "cpu"
+    extra = {"samplers": ("teacher_ddim", "dpm_solver", "student"), "device": device} if images else {}
+    rows = evaluate_run(out, out / "eval", num=num, progress=progress, **extra)
+    _print_report(rows)
     print(f"report, plot and samples in {out / 'eval'}")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def cmd_config(a: argparse.Namespace) -> None:
@@ -150,13 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="draw samples from a checkpoint")
     p.add_argument("--ckpt", required=True, help="teacher or student checkpoint")
     p.add_argument("--steps", type=int, help="sampling steps (default: the student's own; teacher: start_steps)")
-    p.add_argument("--sampler", choices=["ddim", "ancestral"], default="ddim")
+    p.add_argument("--sampler", choices=["ddim", "ancestral", "dpm_solver"], default="ddim",
+                   help="ddim (students use this), ancestral, or dpm_solver (DPM-Solver++(2M))")
     p.add_argument("--variance", choices=["small", "large", "interp"], default="small",
                    help="ancestral sampler variance")
     p.add_argument("--no-clip", action="store_true", help="do not clip x_hat to [-1, 1]")
     p.add_argument("--num", type=int, default=5000, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="a .png scatter plot, or a .pt tensor of the samples")
+    p.add_argument("--label", type=int, help="class label for every sample (class-conditional models; "
+                   "default: all classes in turn)")
+    p.add_argument("--device", default="cpu", help="torch device for sampling, e.g. cpu or cuda")
+    p.add_argument("--out", required=True,
+                   help="a .png (image grid, or scatter plot for 2-D data), or a .pt file {samples, labels}")
     _progress_arg(p)
     p.set_defaults(func=cmd_sample)
 
@@ -167,18 +254,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=int, default=10_000, help="samples per sampler and step count")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--no-ancestral", action="store_true", help="skip the teacher's ancestral sampler")
+    p.add_argument("--samplers", help="images: comma-separated subset of teacher_ddim, teacher_ancestral, "
+                   "dpm_solver, student (default: all)")
+    p.add_argument("--max-baseline-steps", type=int, help="images: largest step count for the ancestral and "
+                   "DPM-Solver baselines (default: all of --steps)")
+    p.add_argument("--inception-weights", metavar="FILE", help="images: torch-fidelity's Inception-v3 weights "
+                   "(weights-inception-2015-12-05-6726825d.pth) to add FID, KID and Inception score")
+    p.add_argument("--device", default="cpu", help="images: torch device for sampling and metrics")
     _progress_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="train, distil 64 -> 1 steps and evaluate on 2-D data (~5 min on 2 CPU cores)",
-                       description="Train a 2-D teacher, distil it from 64 steps down to 1, evaluate every sampler "
-                                   "against fresh data; leaves report.json/.md, a plot and sample panels in OUT/eval.")
+    p = sub.add_parser(
+        "demo", help="train, distil and evaluate end to end on Fashion-MNIST (~35 min on 2 CPU cores) or 2-D data",
+        description="Train a small class-conditional U-Net teacher on Fashion-MNIST (about 15 minutes on 2 CPU "
+                    "cores), distil it from 32 sampling steps down to 1 (about 10 minutes), and evaluate the "
+                    "teacher's DDIM, DPM-Solver++(2M) and every student (a few minutes). Leaves report.json/.md, "
+                    "a plot of the classifier Frechet distance against steps and one sample grid per step count "
+                    "in OUT/eval. With --data ring (or checkerboard, moons, swissroll) it runs the 2-D version "
+                    "(about 5 minutes). Give it more time with --scale, a GPU with --device cuda.")
     p.add_argument("--out", required=True, help="run folder to create")
-    p.add_argument("--data", default="ring", help="2-D distribution: ring, checkerboard, moons, swissroll")
-    p.add_argument("--quick", action="store_true", help="a much shorter run (about a minute), for a smoke test")
-    p.add_argument("--num", type=int, default=10_000, help="evaluation samples per sampler and step count")
+    p.add_argument("--data", default="fashion-mnist",
+                   help="fashion-mnist (default; from /usr/share/datasets/fashion-mnist, see --set data.root=... "
+                        "and --set data.download=true) or a 2-D distribution: ring, checkerboard, moons, swissroll")
+    p.add_argument("--quick", action="store_true", help="a much shorter run (a few minutes), for a smoke test")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiply teacher steps and distillation updates (e.g. 4 on a GPU for better quality)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--num", type=int, help="evaluation samples per sampler and step count "
+                   "(default: 500 for images, 10000 for 2-D data)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config value of the toy2d preset (repeatable)")
+                   help="override one config value of the preset (repeatable)")
     p.add_argument("--force", action="store_true", help="write into a folder that already holds a run")
     _progress_arg(p)
     p.set_defaults(func=cmd_demo)

@@ -13,9 +13,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .data.images import IMAGE_DATASETS
 from .data.toy2d import TOY_DISTRIBUTIONS
 from .diffusion.parameterization import PARAMETERIZATIONS
 from .diffusion.weighting import FORBIDDEN, WEIGHTINGS
+from .nets.unet import UNET_PRESETS
 
 
 class ConfigError(ValueError):
@@ -28,15 +30,21 @@ def is_power_of_two(n: int) -> bool:
 
 @dataclass
 class DataConfig:
-    name: str = "ring"  # a 2-D distribution: ring, checkerboard, moons, swissroll
+    name: str = "ring"  # 2-D: ring, checkerboard, moons, swissroll; images: fashion-mnist, cifar10, folder
     size: int = 100_000  # training examples drawn for 2-D data
     seed: int = 0
     flip: bool = False  # random horizontal flips
+    root: str = ""  # image data folder ("": fashion-mnist looks in /usr/share/datasets/fashion-mnist, then the cache)
+    download: bool = False  # fetch Fashion-MNIST into the cache (checksums verified) when it is not found
+    image_size: int = 0  # folder data: centre crop and resize to this size (0: the data set's native size)
+    conditional: bool = True  # class-conditional model where the data has labels
+    limit: int = 0  # use only the first `limit` training images (0: all)
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "mlp"
+    arch: str = "mlp"  # mlp (flat data) or unet (images)
+    unet: str = "small"  # U-Net preset: small (CPU, 28x28), cifar10, imagenet64 (PAPER section 6)
     parameterization: str = "v"  # eps, x, v or both
     hidden: int = 256
     depth: int = 4
@@ -66,6 +74,7 @@ class TrainConfig:
     checkpoint_every: int = 5_000
     keep_checkpoints: int = 3
     seed: int = 0
+    grad_accum: int = 1  # micro-batches per optimizer step (batch_size is the micro-batch)
 
 
 @dataclass
@@ -85,6 +94,7 @@ class DistillConfig:
     dropout: float = 0.0
     weighting: str = "snr_trunc"
     seed: int = 1
+    grad_accum: int = 1
 
 
 @dataclass
@@ -105,11 +115,24 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     device: str = "auto"  # auto, cpu or cuda
+    mixed_precision: str = "no"  # no, fp16 or bf16 (accelerate autocast; fp16 only on CUDA)
 
     def validate(self) -> "Config":
         """Check every cross-field and range rule; raise ConfigError naming the field."""
-        _choice("data.name", self.data.name, TOY_DISTRIBUTIONS)
-        _choice("model.arch", self.model.arch, ["mlp"])
+        _choice("data.name", self.data.name, [*TOY_DISTRIBUTIONS, *IMAGE_DATASETS])
+        _choice("model.arch", self.model.arch, ["mlp", "unet"])
+        _choice("model.unet", self.model.unet, UNET_PRESETS)
+        _choice("mixed_precision", self.mixed_precision, ["no", "fp16", "bf16"])
+        images = self.data.name in IMAGE_DATASETS
+        if images and self.model.arch != "unet":
+            raise ConfigError(f"data.name {self.data.name!r} is an image data set: set model.arch = \"unet\"")
+        if not images and self.model.arch != "mlp":
+            raise ConfigError(f"data.name {self.data.name!r} is 2-D data: set model.arch = \"mlp\"")
+        if self.data.name == "folder" and (not self.data.root or self.data.image_size <= 0):
+            raise ConfigError("data.name 'folder' needs data.root (a folder of images) and data.image_size > 0")
+        for name in ("data.image_size", "data.limit"):
+            if self._get(name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {self._get(name)}")
         _choice("model.parameterization", self.model.parameterization, PARAMETERIZATIONS)
         _choice("diffusion.schedule", self.diffusion.schedule, ["cosine", "linear"])
         _choice("diffusion.weighting", self.diffusion.weighting, WEIGHTINGS)
@@ -127,6 +150,7 @@ class Config:
             raise ConfigError("diffusion.logsnr_min must be below diffusion.logsnr_max")
         for name in ("data.size", "model.hidden", "model.depth", "train.steps", "train.batch_size",
                      "train.checkpoint_every", "train.keep_checkpoints", "distill.updates_per_round",
+                     "train.grad_accum", "distill.grad_accum",
                      "distill.batch_size", "sample.num_samples"):
             _positive(name, self._get(name))
         for name in ("train.lr", "distill.lr"):

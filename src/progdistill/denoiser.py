@@ -26,8 +26,9 @@ class Denoiser(nn.Module):
         self.parameterization = get_parameterization(parameterization)
 
     def forward(self, z: Tensor, logsnr: Tensor, labels: Tensor | None = None) -> Tensor:
-        out = self.net(z, noise_condition(logsnr), labels)
-        alpha, sigma = alpha_sigma(broadcast(logsnr.to(out.dtype), z))
+        # Under mixed precision the network may answer in bf16/fp16; the parameterization runs in z's dtype.
+        out = self.net(z, noise_condition(logsnr), labels).to(z.dtype)
+        alpha, sigma = alpha_sigma(broadcast(logsnr.to(z.dtype), z))
         return self.parameterization.to_x(out, z, alpha, sigma)
 
     def eps(self, z: Tensor, logsnr: Tensor, labels: Tensor | None = None) -> Tensor:

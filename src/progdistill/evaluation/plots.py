@@ -43,7 +43,9 @@ def metric_vs_steps(rows: list[dict], path: Path, metric: str, floor: float | No
     if floor is not None:
         ax.axhline(floor, color="gray", linestyle="--", label="data vs data (floor)")
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
+    values = [r["value"] for r in rows if r["metric"] == metric] + ([floor] if floor is not None else [])
+    if values and min(values) > 0:  # KID can be slightly negative: then a linear axis
+        ax.set_yscale("log")
     ax.set_xlabel("sampling steps")
     ax.set_ylabel(metric)
     ax.grid(True, which="both", alpha=0.3)

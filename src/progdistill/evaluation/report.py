@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from ..build import load_denoiser, schedule_of
 from ..data import sample_toy
+from ..data.images import IMAGE_DATASETS
 from ..training.checkpoint import CheckpointError, read_record
 from .metrics import sliced_wasserstein
 from .plots import metric_vs_steps, scatter_panels
@@ -27,7 +28,8 @@ def find_students(run: Path) -> dict[int, Path]:
     return found
 
 
-def markdown_table(rows: list[dict], metric: str) -> str:
+def markdown_table(rows: list[dict], metric: str,
+                   floor_text: str = "Floor (two independent data samples of the same size)") -> str:
     """Steps down the side, samplers across; lower is better."""
     samplers = sorted({r["sampler"] for r in rows if r["metric"] == metric and r["steps"] > 0})
     steps = sorted({r["steps"] for r in rows if r["metric"] == metric and r["steps"] > 0}, reverse=True)
@@ -38,7 +40,7 @@ def markdown_table(rows: list[dict], metric: str) -> str:
         lines.append(f"| {k} | {' | '.join(cells)} |")
     floor = [r["value"] for r in rows if r["metric"] == metric and r["sampler"] == "data"]
     if floor:
-        lines.append(f"\nFloor (two independent data samples of the same size): {floor[0]:.4f}")
+        lines.append(f"\n{floor_text}: {floor[0]:.4f}")
     return "\n".join(lines) + "\n"
 
 
@@ -51,8 +53,12 @@ def evaluate_run(
     seed: int = 1234,
     ancestral: bool = True,
     progress: bool = True,
+    **image_options,
 ) -> list[dict]:
-    """Sliced Wasserstein distance to fresh data for the teacher (DDIM, ancestral) and the students."""
+    """Sample quality against step count for the teacher's samplers and every student of a run.
+
+    2-D data: sliced Wasserstein distance to fresh data. Images: see `evaluation.images.evaluate_images`, which
+    receives `image_options` (samplers, max_steps, inception_weights, classifier, batch_size, device)."""
     run = Path(run)
     out = Path(out) if out is not None else run / "eval"
     if not (run / "teacher.json").is_file():
@@ -63,6 +69,14 @@ def evaluate_run(
     if steps is None:
         top = max([cfg.distill.start_steps, *students]) if students else cfg.distill.start_steps
         steps = [2**i for i in range(top.bit_length())]
+    if cfg.data.name in IMAGE_DATASETS:
+        from .images import evaluate_images
+
+        if not ancestral:
+            image_options.setdefault("samplers", ("teacher_ddim", "dpm_solver", "student"))
+        return evaluate_images(run, out, steps=steps, num=num, seed=seed, progress=progress, **image_options)
+    if image_options:
+        raise ValueError(f"options {', '.join(image_options)} apply to image runs only")
     schedule = schedule_of(cfg)
     shape = tuple(record["data_shape"])
     # Reference and floor sets come from seeds the training data never used.

@@ -6,10 +6,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..diffusion.dpm_solver import dpm_solver_pp_2m
 from ..diffusion.samplers import ancestral, ddim
 from ..diffusion.schedules import Schedule, step_grid
 
+SAMPLERS = ("ddim", "ancestral", "dpm_solver")  # dpm_solver: DPM-Solver++(2M), one network evaluation per step
 
+
+@torch.no_grad()
 def generate(
     denoiser,
     schedule: Schedule,
@@ -27,8 +31,8 @@ def generate(
     progress: bool = False,
 ) -> Tensor:
     """`num` samples on the `steps`-step grid; z_1 ~ N(0, I) from `seed`, so equal seeds give equal noise."""
-    if sampler not in ("ddim", "ancestral"):
-        raise ValueError(f"unknown sampler {sampler!r}: choose 'ddim' or 'ancestral'")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
     grid = step_grid(schedule, steps, device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
     out = []
@@ -39,6 +43,8 @@ def generate(
         lab = labels[start : start + b].to(device) if labels is not None else None
         if sampler == "ddim":
             x = ddim(denoiser, z, grid, labels=lab, clip=clip)
+        elif sampler == "dpm_solver":
+            x = dpm_solver_pp_2m(denoiser, z, grid, labels=lab, clip=clip)
         else:
             x = ancestral(denoiser, z, grid, labels=lab, clip=clip, variance=variance, generator=gen)
         out.append(x.cpu())

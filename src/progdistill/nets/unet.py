@@ -29,8 +29,9 @@ class UNetSpec:
 UNET_PRESETS: dict[str, UNetSpec] = {
     "cifar10": UNetSpec((256, 256, 256), 3, (16, 8)),
     "imagenet64": UNetSpec((192, 384, 576, 768), 3, (32, 16, 8), attention_head_dim=64),
-    # Sized for CPU work on 28x28 data (28 -> 14 -> 7), attention at 7x7.
-    "small": UNetSpec((32, 64, 64), 1, (7,), norm_groups=8),
+    # Sized for CPU work on 28x28 data (28 -> 14 -> 7), attention at 7x7: ~0.76M parameters (class-conditional),
+    # ~0.6 s per training step of 64 images and ~2.6 ms per image and network evaluation on 2 CPU cores.
+    "small": UNetSpec((16, 32, 64), 1, (7,), norm_groups=8),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -68,9 +69,11 @@ def fit(
     on_step: Callable[[int, float], None] | None = None,
     desc: str = "train",
     progress: bool = True,
+    grad_accum: int = 1,
 ) -> list[tuple[int, float]]:
     """Run settings.total_steps optimizer steps of  w(lambda) ||x_target - x_hat(z_t)||^2; returns (step, loss)
-    pairs logged along the way. `on_step(step, loss)` runs after every step (1-based), e.g. to checkpoint."""
+    pairs logged along the way. `on_step(step, loss)` runs after every step (1-based), e.g. to checkpoint.
+    Every optimizer step averages the gradients of `grad_accum` micro-batches drawn from `batches`."""
     device = accelerator.device
     optimizer = torch.optim.Adam(denoiser.parameters(), lr=settings.lr, betas=settings.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, settings.lr_factor)
@@ -81,18 +84,23 @@ def fit(
     running = None
     bar = tqdm(range(1, settings.total_steps + 1), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     for step in bar:
-        x, labels = next(batches)
-        x = x.to(device, non_blocking=True)
-        labels = labels.to(device) if labels is not None else None
-        z_t, logsnr, x_target = objective(x, labels, generator)
-        with accelerator.autocast():
-            x_hat = model(z_t, logsnr, labels)
-        loss = weighted_loss(x_hat, x_target, logsnr, weighting)
         optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
+        value = 0.0
+        for micro in range(grad_accum):
+            x, labels = next(batches)
+            x = x.to(device, non_blocking=True)
+            labels = labels.to(device) if labels is not None else None
+            z_t, logsnr, x_target = objective(x, labels, generator)
+            # Gradients are only all-reduced on the last micro-batch of a step.
+            sync = contextlib.nullcontext() if micro == grad_accum - 1 else accelerator.no_sync(model)
+            with sync:
+                with accelerator.autocast():
+                    x_hat = model(z_t, logsnr, labels)
+                loss = weighted_loss(x_hat, x_target, logsnr, weighting) / grad_accum
+                accelerator.backward(loss)
+            value += loss.item()
         grad_norm = (accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
                      if settings.grad_clip > 0 else None)
-        value = loss.item()
         if not math.isfinite(value) or (grad_norm is not None and not torch.isfinite(grad_norm)):
             raise NonFiniteLossError(
                 f"{desc}: non-finite loss ({value}) or gradient norm at step {step}; stopping before the update. "

@@ -66,7 +66,7 @@ def distill(
                                  grad_clip=dc.grad_clip, betas=(dc.adam_beta1, dc.adam_beta2))
         history = fit(student, data.batches(dc.batch_size, dc.seed + r), DistillObjective(teacher, schedule, m),
                       dc.weighting, settings, accelerator=accelerator, seed=dc.seed + 1000 * r, ema=ema,
-                      desc=f"round {r}: {n} -> {m} steps", progress=progress)
+                      desc=f"round {r}: {n} -> {m} steps", progress=progress, grad_accum=dc.grad_accum)
         student = accelerator.unwrap_model(student)
         sampling = ema.module if ema is not None else student
         mods = {"model": student} | ({"ema": ema.module} if ema is not None else {})

@@ -37,5 +37,5 @@ def train_teacher(cfg: Config, out: Path, *, progress: bool = True) -> Path:
 
     history = fit(denoiser, data.batches(tc.batch_size, tc.seed), TeacherObjective(schedule_of(cfg)),
                   cfg.diffusion.weighting, settings, accelerator=accelerator, seed=tc.seed + 1, ema=ema,
-                  on_step=on_step, desc="teacher", progress=progress)
+                  on_step=on_step, desc="teacher", progress=progress, grad_accum=tc.grad_accum)
     return save_checkpoint(out / "teacher", modules(), {**record, "step": tc.steps, "loss_history": history})

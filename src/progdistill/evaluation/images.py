@@ -1,0 +1,241 @@
+"""Evaluate an image run: sample quality against step count for the teacher's samplers and every student.
+
+Metrics (lower is better unless noted):
+
+- ``frechet_classifier``: Frechet distance between Gaussians fitted to the penultimate-layer features of the
+  project's own Fashion-MNIST classifier (`classifier.py`), generated samples against the test split. Offline and
+  cheap; only for 1x28x28 data. Not comparable with published FIDs.
+- ``fid``, ``kid`` and ``isc`` (Inception score, higher is better): torch-fidelity's Inception-v3 metrics, the
+  paper's, computed only when the user supplies the standard Inception weights file (it is never downloaded).
+
+Every metric has a ``data`` row: the same metric between ``num`` training images and the reference set, the floor a
+perfect model of this size of sample would reach.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..build import load_data, load_denoiser, schedule_of
+from ..config import Config
+from .classifier import feature_stats, load_classifier
+from .frechet import frechet_distance
+from .plots import metric_vs_steps
+from .sampling import generate
+
+CLASSIFIER_METRIC = "frechet_classifier"
+FIDELITY_METRICS = ("fid", "kid", "isc")
+# name in report -> (sampler for `generate`, whose weights)
+SAMPLER_KINDS = {
+    "teacher_ddim": "ddim",
+    "teacher_ancestral": "ancestral",
+    "dpm_solver": "dpm_solver",
+    "student": "ddim",
+}
+
+
+def balanced_labels(num: int, num_classes: int) -> Tensor | None:
+    """0, 1, ..., C-1, 0, 1, ...: equal class counts, and the first C samples of a grid show one of each class."""
+    return torch.arange(num) % num_classes if num_classes > 0 else None
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """[-1, 1] floats -> uint8 [0, 255] (round to nearest), as images are stored."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def save_grid(rows: list[tuple[str, Tensor]], path: Path, ncols: int = 10) -> Path:
+    """One row of `ncols` images per (label, images) entry, labelled on the left, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torchvision.utils import make_grid
+
+    width = ncols * 0.75
+    fig, axes = plt.subplots(len(rows), 1, figsize=(width + 1.6, len(rows) * 0.8 + 0.2), squeeze=False)
+    fig.subplots_adjust(left=1.5 / (width + 1.6), right=0.99, top=0.98, bottom=0.02, hspace=0.1)
+    for ax, (label, images) in zip(axes[:, 0], rows):
+        grid = make_grid(to_uint8(images[:ncols]).float() / 255, nrow=ncols, padding=1, pad_value=1.0)
+        ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+class ClassifierMetric:
+    """Frechet distance in the shipped Fashion-MNIST classifier's feature space, against fixed reference images."""
+
+    name = CLASSIFIER_METRIC
+
+    def __init__(self, reference: Tensor, device: torch.device | str = "cpu"):
+        if tuple(reference.shape[1:]) != (1, 28, 28):
+            raise ValueError(
+                f"the '{CLASSIFIER_METRIC}' metric needs 1x28x28 images (Fashion-MNIST); this run's images are "
+                f"{tuple(reference.shape[1:])}: use the Inception metrics (--inception-weights) instead")
+        self.classifier = load_classifier(device)
+        self.reference = feature_stats(reference, self.classifier)
+
+    def __call__(self, images: Tensor) -> dict[str, float]:
+        return {self.name: frechet_distance(*feature_stats(images, self.classifier), *self.reference)}
+
+
+def _rgb_uint8(x: Tensor) -> Tensor:
+    """[-1, 1] images -> uint8 [N, 3, H, W] (grey images repeated over 3 channels), as Inception expects."""
+    x = to_uint8(x)
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+class InceptionMetrics:
+    """FID, KID and Inception score from torch-fidelity's Inception-v3 feature extractor and metric functions,
+    with a weights file the user provides (it is loaded from disk only, never downloaded).
+
+    The standard file is torch-fidelity's conversion of the TF Inception graph used by the original FID code,
+    `weights-inception-2015-12-05-6726825d.pth` (README: "Inception FID"). Reference features are extracted once.
+    """
+
+    LAYERS = ("2048", "logits_unbiased")  # FID/KID features; Inception-score logits
+
+    def __init__(self, reference: Tensor, weights: str | Path, device: torch.device | str = "cpu",
+                 batch_size: int = 100):
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        weights = Path(weights).expanduser()
+        if not weights.is_file():
+            raise FileNotFoundError(
+                f"Inception weights file {weights} not found. Download "
+                "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+                "weights-inception-2015-12-05-6726825d.pth on a machine with internet access and pass its path.")
+        try:
+            self.extractor = FeatureExtractorInceptionV3("inception-v3-compat", list(self.LAYERS),
+                                                         feature_extractor_weights_path=str(weights))
+        except Exception as e:  # a file that is not an Inception-v3 state dict
+            raise ValueError(f"{weights} is not a torch-fidelity Inception-v3 weights file ({e})") from None
+        self.device = torch.device(device)
+        self.extractor.to(self.device)
+        self.batch_size = batch_size
+        self.reference = self.features(reference)
+
+    @torch.no_grad()
+    def features(self, x: Tensor) -> dict[str, Tensor]:
+        parts: dict[str, list[Tensor]] = {k: [] for k in self.LAYERS}
+        for i in range(0, len(x), self.batch_size):
+            out = self.extractor(_rgb_uint8(x[i : i + self.batch_size]).to(self.device))
+            for k, f in zip(self.LAYERS, out):
+                parts[k].append(f.cpu())
+        return {k: torch.cat(v) for k, v in parts.items()}
+
+    def __call__(self, images: Tensor) -> dict[str, float]:
+        from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+        from torch_fidelity.metric_isc import isc_features_to_metric
+        from torch_fidelity.metric_kid import kid_features_to_metric
+
+        f = self.features(images)
+        n = min(len(images), len(self.reference["2048"]))
+        fid = fid_statistics_to_metric(fid_features_to_statistics(f["2048"]),
+                                       fid_features_to_statistics(self.reference["2048"]), False)
+        kid = kid_features_to_metric(f["2048"], self.reference["2048"], kid_subset_size=min(1000, n),
+                                     kid_subsets=100, verbose=False)
+        isc = isc_features_to_metric(f["logits_unbiased"], splits=min(10, len(images)))
+        return {"fid": fid["frechet_inception_distance"], "kid": kid["kernel_inception_distance_mean"],
+                "isc": isc["inception_score_mean"]}
+
+
+def reference_sets(cfg: Config, num: int, seed: int) -> tuple[Tensor, Tensor]:
+    """(reference, floor sample): the test split (or, for folders without one, the training images) and `num`
+    training images drawn with `seed`."""
+    train = load_data(cfg).x
+    try:
+        reference = load_data(cfg, split="test").x
+    except Exception:  # folder data has no test split: compare with the training images themselves
+        reference = train
+    gen = torch.Generator().manual_seed(seed)
+    floor = train[torch.randperm(len(train), generator=gen)[: min(num, len(train))]]
+    return reference, floor
+
+
+def evaluate_images(
+    run: Path,
+    out: Path,
+    *,
+    steps: list[int],
+    num: int,
+    seed: int,
+    samplers: tuple[str, ...] = ("teacher_ddim", "teacher_ancestral", "dpm_solver", "student"),
+    max_steps: dict[str, int] | None = None,
+    inception_weights: str | Path | None = None,
+    classifier: bool | None = None,
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> list[dict]:
+    """Rows {sampler, steps, metric, value} for every sampler and step count, written to out/report.json with
+    out/report.md, one plot per metric and a sample grid per step count under out/samples/."""
+    from .report import find_students, markdown_table
+
+    unknown = sorted(set(samplers) - set(SAMPLER_KINDS))
+    if unknown:
+        raise ValueError(f"unknown sampler(s) {', '.join(unknown)}; choose from {', '.join(SAMPLER_KINDS)}")
+    max_steps = max_steps or {}
+    teacher, record, cfg = load_denoiser(run / "teacher", device)
+    students = find_students(run) if "student" in samplers else {}
+    shape = tuple(record["data_shape"])
+    schedule = schedule_of(cfg)
+    labels = balanced_labels(num, int(record.get("num_classes", 0)))
+    reference, floor_images = reference_sets(cfg, num, seed)
+
+    metrics = []
+    if classifier is None:
+        classifier = shape == (1, 28, 28)
+    if classifier:
+        metrics.append(ClassifierMetric(reference, device))
+    if inception_weights:
+        metrics.append(InceptionMetrics(reference, inception_weights, device))
+    if not metrics:
+        raise ValueError(f"no metric applies to {shape} images: the classifier metric needs 1x28x28 "
+                         "(Fashion-MNIST) data; for other data pass --inception-weights PATH")
+
+    def measure(images: Tensor) -> dict[str, float]:
+        values = {}
+        for m in metrics:
+            values.update(m(images))
+        return values
+
+    rows = [{"sampler": "data", "steps": 0, "metric": k, "value": v} for k, v in measure(floor_images).items()]
+    jobs = [(s, k) for s in samplers if s != "student" for k in steps if k <= max_steps.get(s, k)]
+    jobs += [("student", k) for k in sorted(students, reverse=True) if k in steps]
+    grids: dict[int, list[tuple[str, Tensor]]] = {}
+    for sampler, k in tqdm(jobs, desc="evaluate", disable=not progress, dynamic_ncols=True):
+        model = load_denoiser(students[k], device)[0] if sampler == "student" else teacher
+        x = generate(model, schedule, k, num, shape, sampler=SAMPLER_KINDS[sampler], variance=cfg.sample.variance,
+                     clip=cfg.sample.clip, seed=seed, batch_size=batch_size, device=device, labels=labels,
+                     progress=progress)
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(f"{sampler} at {k} steps produced non-finite samples")
+        rows += [{"sampler": sampler, "steps": k, "metric": name, "value": v} for name, v in measure(x).items()]
+        grids.setdefault(k, []).append((f"{sampler}", x[:10]))
+        del x
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(rows, indent=2))
+    names = [r["metric"] for r in rows if r["sampler"] == "data"]
+    floor_text = (f"Floor ('data' row): {len(floor_images)} training images against the reference set "
+                  f"({len(reference)} images).")
+    (out / "report.md").write_text("\n".join(f"### {name}\n\n{markdown_table(rows, name, floor_text)}"
+                                             for name in names))
+    for name in names:
+        floor = next(r["value"] for r in rows if r["sampler"] == "data" and r["metric"] == name)
+        metric_vs_steps(rows, out / f"{name}_vs_steps.png", name, floor=floor)
+    for k, panel in grids.items():
+        save_grid([("data", floor_images[:10]), *panel], out / "samples" / f"steps_{k:04d}.png")
+    return rows
