@@ -14,7 +14,8 @@ EPILOG = "Config values come from defaults, then --config (a preset name or a TO
 
 def _config_args(p: argparse.ArgumentParser, default: str | None = "toy2d") -> None:
     p.add_argument("--config", default=default, metavar="PRESET|FILE",
-                   help=f"preset name or TOML file (default: {default}; presets: {', '.join(preset_names())})")
+                   help=f"preset name or TOML file (default: {default or 'toy2d; distill: the checkpoint config'}; "
+                        f"presets: {', '.join(preset_names())})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. --set train.lr=1e-3 (repeatable)")
 
@@ -34,12 +35,22 @@ def _check_fresh_out(out: Path, marker: str, force: bool) -> None:
 def cmd_train(a: argparse.Namespace) -> None:
     from .training.teacher import train_teacher
 
-    cfg = load_config(a.config, a.overrides)
     out = Path(a.out)
-    _check_fresh_out(out, "teacher.json", a.force)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(dump_json(cfg))
-    stem = train_teacher(cfg, out, progress=not a.no_progress)
+    if a.resume:
+        if a.config or a.overrides:
+            raise ConfigError("--resume continues with the config saved in the run's checkpoint; drop --config/--set")
+        if (out / "teacher.json").is_file():
+            raise ConfigError(f"{out} already holds a finished teacher (teacher.json); nothing to resume")
+        stem = train_teacher(None, out, progress=not a.no_progress, resume=True)
+    else:
+        cfg = load_config(a.config or "toy2d", a.overrides)
+        _check_fresh_out(out, "teacher.json", a.force)
+        if (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("teacher_step*.json")) and not a.force:
+            raise ConfigError(f"--out {out} holds checkpoints of an unfinished run: continue it with --resume, or "
+                              "pass --force to start over (its checkpoints will be replaced as the new run goes)")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(dump_json(cfg))
+        stem = train_teacher(cfg, out, progress=not a.no_progress)
     print(f"teacher saved: {stem}.safetensors")
 
 
@@ -47,13 +58,24 @@ def cmd_distill(a: argparse.Namespace) -> None:
     from .training.checkpoint import read_record
     from .training.rounds import distill
 
-    record = read_record(a.from_ckpt)
-    if not isinstance(record.get("config"), dict):
-        raise ConfigError(f"checkpoint {a.from_ckpt} records no config")
-    cfg = load_config(a.config, a.overrides, base=record["config"])
-    ckpt_dir = Path(a.from_ckpt).resolve().parent
-    out = Path(a.out) if a.out else (ckpt_dir.parent if record.get("kind") == "student" else ckpt_dir)
-    for stem in distill(a.from_ckpt, out, cfg, progress=not a.no_progress):
+    if a.resume:
+        if not a.out:
+            raise ConfigError("--resume needs --out RUN (the run folder whose distillation to continue)")
+        cfg = None
+        if a.config or a.overrides:
+            raise ConfigError("--resume continues with the saved settings; drop --config/--set")
+        stems = distill(a.from_ckpt, Path(a.out), cfg, progress=not a.no_progress, resume=True)
+    else:
+        if not a.from_ckpt:
+            raise ConfigError("give --from CKPT (a teacher or student checkpoint), or --resume --out RUN")
+        record = read_record(a.from_ckpt)
+        if not isinstance(record.get("config"), dict):
+            raise ConfigError(f"checkpoint {a.from_ckpt} records no config")
+        cfg = load_config(a.config, a.overrides, base=record["config"])
+        ckpt_dir = Path(a.from_ckpt).resolve().parent
+        out = Path(a.out) if a.out else (ckpt_dir.parent if record.get("kind") == "student" else ckpt_dir)
+        stems = distill(a.from_ckpt, out, cfg, progress=not a.no_progress)
+    for stem in stems:
         print(f"student saved: {stem}.safetensors")
 
 
@@ -213,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a teacher diffusion model (continuous time)", epilog=EPILOG)
-    _config_args(p)
+    _config_args(p, default=None)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the unfinished run in --out from its newest checkpoint, exactly")
     p.add_argument("--out", required=True, help="run folder to create (teacher.safetensors/.json, checkpoints/)")
     p.add_argument("--force", action="store_true", help="write into a folder that already holds a run")
     _progress_arg(p)
@@ -222,8 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="progressively distil a teacher (or continue from a saved student)",
                        epilog="The checkpoint's own config is the base; --config/--set change its [distill] "
                               "section and device.")
-    p.add_argument("--from", dest="from_ckpt", required=True, metavar="CKPT",
+    p.add_argument("--from", dest="from_ckpt", metavar="CKPT",
                    help="teacher or student checkpoint (path without suffix, or the .json/.safetensors file)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the distillation in --out from its newest mid-round checkpoint (or last round)")
     _config_args(p, default=None)
     p.add_argument("--out", help="run folder for students/ (default: the checkpoint's run folder)")
     _progress_arg(p)

@@ -95,6 +95,7 @@ class DistillConfig:
     weighting: str = "snr_trunc"
     seed: int = 1
     grad_accum: int = 1
+    checkpoint_every: int = 1_000  # mid-round checkpoints (the newest 2 kept) for exact resume; 0: none
 
 
 @dataclass
@@ -155,7 +156,8 @@ class Config:
             _positive(name, self._get(name))
         for name in ("train.lr", "distill.lr"):
             _positive(name, self._get(name))
-        for name in ("train.warmup", "distill.warmup", "distill.final_updates_per_round", "train.grad_clip",
+        for name in ("train.warmup", "distill.warmup", "distill.final_updates_per_round", "distill.checkpoint_every",
+                     "train.grad_clip",
                      "distill.grad_clip"):
             if self._get(name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {self._get(name)}")

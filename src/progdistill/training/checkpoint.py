@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 FORMAT = "progdistill-checkpoint"
@@ -51,16 +52,20 @@ def checkpoint_paths(stem: str | Path) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
 
 
-def save_checkpoint(stem: str | Path, modules: dict[str, torch.nn.Module], record: dict[str, Any]) -> Path:
-    """Write the modules' state dicts (keys prefixed "name.") and the record; the record goes last, so a
-    checkpoint is only ever visible complete."""
+def save_checkpoint(stem: str | Path, modules: dict[str, torch.nn.Module], record: dict[str, Any],
+                    extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the modules' state dicts (keys prefixed "name.") plus `extra_tensors` (e.g. optimizer state) and the
+    record; the record goes last, so a new checkpoint is only visible once complete."""
     weights_path, record_path = checkpoint_paths(stem)
-    tensors = {}
+    tensors = dict(extra_tensors or {})
     for name, module in modules.items():
         for key, value in module.state_dict().items():
             tensors[f"{name}.{key}"] = value.detach().to("cpu").contiguous()
-    _atomic_write(weights_path, lambda tmp: save_file(tensors, tmp))
-    full = {"format": FORMAT, "version": VERSION, "modules": sorted(modules), **record}
+    # The same random token goes into the weights' metadata and the record: a crash between the two renames
+    # (new weights, old record) is detected on load instead of silently pairing mismatched files.
+    token = uuid.uuid4().hex
+    _atomic_write(weights_path, lambda tmp: save_file(tensors, tmp, metadata={"token": token}))
+    full = {"format": FORMAT, "version": VERSION, "modules": sorted(modules), **record, "token": token}
 
     def write_record(tmp: str) -> None:
         Path(tmp).write_text(json.dumps(full, indent=2, sort_keys=True))
@@ -83,15 +88,28 @@ def read_record(stem: str | Path) -> dict[str, Any]:
     return record
 
 
-def load_state(stem: str | Path, name: str) -> dict[str, torch.Tensor]:
-    """The state dict saved under module `name` in checkpoint `stem`."""
-    weights_path, _ = checkpoint_paths(stem)
+def load_tensors(stem: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of checkpoint `stem`, after checking the weights belong to its record."""
+    weights_path, record_path = checkpoint_paths(stem)
     if not weights_path.is_file():
         raise CheckpointError(f"checkpoint weights {weights_path} do not exist")
     try:
+        with safe_open(weights_path, "pt") as f:
+            token = (f.metadata() or {}).get("token")
         tensors = load_file(weights_path)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint weights {weights_path} are corrupt or truncated ({e})") from None
+    expected = read_record(stem).get("token") if record_path.is_file() else None
+    if expected is not None and token != expected:
+        raise CheckpointError(f"checkpoint weights {weights_path} do not belong to the record {record_path} "
+                              "(a write was interrupted between the two files); use an earlier checkpoint")
+    return tensors
+
+
+def load_state(stem: str | Path, name: str) -> dict[str, torch.Tensor]:
+    """The state dict saved under module `name` in checkpoint `stem`."""
+    weights_path, _ = checkpoint_paths(stem)
+    tensors = load_tensors(stem)
     prefix = f"{name}."
     state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     if not state:

@@ -66,23 +66,46 @@ def fit(
     accelerator: Accelerator,
     seed: int,
     ema: AveragedModel | None = None,
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, float, Callable[[], dict]], None] | None = None,
     desc: str = "train",
     progress: bool = True,
     grad_accum: int = 1,
+    resume: dict | None = None,
 ) -> list[tuple[int, float]]:
     """Run settings.total_steps optimizer steps of  w(lambda) ||x_target - x_hat(z_t)||^2; returns (step, loss)
     pairs logged along the way. `on_step(step, loss)` runs after every step (1-based), e.g. to checkpoint.
-    Every optimizer step averages the gradients of `grad_accum` micro-batches drawn from `batches`."""
+    Every optimizer step averages the gradients of `grad_accum` micro-batches drawn from `batches`.
+
+    Exact resume: `on_step(step, loss, snapshot)` may call `snapshot()` for the loop state after `step` (optimizer,
+    objective RNG, loss history); passing that dict back as `resume` (with the EMA restored by the caller and
+    `batches` advanced by step * grad_accum micro-batches) continues bit for bit as if never interrupted."""
     device = accelerator.device
     optimizer = torch.optim.Adam(denoiser.parameters(), lr=settings.lr, betas=settings.betas)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, settings.lr_factor)
-    model, optimizer = accelerator.prepare(denoiser, optimizer)
     generator = torch.Generator(device=device).manual_seed(seed)
-    model.train()
+    first = 1
     history: list[tuple[int, float]] = []
     running = None
-    bar = tqdm(range(1, settings.total_steps + 1), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        generator.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])  # the global RNG drives dropout
+        first = int(resume["step"]) + 1
+        history = [tuple(h) for h in resume.get("history", [])]
+        running = resume.get("running")
+        # last_epoch = step - 1, and the constructor's own step() brings it to `step`: lr = lr * factor(step).
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, settings.lr_factor, last_epoch=first - 2)
+    else:
+        torch.manual_seed(seed + 1)  # the global RNG drives dropout
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, settings.lr_factor)
+    model, optimizer = accelerator.prepare(denoiser, optimizer)
+    model.train()
+
+    def snapshot_at(step: int):
+        return lambda: {"step": step, "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                        "torch_rng": torch.get_rng_state(), "history": list(history), "running": running}
+
+    bar = tqdm(range(first, settings.total_steps + 1), desc=desc, disable=not progress, leave=False,
+               dynamic_ncols=True, initial=first - 1, total=settings.total_steps)
     for step in bar:
         optimizer.zero_grad(set_to_none=True)
         value = 0.0
@@ -115,7 +138,7 @@ def fit(
             history.append((step, running))
             bar.set_postfix(loss=f"{running:.4g}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         if on_step is not None:
-            on_step(step, value)
+            on_step(step, value, snapshot_at(step))
     bar.close()
     model.eval()
     return history

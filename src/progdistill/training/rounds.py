@@ -1,4 +1,7 @@
-"""The round loop of progressive distillation: halve N, the student becomes the teacher, fresh optimizer."""
+"""The round loop of progressive distillation: halve N, the student becomes the teacher, fresh optimizer.
+
+Mid-round checkpoints (every distill.checkpoint_every updates) let a killed run resume exactly; a finished round
+leaves students/student_NNNNsteps, from which distillation can also continue."""
 
 from __future__ import annotations
 
@@ -9,31 +12,70 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from ..build import build_denoiser, load_data, load_denoiser, make_accelerator, schedule_of
-from ..config import Config, ConfigError, check_distill_steps
+from ..config import Config, ConfigError, check_distill_steps, config_from_json
 from ..diffusion.weighting import check_combination
-from .checkpoint import save_checkpoint
-from .loop import OptimSettings, fit, make_ema
+from .checkpoint import CheckpointError, checkpoint_paths, prune, read_record, save_checkpoint
+from .loop import NonFiniteLossError, OptimSettings, fit, make_ema
 from .objectives import DistillObjective
+from .resume import latest_loadable, loop_tensors, restore_loop_state
 
 
 def student_stem(out: Path, steps: int) -> Path:
     return Path(out) / "students" / f"student_{steps:04d}steps"
 
 
+def partial_dir(out: Path) -> Path:
+    return Path(out) / "students" / "checkpoints"
+
+
+def saved_students(out: Path) -> dict[int, Path]:
+    """{steps: stem} of the finished rounds in out/students."""
+    found = {}
+    for path in sorted((Path(out) / "students").glob("student_*steps.json")):
+        found[int(read_record(path.with_suffix(""))["sampling_steps"])] = path.with_suffix("")
+    return found
+
+
+def resume_point(out: Path) -> tuple[Path | None, Path | None]:
+    """(newest loadable mid-round checkpoint, last finished student) of a distillation run folder."""
+    partial = latest_loadable(partial_dir(out), "round*_step*")
+    students = saved_students(out)
+    return partial, (students[min(students)] if students else None)
+
+
 def distill(
-    teacher_stem: str | Path,
+    teacher_stem: str | Path | None,
     out: Path,
     cfg: Config | None = None,
     *,
     on_round: Callable[[Path, int], None] | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> list[Path]:
     """Distil from a teacher or a saved student down to cfg.distill.target_steps; returns the students' stems.
 
     A teacher checkpoint starts at cfg.distill.start_steps; a student checkpoint of M steps continues from M.
     `cfg` defaults to the checkpoint's own config; only its [distill] section and device are used from it.
+    resume=True continues the run in `out` exactly: from its newest mid-round checkpoint (with that checkpoint's
+    config), else from its last finished student, else from `teacher_stem`.
     """
     out = Path(out)
+    partial = None
+    if resume:
+        partial, last_student = resume_point(out)
+        if partial is not None:
+            precord = read_record(partial)
+            saved = config_from_json(precord["config"])
+            if cfg is not None and cfg.distill != saved.distill:
+                raise ConfigError(f"--resume continues with the [distill] settings saved in {partial}.json; drop "
+                                  "--config/--set (or start a new run to change them)")
+            teacher_stem, cfg = precord["teacher"], saved
+        elif last_student is not None:
+            teacher_stem = last_student
+        elif teacher_stem is None and (out / "teacher.json").is_file():
+            teacher_stem = out / "teacher"
+    if teacher_stem is None:
+        raise CheckpointError(f"nothing to distil: {out} holds no teacher, student or mid-round checkpoint")
     teacher, record, ckpt_cfg = load_denoiser(teacher_stem)
     cfg = replace(ckpt_cfg, distill=cfg.distill, device=cfg.device).validate() if cfg is not None else ckpt_cfg
     dc = cfg.distill
@@ -47,10 +89,13 @@ def distill(
                         "distill.start_steps")
     accelerator = make_accelerator(cfg)
     data = load_data(cfg)
+    if dc.batch_size > len(data):
+        raise ConfigError(f"distill.batch_size ({dc.batch_size}) is larger than the data ({len(data)} examples)")
     schedule = schedule_of(cfg)
     data_shape, num_classes = tuple(record["data_shape"]), int(record["num_classes"])
     first_round = int(record.get("round", 0)) + 1
     teacher = teacher.to(accelerator.device)
+    current_teacher = Path(teacher_stem)
     stems: list[Path] = []
     n, r = start, first_round
     rounds = tqdm(total=max(start.bit_length() - dc.target_steps.bit_length(), 0), desc="distill rounds",
@@ -62,24 +107,53 @@ def distill(
         student = build_denoiser(cfg, data_shape, num_classes, dropout=dc.dropout).to(accelerator.device)
         student.load_state_dict(teacher.state_dict())  # student starts from the teacher's (sampling) weights
         ema = make_ema(student, dc.ema_decay)
+        state = None
+        if partial is not None:
+            if int(precord["round"]) != r or int(precord["sampling_steps"]) != m:
+                raise CheckpointError(f"{partial}.json is for round {precord['round']} ({precord['sampling_steps']}"
+                                      f" steps), but its teacher {teacher_stem} starts round {r} ({m} steps)")
+            state = restore_loop_state(partial, student, ema)
+            partial = None
+        done = state["step"] if state else 0
         settings = OptimSettings(lr=dc.lr, total_steps=updates, warmup=dc.warmup, decay="linear",
                                  grad_clip=dc.grad_clip, betas=(dc.adam_beta1, dc.adam_beta2))
-        history = fit(student, data.batches(dc.batch_size, dc.seed + r), DistillObjective(teacher, schedule, m),
-                      dc.weighting, settings, accelerator=accelerator, seed=dc.seed + 1000 * r, ema=ema,
-                      desc=f"round {r}: {n} -> {m} steps", progress=progress, grad_accum=dc.grad_accum)
+        base = {"config": cfg.to_dict(), "data_shape": list(data_shape), "num_classes": num_classes, "round": r,
+                "sampling_steps": m, "teacher": str(current_teacher)}
+
+        def on_step(step: int, loss: float, snapshot, r=r, ema=ema, student=student, base=base) -> None:
+            if dc.checkpoint_every and step % dc.checkpoint_every == 0 and step < updates:
+                tensors, extra = loop_tensors(snapshot(), ema)
+                mods = {"model": accelerator.unwrap_model(student)} | ({"ema": ema.module} if ema is not None else {})
+                save_checkpoint(partial_dir(out) / f"round{r:02d}_step{step:08d}", mods,
+                                {"kind": "student_partial", **base, "step": step,
+                                 "sampling_weights": "ema" if ema is not None else "model", **extra}, tensors)
+                prune(partial_dir(out), f"round{r:02d}_step*", 2)
+
+        try:
+            history = fit(student, data.batches(dc.batch_size, dc.seed + r, skip=done * dc.grad_accum),
+                          DistillObjective(teacher, schedule, m), dc.weighting, settings, accelerator=accelerator,
+                          seed=dc.seed + 1000 * r, ema=ema, on_step=on_step, desc=f"round {r}: {n} -> {m} steps",
+                          progress=progress, grad_accum=dc.grad_accum, resume=state)
+        except NonFiniteLossError as e:
+            last = latest_loadable(partial_dir(out), f"round{r:02d}_step*") or current_teacher
+            raise NonFiniteLossError(f"{e} Nothing was saved after the last good checkpoint: {last}.safetensors "
+                                     f"(round {r}; earlier rounds' students are intact).") from None
         student = accelerator.unwrap_model(student)
         sampling = ema.module if ema is not None else student
         mods = {"model": student} | ({"ema": ema.module} if ema is not None else {})
         stem = save_checkpoint(student_stem(out, m), mods, {
-            "kind": "student", "config": cfg.to_dict(), "data_shape": list(data_shape), "num_classes": num_classes,
-            "sampling_weights": "ema" if ema is not None else "model", "sampling_steps": m, "round": r,
-            "teacher": str(teacher_stem) if r == first_round else str(stems[-1]), "step": updates,
-            "loss_history": history,
+            "kind": "student", **base, "sampling_weights": "ema" if ema is not None else "model",
+            "step": updates, "loss_history": history,
         })
+        # The finished student supersedes this round's mid-round checkpoints.
+        for old in partial_dir(out).glob(f"round{r:02d}_step*.json"):
+            for path in checkpoint_paths(old.with_suffix("")):
+                path.unlink(missing_ok=True)
         stems.append(stem)
         if on_round is not None:
             on_round(stem, m)
         teacher = sampling.eval().requires_grad_(False)
+        current_teacher = stem
         n, r = m, r + 1
         rounds.update(1)
     rounds.close()
