@@ -118,7 +118,7 @@ def _one_step(batches, grad_accum, mixed_precision="no"):
     den = Denoiser(_Linear(), "x")
     cfg = load_config("toy2d", [f'mixed_precision="{mixed_precision}"', 'device="cpu"'])
 
-    def objective(x, labels, gen):  # deterministic: z = x, logsnr = 0, target = -x
+    def objective(x, labels, gen, shard=(0, 1)):  # deterministic: z = x, logsnr = 0, target = -x
         return x, torch.zeros(x.shape[0]), -x
 
     fit(den, iter(batches), objective, "constant", OptimSettings(lr=0.1, total_steps=1, grad_clip=0.0),

@@ -147,9 +147,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     real = teacher_mod.TeacherObjective.__call__
     calls = {"n": 0}
 
-    def poisoned(self, x, labels, gen):
+    def poisoned(self, x, labels, gen, shard=(0, 1)):
         calls["n"] += 1
-        z, logsnr, target = real(self, x, labels, gen)
+        z, logsnr, target = real(self, x, labels, gen, shard)
         return (z, logsnr, target * float("nan")) if calls["n"] >= 13 else (z, logsnr, target)
 
     monkeypatch.setattr(teacher_mod.TeacherObjective, "__call__", poisoned)

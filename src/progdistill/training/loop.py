@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from ..denoiser import Denoiser
 from ..diffusion.weighting import weighted_loss
+from .objectives import shard_rows
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -53,7 +54,8 @@ def make_ema(model: torch.nn.Module, decay: float) -> AveragedModel | None:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
-Objective = Callable[[Tensor, Tensor | None, torch.Generator], tuple[Tensor, Tensor, Tensor]]
+# objective(global batch x, labels, generator, (rank, world)) -> (z_t, logsnr_t, x_target) for this process's rows
+Objective = Callable[[Tensor, Tensor | None, torch.Generator, tuple[int, int]], tuple[Tensor, Tensor, Tensor]]
 
 
 def fit(
@@ -80,6 +82,7 @@ def fit(
     objective RNG, loss history); passing that dict back as `resume` (with the EMA restored by the caller and
     `batches` advanced by step * grad_accum micro-batches) continues bit for bit as if never interrupted."""
     device = accelerator.device
+    shard = (accelerator.process_index, accelerator.num_processes)
     optimizer = torch.optim.Adam(denoiser.parameters(), lr=settings.lr, betas=settings.betas)
     generator = torch.Generator(device=device).manual_seed(seed)
     first = 1
@@ -110,10 +113,11 @@ def fit(
         optimizer.zero_grad(set_to_none=True)
         value = 0.0
         for micro in range(grad_accum):
-            x, labels = next(batches)
+            x, labels = next(batches)  # the global batch; this process trains on its rows
             x = x.to(device, non_blocking=True)
             labels = labels.to(device) if labels is not None else None
-            z_t, logsnr, x_target = objective(x, labels, generator)
+            z_t, logsnr, x_target = objective(x, labels, generator, shard)
+            labels = labels[shard_rows(x.shape[0], shard)] if labels is not None else None
             # Gradients are only all-reduced on the last micro-batch of a step.
             sync = contextlib.nullcontext() if micro == grad_accum - 1 else accelerator.no_sync(model)
             with sync:
@@ -121,7 +125,8 @@ def fit(
                     x_hat = model(z_t, logsnr, labels)
                 loss = weighted_loss(x_hat, x_target, logsnr, weighting) / grad_accum
                 accelerator.backward(loss)
-            value += loss.item()
+            # The loss of the global batch (mean over processes): every process logs and checks the same value.
+            value += (accelerator.reduce(loss.detach(), reduction="mean") if shard[1] > 1 else loss).item()
         grad_norm = (accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
                      if settings.grad_clip > 0 else None)
         if not math.isfinite(value) or (grad_norm is not None and not torch.isfinite(grad_norm)):

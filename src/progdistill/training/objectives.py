@@ -15,11 +15,24 @@ from ..diffusion.samplers import DenoiserFn
 from ..diffusion.schedules import Schedule, alpha_sigma, broadcast
 
 
-def _noisy(x: Tensor, logsnr: Tensor, generator: torch.Generator) -> Tensor:
-    """z_t = alpha_t x + sigma_t eps, eps ~ N(0, I)."""
-    eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    alpha, sigma = alpha_sigma(broadcast(logsnr, x))
-    return alpha * x + sigma * eps
+Shard = tuple[int, int]  # (this process's rank, number of processes)
+
+
+def shard_rows(n: int, shard: Shard) -> slice:
+    """The contiguous rows of a global batch of n that process `rank` of `world` trains on."""
+    rank, world = shard
+    if n % world:
+        raise ValueError(f"the global batch ({n}) must be divisible by the number of processes ({world})")
+    size = n // world
+    return slice(rank * size, (rank + 1) * size)
+
+
+def _noisy(x: Tensor, logsnr: Tensor, generator: torch.Generator, rows: slice) -> Tensor:
+    """z_t = alpha_t x + sigma_t eps, eps ~ N(0, I), for rows `rows` of the batch (noise drawn for all rows, so
+    every process count sees the same noise per example)."""
+    eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)[rows]
+    alpha, sigma = alpha_sigma(broadcast(logsnr, x[rows]))
+    return alpha * x[rows] + sigma * eps
 
 
 @dataclass
@@ -28,10 +41,11 @@ class TeacherObjective:
 
     schedule: Schedule
 
-    def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator):
-        t = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=torch.float64)
+    def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator, shard: Shard = (0, 1)):
+        rows = shard_rows(x.shape[0], shard)
+        t = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=torch.float64)[rows]
         logsnr = self.schedule(t).to(x.dtype)
-        return _noisy(x, logsnr, generator), logsnr, x
+        return _noisy(x, logsnr, generator, rows), logsnr, x[rows]
 
 
 @dataclass
@@ -43,12 +57,14 @@ class DistillObjective:
     schedule: Schedule
     student_steps: int
 
-    def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator):
+    def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator, shard: Shard = (0, 1)):
         m = self.student_steps
-        i = torch.randint(1, m + 1, (x.shape[0],), generator=generator, device=x.device)
+        rows = shard_rows(x.shape[0], shard)
+        i = torch.randint(1, m + 1, (x.shape[0],), generator=generator, device=x.device)[rows]
         t = i.double() / m
         # Evaluated in float64 then cast, exactly as `step_grid` builds the sampler's grid.
         logsnr_t, logsnr_tp, logsnr_tpp = (self.schedule(s).to(x.dtype) for s in (t, t - 0.5 / m, t - 1.0 / m))
-        z_t = _noisy(x, logsnr_t, generator)
-        x_tilde = distillation_target(self.teacher, z_t, logsnr_t, logsnr_tp, logsnr_tpp, i == 1, labels)
+        z_t = _noisy(x, logsnr_t, generator, rows)
+        lab = labels[rows] if labels is not None else None
+        x_tilde = distillation_target(self.teacher, z_t, logsnr_t, logsnr_tp, logsnr_tpp, i == 1, lab)
         return z_t, logsnr_t, x_tilde

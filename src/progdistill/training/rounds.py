@@ -121,7 +121,8 @@ def distill(
                 "sampling_steps": m, "teacher": str(current_teacher)}
 
         def on_step(step: int, loss: float, snapshot, r=r, ema=ema, student=student, base=base) -> None:
-            if dc.checkpoint_every and step % dc.checkpoint_every == 0 and step < updates:
+            if (dc.checkpoint_every and step % dc.checkpoint_every == 0 and step < updates
+                    and accelerator.is_main_process):
                 tensors, extra = loop_tensors(snapshot(), ema)
                 mods = {"model": accelerator.unwrap_model(student)} | ({"ema": ema.module} if ema is not None else {})
                 save_checkpoint(partial_dir(out) / f"round{r:02d}_step{step:08d}", mods,
@@ -141,14 +142,17 @@ def distill(
         student = accelerator.unwrap_model(student)
         sampling = ema.module if ema is not None else student
         mods = {"model": student} | ({"ema": ema.module} if ema is not None else {})
-        stem = save_checkpoint(student_stem(out, m), mods, {
-            "kind": "student", **base, "sampling_weights": "ema" if ema is not None else "model",
-            "step": updates, "loss_history": history,
-        })
-        # The finished student supersedes this round's mid-round checkpoints.
-        for old in partial_dir(out).glob(f"round{r:02d}_step*.json"):
-            for path in checkpoint_paths(old.with_suffix("")):
-                path.unlink(missing_ok=True)
+        stem = student_stem(out, m)
+        if accelerator.is_main_process:  # one process writes; all hold the same weights
+            save_checkpoint(stem, mods, {
+                "kind": "student", **base, "sampling_weights": "ema" if ema is not None else "model",
+                "step": updates, "loss_history": history, "num_processes": accelerator.num_processes,
+            })
+            # The finished student supersedes this round's mid-round checkpoints.
+            for old in partial_dir(out).glob(f"round{r:02d}_step*.json"):
+                for path in checkpoint_paths(old.with_suffix("")):
+                    path.unlink(missing_ok=True)
+        accelerator.wait_for_everyone()
         stems.append(stem)
         if on_round is not None:
             on_round(stem, m)

@@ -73,7 +73,12 @@ def train_teacher(cfg: Config | None, out: Path, *, progress: bool = True, resum
         last = find_resume_point(out)
         raise NonFiniteLossError(f"{e} Nothing was saved after the last good checkpoint: "
                                  f"{f'{last}.safetensors' if last else 'none yet'}.") from None
-    return save_checkpoint(out / "teacher", modules(), {**record, "step": tc.steps, "loss_history": history})
+    stem = out / "teacher"
+    if accelerator.is_main_process:  # every process holds the same weights; one writes them
+        save_checkpoint(stem, modules(), {**record, "step": tc.steps, "loss_history": history,
+                                          "num_processes": accelerator.num_processes})
+    accelerator.wait_for_everyone()
+    return stem
 
 
 

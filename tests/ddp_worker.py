@@ -1,0 +1,33 @@
+"""Run by tests/test_parallel.py under `torch.distributed.run`: train a tiny 2-D teacher and one distillation round
+with every process of the launch, logging which rank wrote which checkpoint."""
+
+import os
+import sys
+from pathlib import Path
+
+from progdistill.config import load_config
+from progdistill.training import rounds, teacher
+
+OVERRIDES = ["model.hidden=32", "model.depth=2", "model.emb_dim=16", "data.size=2000", "train.batch_size=64",
+             "train.steps=6", "train.warmup=2", "train.checkpoint_every=3", "distill.start_steps=2",
+             "distill.batch_size=64", "distill.updates_per_round=4", "distill.final_updates_per_round=0", "distill.checkpoint_every=2", 'device="cpu"']
+
+
+def main(out: Path) -> None:
+    rank = int(os.environ["RANK"])  # (accelerate's state is created by the run itself, with its device settings)
+    for module in (teacher, rounds):
+        real = module.save_checkpoint
+
+        def logged(stem, *args, _real=real, **kwargs):
+            with open(out / f"writes-rank{rank}.log", "a") as f:
+                f.write(f"{Path(stem).name}\n")
+            return _real(stem, *args, **kwargs)
+
+        module.save_checkpoint = logged
+    cfg = load_config("toy2d", OVERRIDES)
+    stem = teacher.train_teacher(cfg, out, progress=False)
+    rounds.distill(stem, out, cfg, progress=False)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
