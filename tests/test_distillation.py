@@ -16,7 +16,7 @@ from progdistill.training.objectives import DistillObjective
 @given(st.sampled_from([1, 2, 4, 8, 64]), st.sampled_from(["x", "v", "both"]), st.integers(0, 1000),
        st.sampled_from(["cosine", "linear"]))
 def test_student_step_onto_x_tilde_lands_on_two_teacher_steps(m, prediction, seed, schedule_name):
-    from tests.conftest import SmoothNet
+    from conftest import SmoothNet
 
     schedule = CosineSchedule() if schedule_name == "cosine" else LinearBetaSchedule()
     teacher = Denoiser(SmoothNet(2, 2 if prediction == "both" else 1, seed=seed), prediction)
