@@ -230,7 +230,7 @@ def evaluate_images(
     (out / "report.json").write_text(json.dumps(rows, indent=2))
     names = [r["metric"] for r in rows if r["sampler"] == "data"]
     floor_text = (f"Floor ('data' row): {len(floor_images)} training images against the reference set "
-                  f"({len(reference)} images).")
+                  f"({len(reference)} images)")
     (out / "report.md").write_text("\n".join(f"### {name}\n\n{markdown_table(rows, name, floor_text)}"
                                              for name in names))
     for name in names:
