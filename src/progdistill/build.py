@@ -15,8 +15,9 @@ from .data import TensorData, sample_toy
 from .data.images import IMAGE_DATASETS, load_image_dataset
 from .denoiser import Denoiser
 from .diffusion.parameterization import get_parameterization
-from .diffusion.schedules import Schedule, make_schedule
+from .diffusion.schedules import DiscreteSchedule, Schedule, make_schedule
 from .nets import MLPNet
+from .nets.diffusers_net import DiffusersUNet
 from .nets.unet import UNET_PRESETS, UNet
 from .training.checkpoint import CheckpointError, load_into, read_record
 
@@ -37,7 +38,8 @@ def load_data(cfg: Config, split: str = "train") -> TensorData:
 
 def schedule_of(cfg: Config) -> Schedule:
     d = cfg.diffusion
-    return make_schedule(d.schedule, d.logsnr_min, d.logsnr_max)
+    return make_schedule(d.schedule, d.logsnr_min, d.logsnr_max, num_timesteps=d.num_timesteps,
+                         beta_schedule=d.beta_schedule, beta_start=d.beta_start, beta_end=d.beta_end)
 
 
 def build_denoiser(cfg: Config, data_shape: tuple[int, ...], num_classes: int = 0,
@@ -57,6 +59,11 @@ def build_denoiser(cfg: Config, data_shape: tuple[int, ...], num_classes: int = 
         channels = data_shape[0]
         net = UNet(UNET_PRESETS[m.unet], data_shape[1], channels, factor * channels,
                    m.dropout if dropout is None else dropout, num_classes)
+    elif m.arch == "diffusers":
+        schedule = schedule_of(cfg)
+        if not isinstance(schedule, DiscreteSchedule):
+            raise ConfigError("model.arch 'diffusers' is a discrete-time model: set diffusion.schedule = \"discrete\"")
+        net = DiffusersUNet(m.diffusers_unet, schedule, dropout)
     else:  # pragma: no cover - validate() only admits known archs
         raise ValueError(f"unknown model.arch {m.arch!r}")
     return Denoiser(net, m.parameterization)

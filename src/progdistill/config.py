@@ -43,21 +43,27 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "mlp"  # mlp (flat data) or unet (images)
+    arch: str = "mlp"  # mlp (flat data), unet (images) or diffusers (an imported diffusers UNet2DModel)
     unet: str = "small"  # U-Net preset: small (CPU, 28x28), cifar10, imagenet64 (PAPER section 6)
     parameterization: str = "v"  # eps, x, v or both
     hidden: int = 256
     depth: int = 4
     emb_dim: int = 128
     dropout: float = 0.0
+    diffusers_unet: str = ""  # arch = diffusers: the UNet2DModel config as JSON (written by import-diffusers)
 
 
 @dataclass
 class DiffusionConfig:
-    schedule: str = "cosine"  # cosine or linear (DDPM betas)
+    schedule: str = "cosine"  # cosine, linear (DDPM betas, continuous time) or discrete (a diffusers scheduler's)
     logsnr_min: float = -20.0
     logsnr_max: float = 20.0
     weighting: str = "snr_plus1"  # the teacher's loss weighting
+    # schedule = discrete: diffusers' alpha_bar over num_timesteps (timestep j sits at t = (j + 1) / num_timesteps)
+    num_timesteps: int = 1000
+    beta_schedule: str = "linear"  # linear, scaled_linear or squaredcos_cap_v2
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
 
 
 @dataclass
@@ -121,12 +127,15 @@ class Config:
     def validate(self) -> "Config":
         """Check every cross-field and range rule; raise ConfigError naming the field."""
         _choice("data.name", self.data.name, [*TOY_DISTRIBUTIONS, *IMAGE_DATASETS])
-        _choice("model.arch", self.model.arch, ["mlp", "unet"])
+        _choice("model.arch", self.model.arch, ["mlp", "unet", "diffusers"])
         _choice("model.unet", self.model.unet, UNET_PRESETS)
         _choice("mixed_precision", self.mixed_precision, ["no", "fp16", "bf16"])
         images = self.data.name in IMAGE_DATASETS
-        if images and self.model.arch != "unet":
+        if images and self.model.arch not in ("unet", "diffusers"):
             raise ConfigError(f"data.name {self.data.name!r} is an image data set: set model.arch = \"unet\"")
+        if self.model.arch == "diffusers" and not self.model.diffusers_unet:
+            raise ConfigError("model.arch 'diffusers' needs model.diffusers_unet (the UNet2DModel config); create "
+                              "such a run with `progdistill import-diffusers`")
         if not images and self.model.arch != "mlp":
             raise ConfigError(f"data.name {self.data.name!r} is 2-D data: set model.arch = \"mlp\"")
         if self.data.name == "folder" and (not self.data.root or self.data.image_size <= 0):
@@ -135,7 +144,10 @@ class Config:
             if self._get(name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {self._get(name)}")
         _choice("model.parameterization", self.model.parameterization, PARAMETERIZATIONS)
-        _choice("diffusion.schedule", self.diffusion.schedule, ["cosine", "linear"])
+        _choice("diffusion.schedule", self.diffusion.schedule, ["cosine", "linear", "discrete"])
+        _choice("diffusion.beta_schedule", self.diffusion.beta_schedule, ["linear", "scaled_linear",
+                                                                          "squaredcos_cap_v2"])
+        _positive("diffusion.num_timesteps", self.diffusion.num_timesteps)
         _choice("diffusion.weighting", self.diffusion.weighting, WEIGHTINGS)
         _choice("distill.weighting", self.distill.weighting, WEIGHTINGS)
         _choice("train.lr_decay", self.train.lr_decay, ["constant", "linear", "cosine"])

@@ -27,7 +27,9 @@ class Denoiser(nn.Module):
 
     def forward(self, z: Tensor, logsnr: Tensor, labels: Tensor | None = None) -> Tensor:
         # Under mixed precision the network may answer in bf16/fp16; the parameterization runs in z's dtype.
-        out = self.net(z, noise_condition(logsnr), labels).to(z.dtype)
+        # Networks of discrete-time models (imported ones) bring their own map from log-SNR to their timestep.
+        cond = self.net.condition(logsnr) if hasattr(self.net, "condition") else noise_condition(logsnr)
+        out = self.net(z, cond, labels).to(z.dtype)
         alpha, sigma = alpha_sigma(broadcast(logsnr.to(z.dtype), z))
         return self.parameterization.to_x(out, z, alpha, sigma)
 

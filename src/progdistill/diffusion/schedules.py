@@ -79,16 +79,74 @@ class LinearBetaSchedule:
         return logsnr.clamp(self.logsnr_min, self.logsnr_max)
 
 
-Schedule = CosineSchedule | LinearBetaSchedule
+class DiscreteSchedule:
+    """A discrete-time model's schedule (e.g. a diffusers DDPM/DDIM scheduler): alpha_bar_j for timesteps
+    j = 0 .. T-1, placed at t_j = (j + 1) / T, so that t = i / N is timestep i T / N - 1 (diffusers' "trailing"
+    spacing) and t = 1 is the last timestep. Between knots log-SNR is interpolated linearly in t; t = 0 maps to
+    max(logsnr_max, lambda_0 + 1), which only the last (x_hat-returning) step and teacher training ever touch.
+    `timestep(logsnr)` inverts the map to the (fractional) timestep a discrete-time network is conditioned on.
+    """
+
+    def __init__(self, alphas_cumprod, logsnr_max: float = 20.0):
+        abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
+        if abar.numel() < 1 or not bool(((abar > 0) & (abar < 1)).all()):
+            raise ValueError("a discrete schedule needs 0 < alpha_bar < 1 at every timestep (a zero-terminal-SNR "
+                             "schedule has no finite log-SNR at its last timestep)")
+        lam = torch.log(abar) - torch.log1p(-abar)
+        if not bool((lam[1:] < lam[:-1]).all()):
+            raise ValueError("a discrete schedule's alpha_bar must decrease strictly with the timestep")
+        self.num_timesteps = abar.numel()
+        self.knots_t = torch.arange(self.num_timesteps + 1, dtype=torch.float64) / self.num_timesteps
+        self.knots_logsnr = torch.cat([torch.tensor([max(logsnr_max, float(lam[0]) + 1.0)]), lam])
+        self.logsnr_min, self.logsnr_max = float(lam[-1]), float(self.knots_logsnr[0])
+
+    def __call__(self, t: Tensor) -> Tensor:
+        tt = t.detach().to(torch.float64).clamp(0.0, 1.0) * self.num_timesteps
+        lo = tt.floor().clamp(max=self.num_timesteps - 1)
+        w = tt - lo
+        k = self.knots_logsnr.to(t.device)
+        i = lo.long()
+        return ((1 - w) * k[i] + w * k[i + 1]).to(t.dtype)
+
+    def timestep(self, logsnr: Tensor) -> Tensor:
+        """The fractional timestep index j = t T - 1 at which the schedule has this log-SNR; values within 1e-3
+        of an integer are snapped to it, so grid points (computed in float32) hit the network's exact timesteps."""
+        k = -self.knots_logsnr.to(logsnr.device)  # increasing
+        x = -logsnr.detach().to(torch.float64).clamp(-self.logsnr_max, -self.logsnr_min)
+        hi = torch.searchsorted(k, x).clamp(1, self.num_timesteps)
+        w = (x - k[hi - 1]) / (k[hi] - k[hi - 1])
+        j = (hi - 1).to(torch.float64) + w - 1.0
+        snapped = torch.where((j - j.round()).abs() < 1e-3, j.round(), j)
+        return snapped.to(torch.float32)
 
 
-def make_schedule(name: str, logsnr_min: float = -20.0, logsnr_max: float = 20.0) -> Schedule:
-    """The schedule called `name` ("cosine" or "linear") with the given log-SNR range."""
+Schedule = CosineSchedule | LinearBetaSchedule | DiscreteSchedule
+
+
+def ddpm_alphas_cumprod(num_timesteps: int, beta_schedule: str, beta_start: float, beta_end: float) -> Tensor:
+    """alpha_bar_j of a diffusers DDPM/DDIM scheduler with these settings, computed by diffusers itself."""
+    from diffusers import DDPMScheduler
+
+    try:
+        sched = DDPMScheduler(num_train_timesteps=num_timesteps, beta_schedule=beta_schedule,
+                              beta_start=beta_start, beta_end=beta_end)
+    except NotImplementedError:
+        raise ValueError(f"unknown beta_schedule {beta_schedule!r}: choose linear, scaled_linear or "
+                         "squaredcos_cap_v2") from None
+    return sched.alphas_cumprod.to(torch.float64)
+
+
+def make_schedule(name: str, logsnr_min: float = -20.0, logsnr_max: float = 20.0, *, num_timesteps: int = 1000,
+                  beta_schedule: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:
+    """The schedule called `name` ("cosine", "linear" or "discrete") with the given log-SNR range; "discrete" is
+    a diffusers scheduler's alpha_bar over `num_timesteps` from `beta_schedule`, `beta_start`, `beta_end`."""
     if name == "cosine":
         return CosineSchedule(logsnr_min, logsnr_max)
     if name == "linear":
         return LinearBetaSchedule(logsnr_min=logsnr_min, logsnr_max=logsnr_max)
-    raise ValueError(f"unknown schedule {name!r}: choose 'cosine' or 'linear'")
+    if name == "discrete":
+        return DiscreteSchedule(ddpm_alphas_cumprod(num_timesteps, beta_schedule, beta_start, beta_end), logsnr_max)
+    raise ValueError(f"unknown schedule {name!r}: choose 'cosine', 'linear' or 'discrete'")
 
 
 def step_grid(schedule: Schedule, steps: int, dtype: torch.dtype = torch.float32, device=None) -> Tensor:

@@ -20,6 +20,11 @@ from .objectives import DistillObjective
 from .resume import latest_loadable, loop_tensors, restore_loop_state
 
 
+# eps students are distillable only while 1/alpha at t = 1 stays moderate: log-SNR -12 is 1/alpha ~ 400 (DDPM's
+# linear betas over 1000 steps end at -10.1; the continuous schedules here end at -20, 1/alpha ~ 22 000).
+EPS_LOGSNR_FLOOR = -12.0
+
+
 def student_stem(out: Path, steps: int) -> Path:
     return Path(out) / "students" / f"student_{steps:04d}steps"
 
@@ -80,9 +85,11 @@ def distill(
     cfg = replace(ckpt_cfg, distill=cfg.distill, device=cfg.device).validate() if cfg is not None else ckpt_cfg
     dc = cfg.distill
     check_combination(cfg.model.parameterization, dc.weighting)
-    if cfg.model.parameterization == "eps":
-        raise ConfigError("model.parameterization 'eps' cannot be distilled: x_hat = (z - sigma eps) / alpha "
-                          "blows up as alpha -> 0 at t = 1 (paper section 2); train the teacher with x, v or both")
+    if cfg.model.parameterization == "eps" and schedule_of(cfg).logsnr_min < EPS_LOGSNR_FLOOR:
+        raise ConfigError("model.parameterization 'eps' cannot be distilled on this schedule: x_hat = (z - sigma "
+                          f"eps) / alpha amplifies errors by 1/alpha, and its log-SNR at t = 1 is "
+                          f"{schedule_of(cfg).logsnr_min:.1f} < {EPS_LOGSNR_FLOOR} (paper section 2); train the "
+                          "teacher with x, v or both")
     start = int(record["sampling_steps"]) if record["kind"] == "student" else dc.start_steps
     check_distill_steps(start, dc.target_steps,
                         start_name="the checkpoint's step count" if record["kind"] == "student" else

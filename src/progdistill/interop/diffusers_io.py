@@ -1,0 +1,243 @@
+"""Export a checkpoint as a diffusers pipeline folder, and import a diffusers UNet2DModel + scheduler as a teacher.
+
+Export. The project's samplers walk the grid t_i = i / N on a log-SNR schedule; diffusers' DDIMScheduler walks
+discrete timesteps of an alpha_bar table. With num_train_timesteps T a multiple of N, timestep j placed at
+t = (j + 1) / T, timestep_spacing="trailing" and set_alpha_to_one=True, the scheduler's N timesteps are exactly
+t = 1, (N-1)/N, ..., 1/N and its last step returns x_hat, as here. Our U-Nets are conditioned on a noise level,
+not on j: the exported UNet2DModel uses time_embedding_type="learned", whose table holds, for every j, the
+sinusoidal embedding our network computes at that timestep's log-SNR, so every other weight is copied unchanged.
+eps, x and v map to diffusers' epsilon, sample and v_prediction; "both" has no diffusers equivalent and is
+exported as a small wrapper component (progdistill_unet.py) that converts its two outputs to v-prediction.
+Class-conditional models get a pipeline file (pipeline_progdistill.py) that passes class labels.
+
+Import. A UNet2DModel with a DDPMScheduler or DDIMScheduler (epsilon, v_prediction or sample; linear,
+scaled_linear or squaredcos_cap_v2 betas) becomes a teacher checkpoint on its own discrete schedule
+(diffusion.schedule = "discrete"), from which `progdistill distill` runs unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..build import build_denoiser, load_data, load_denoiser, schedule_of
+from ..config import Config, ConfigError
+from ..denoiser import noise_condition
+from ..diffusion.schedules import alpha_sigma
+from ..training.checkpoint import CheckpointError, save_checkpoint
+
+PREDICTION_TYPES = {"eps": "epsilon", "x": "sample", "v": "v_prediction", "both": "v_prediction"}
+PARAMETERIZATIONS = {"epsilon": "eps", "sample": "x", "v_prediction": "v"}
+# The loss weighting each imported parameterization is distilled with (eps: the eps-MSE it was trained on).
+DISTILL_WEIGHTINGS = {"eps": "snr", "x": "snr_trunc", "v": "snr_plus1"}
+
+
+def _plain_config(config) -> dict:
+    return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+
+
+def default_train_timesteps(steps: int) -> int:
+    """A multiple of `steps` near 1024 (1024 itself for powers of two), so the pipeline also accepts step counts
+    other than the student's (which then fall between the model's training grid points)."""
+    return steps * max(1, round(1024 / steps))
+
+
+def _learned_time_table(schedule, unet, num_train_timesteps: int) -> torch.Tensor:
+    """For each timestep j, the embedding the project's UNet computes at t = (j + 1) / T: the same float32 log-SNR
+    the sampler's grid holds, the same noise condition, and diffusers' own sinusoidal embedding of 1000 c."""
+    from diffusers.models.embeddings import get_timestep_embedding
+
+    t = torch.arange(1, num_train_timesteps + 1, dtype=torch.float64) / num_train_timesteps
+    logsnr = schedule(t).to(torch.float32)
+    proj = unet.time_proj
+    return get_timestep_embedding(1000.0 * noise_condition(logsnr), unet.config.block_out_channels[0],
+                                  flip_sin_to_cos=proj.flip_sin_to_cos, downscale_freq_shift=proj.downscale_freq_shift,
+                                  scale=proj.scale)
+
+
+def export_diffusers(ckpt: str | Path, out: str | Path, *, steps: int | None = None,
+                     train_timesteps: int | None = None, clip: bool | None = None) -> dict:
+    """Write a diffusers pipeline folder for checkpoint `ckpt`; returns a summary (steps, how to load it)."""
+    from diffusers import DDIMScheduler, UNet2DModel
+
+    denoiser, record, cfg = load_denoiser(ckpt)
+    shape = tuple(record["data_shape"])
+    if len(shape) != 3 or cfg.model.arch not in ("unet", "diffusers"):
+        raise ConfigError(f"export-diffusers needs an image model (model.arch 'unet' or 'diffusers'); {ckpt} is "
+                          f"a {cfg.model.arch!r} model of data shape {list(shape)}")
+    steps = int(steps or record.get("sampling_steps") or cfg.distill.start_steps)
+    param = cfg.model.parameterization
+    num_classes = int(record.get("num_classes", 0))
+    schedule = schedule_of(cfg)
+    net = denoiser.net
+    clip = cfg.sample.clip if clip is None else clip
+    common = dict(clip_sample=clip, clip_sample_range=1.0, set_alpha_to_one=True, steps_offset=0,
+                  timestep_spacing="trailing", prediction_type=PREDICTION_TYPES[param])
+    if cfg.model.arch == "diffusers":
+        T = cfg.diffusion.num_timesteps
+        if train_timesteps not in (None, T):
+            raise ConfigError(f"an imported model keeps its own {T} timesteps; drop --train-timesteps")
+        if T % steps:
+            raise ConfigError(f"{steps} steps do not fall on this model's {T} timesteps (T must be a multiple "
+                              "of the step count for the pipeline to take the same steps)")
+        d = cfg.diffusion
+        scheduler = DDIMScheduler(num_train_timesteps=T, beta_schedule=d.beta_schedule, beta_start=d.beta_start,
+                                  beta_end=d.beta_end, **common)
+        unet_config = _plain_config(net.unet.config)
+        state = net.unet.state_dict()
+    else:
+        T = int(train_timesteps or default_train_timesteps(steps))
+        if T % steps:
+            raise ConfigError(f"--train-timesteps ({T}) must be a multiple of the step count ({steps})")
+        t = torch.arange(0, T + 1, dtype=torch.float64) / T
+        abar = torch.sigmoid(schedule(t))  # abar[0] is t = 0, abar[j + 1] timestep j
+        betas = 1.0 - abar[1:] / abar[:-1]
+        betas[0] = 1.0 - abar[1]
+        scheduler = DDIMScheduler(num_train_timesteps=T, trained_betas=betas.tolist(), **common)
+        unet_config = _plain_config(net.unet.config) | {"time_embedding_type": "learned",
+                                                        "num_train_timesteps": T}
+        state = dict(net.unet.state_dict())
+        state["time_proj.weight"] = _learned_time_table(schedule, net.unet, T)
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} exists and is not empty; choose a new --out folder")
+    out.mkdir(parents=True, exist_ok=True)
+    custom_unet = param == "both"
+    if custom_unet:
+        from .progdistill_unet import BothUNet2DModel
+
+        model = BothUNet2DModel(unet_config=unet_config, num_train_timesteps=T, sample_size=shape[1],
+                                in_channels=shape[0])
+        model.unet.load_state_dict(state)
+        j = torch.arange(1, T + 1, dtype=torch.float64) / T
+        a, s = alpha_sigma(schedule(j).to(torch.float32))
+        model.alpha_sigma.copy_(torch.stack([a, s], dim=1))
+    else:
+        model = UNet2DModel.from_config(unet_config)
+        model.load_state_dict(state)
+    model.save_pretrained(out / "unet")
+    scheduler.save_pretrained(out / "scheduler")
+    import diffusers
+
+    index = {"_diffusers_version": diffusers.__version__, "scheduler": ["diffusers", "DDIMScheduler"],
+             "unet": ["progdistill_unet", "BothUNet2DModel"] if custom_unet else ["diffusers", "UNet2DModel"]}
+    if custom_unet:
+        shutil.copy(Path(__file__).with_name("progdistill_unet.py"), out / "unet" / "progdistill_unet.py")
+    if num_classes:
+        shutil.copy(Path(__file__).with_name("pipeline_progdistill.py"), out / "pipeline_progdistill.py")
+        index["_class_name"] = ["pipeline_progdistill", "ProgdistillDDIMPipeline"]
+    else:
+        index["_class_name"] = "DDIMPipeline"
+    (out / "model_index.json").write_text(json.dumps(index, indent=2))
+    remote = custom_unet or bool(num_classes)
+    loader = ("DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)" if remote
+              else "DDIMPipeline.from_pretrained(folder)")
+    call = (f"pipe(class_labels=[0, 1, 2], num_inference_steps={steps}, output_type='np')" if num_classes else
+            f"pipe(batch_size=4, num_inference_steps={steps}"
+            + (", use_clipped_model_output=True" if clip else "") + ", output_type='np')")
+    summary = {"steps": steps, "num_train_timesteps": T, "prediction_type": PREDICTION_TYPES[param],
+               "parameterization": param, "num_classes": num_classes, "clip_sample": clip, "load": loader,
+               "call": call, "source": str(ckpt)}
+    (out / "progdistill_export.json").write_text(json.dumps(summary, indent=2))
+    (out / "README.md").write_text(
+        f"# progdistill export\n\nA {record.get('kind', 'model')} of `{ckpt}` for diffusers: a {steps}-step "
+        f"DDIM sampler ({PREDICTION_TYPES[param]} prediction, {T} training timesteps, trailing spacing).\n\n"
+        f"```python\nfrom diffusers import {'DiffusionPipeline' if remote else 'DDIMPipeline'}\n"
+        f"pipe = {loader.replace('folder', repr(str(out)))}\nimages = {call}.images\n```\n"
+        + ("\nClipping: pass `use_clipped_model_output=True` so that eps is re-derived from the clipped x_hat, "
+           "as the progdistill sampler does.\n" if clip and not num_classes else ""))
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------- import
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e})") from None
+
+
+def read_diffusers_folder(folder: str | Path):
+    """(UNet2DModel, scheduler config) from a pipeline folder with unet/ and scheduler/ sub-folders."""
+    from diffusers import UNet2DModel
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"diffusers folder not found: {folder}")
+    unet_dir, sched_dir = folder / "unet", folder / "scheduler"
+    unet_cfg = _read_json(unet_dir / "config.json", "the U-Net's config (unet/config.json)")
+    if unet_cfg.get("_class_name") != "UNet2DModel":
+        raise ConfigError(f"{unet_dir} holds a {unet_cfg.get('_class_name')!r}; only UNet2DModel (pixel-space "
+                          "DDPM/DDIM models) can be imported")
+    sched = _read_json(sched_dir / "scheduler_config.json", "the scheduler's config (scheduler/scheduler_config.json)")
+    if sched.get("_class_name") not in ("DDPMScheduler", "DDIMScheduler"):
+        raise ConfigError(f"{sched_dir} holds a {sched.get('_class_name')!r}; import takes a DDPMScheduler or "
+                          "DDIMScheduler")
+    try:
+        unet = UNet2DModel.from_pretrained(unet_dir)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"could not load the U-Net weights in {unet_dir}: {e}") from None
+    return unet, sched
+
+
+def import_diffusers(folder: str | Path, out: str | Path, base: Config) -> Path:
+    """Write out/teacher (a progdistill teacher checkpoint) from a diffusers UNet2DModel + DDPM/DDIM scheduler.
+
+    `base` supplies the data the distillation trains on and the [distill] settings; the model, its schedule and
+    parameterization come from the folder."""
+    unet, sched = read_diffusers_folder(folder)
+    if sched.get("trained_betas") is not None:
+        raise ConfigError("schedulers with trained_betas are not supported: import takes beta_schedule linear, "
+                          "scaled_linear or squaredcos_cap_v2")
+    if sched.get("rescale_betas_zero_snr"):
+        raise ConfigError("a zero-terminal-SNR schedule (rescale_betas_zero_snr) has no finite log-SNR at its last "
+                          "timestep and cannot be imported")
+    prediction = sched.get("prediction_type", "epsilon")
+    if prediction not in PARAMETERIZATIONS:
+        raise ConfigError(f"prediction_type {prediction!r} is not supported: epsilon, sample or v_prediction")
+    if unet.config.time_embedding_type != "positional":
+        raise ConfigError(f"time_embedding_type {unet.config.time_embedding_type!r} is not supported (positional "
+                          "embeddings can be evaluated between timesteps; learned and fourier ones cannot)")
+    param = PARAMETERIZATIONS[prediction]
+    ucfg = _plain_config(unet.config)
+    cfg = replace(
+        base,
+        model=replace(base.model, arch="diffusers", parameterization=param,
+                      diffusers_unet=json.dumps(ucfg), dropout=float(ucfg.get("dropout", 0.0))),
+        diffusion=replace(base.diffusion, schedule="discrete",
+                          num_timesteps=int(sched.get("num_train_timesteps", 1000)),
+                          beta_schedule=sched.get("beta_schedule", "linear"),
+                          beta_start=float(sched.get("beta_start", 1e-4)), beta_end=float(sched.get("beta_end", 0.02)),
+                          weighting=DISTILL_WEIGHTINGS[param]),
+        distill=replace(base.distill, weighting=DISTILL_WEIGHTINGS[param]),
+        sample=replace(base.sample, clip=bool(sched.get("clip_sample", True))),
+    ).validate()
+    size = ucfg["sample_size"]
+    size = size if isinstance(size, int) else size[0]
+    shape = (int(ucfg["in_channels"]), int(size), int(size))
+    num_classes = int(ucfg.get("num_class_embeds") or 0)
+    data = load_data(cfg)
+    if tuple(data.x.shape[1:]) != shape:
+        raise ConfigError(f"the data ({cfg.data.name}, examples of shape {list(data.x.shape[1:])}) does not match "
+                          f"the model's input {list(shape)}; choose data of that shape (data.image_size for folders)")
+    if num_classes and data.num_classes != num_classes:
+        raise ConfigError(f"the model is class-conditional with {num_classes} classes but the data has "
+                          f"{data.num_classes or 'no'} labels (data.conditional = true and a labelled data set)")
+    if not num_classes and data.num_classes:
+        cfg = replace(cfg, data=replace(cfg.data, conditional=False)).validate()
+    denoiser = build_denoiser(cfg, shape, num_classes)
+    denoiser.net.unet.load_state_dict(unet.state_dict())
+    out = Path(out)
+    return save_checkpoint(out / "teacher", {"model": denoiser}, {
+        "kind": "teacher", "config": cfg.to_dict(), "data_shape": list(shape), "num_classes": num_classes,
+        "sampling_weights": "model", "step": 0, "imported_from": str(Path(folder).resolve()),
+    })
