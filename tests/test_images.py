@@ -2,7 +2,6 @@
 mixed precision, `evaluate` (classifier Frechet distance and the torch-fidelity Inception plumbing), `sample`
 and a shortened demo."""
 
-import gzip
 import json
 from pathlib import Path
 
@@ -13,7 +12,6 @@ import torch
 from progdistill.build import build_denoiser, load_data, make_accelerator
 from progdistill.cli import main
 from progdistill.config import ConfigError, load_config
-from progdistill.data.images import FASHION_MNIST_FILES
 from progdistill.denoiser import Denoiser
 from progdistill.evaluation.report import evaluate_run
 from progdistill.nets.unet import UNET_PRESETS, UNet, count_parameters
@@ -21,24 +19,7 @@ from progdistill.training.loop import OptimSettings, fit
 from progdistill.training.rounds import distill
 from progdistill.training.teacher import train_teacher
 
-
-def _idx(arr: np.ndarray) -> bytes:
-    header = (0x0800 | arr.ndim).to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-    return header + arr.astype(np.uint8).tobytes()
-
-
-def write_fashion(folder: Path, n_train: int = 96, n_test: int = 20) -> Path:
-    """Tiny Fashion-MNIST look-alike: a bright rectangle whose position depends on the label, plus noise."""
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("test", n_test)):
-        labels = np.arange(n) % 10
-        x = rng.integers(0, 40, size=(n, 28, 28))
-        for i, c in enumerate(labels):
-            x[i, 4 + c : 14 + c, 6:22] += 200
-        for name, arr in zip(FASHION_MNIST_FILES[split], (np.clip(x, 0, 255), labels)):
-            (folder / f"{name}.gz").write_bytes(gzip.compress(_idx(arr)))
-    return folder
+from conftest import write_fashion
 
 
 TINY = ["train.batch_size=16", "distill.batch_size=16", "train.steps=3", "train.warmup=1", "train.checkpoint_every=2",

@@ -1,4 +1,5 @@
-"""The `progdistill` command line: train, distill, sample, evaluate, demo, config."""
+"""The `progdistill` command line: train, distill, sample, evaluate, demo, export-diffusers, import-diffusers,
+config."""
 
 from __future__ import annotations
 
@@ -226,6 +227,27 @@ def cmd_config(a: argparse.Namespace) -> None:
     print(dump_json(load_config(a.config, a.overrides)))
 
 
+def cmd_export_diffusers(a: argparse.Namespace) -> None:
+    from .interop.diffusers_io import export_diffusers
+
+    s = export_diffusers(a.ckpt, Path(a.out), steps=a.steps, train_timesteps=a.train_timesteps,
+                         clip=False if a.no_clip else None)
+    print(f"diffusers pipeline written to {a.out}: {s['steps']} steps, {s['prediction_type']} prediction, "
+          f"{s['num_train_timesteps']} training timesteps\n  pipe = {s['load'].replace('folder', repr(a.out))}\n"
+          f"  images = {s['call']}.images")
+
+
+def cmd_import_diffusers(a: argparse.Namespace) -> None:
+    from .interop.diffusers_io import import_diffusers
+
+    out = Path(a.out)
+    _check_fresh_out(out, "teacher.json", a.force)
+    cfg = load_config(a.config, a.overrides)
+    stem = import_diffusers(a.model, out, cfg)
+    print(f"teacher saved: {stem}.safetensors\n  distil it: progdistill distill --from {stem} "
+          "--set distill.start_steps=N")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="progdistill",
@@ -313,6 +335,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="write into a folder that already holds a run")
     _progress_arg(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "export-diffusers", help="write a checkpoint as a diffusers pipeline folder (UNet2DModel + DDIMScheduler)",
+        description="Write a standard diffusers pipeline folder whose DDIM sampler takes exactly the steps of "
+                    "`progdistill sample` (same noise, same images to float rounding). Unconditional eps/x/v "
+                    "models load with DDIMPipeline.from_pretrained(OUT); class-conditional and 'both' models ship "
+                    "their pipeline/component code and load with DiffusionPipeline.from_pretrained(OUT, "
+                    "trust_remote_code=True).")
+    p.add_argument("--ckpt", required=True, help="student or teacher checkpoint (image model)")
+    p.add_argument("--out", required=True, help="new folder for the pipeline")
+    p.add_argument("--steps", type=int, help="sampling steps the pipeline is set up for (default: the student's)")
+    p.add_argument("--train-timesteps", type=int, help="the scheduler's num_train_timesteps, a multiple of the "
+                   "steps (default: the multiple nearest 1024; imported models keep their own)")
+    p.add_argument("--no-clip", action="store_true", help="set clip_sample=False (default: the config's)")
+    p.set_defaults(func=cmd_export_diffusers)
+
+    p = sub.add_parser(
+        "import-diffusers", help="make a diffusers UNet2DModel + DDPM/DDIM scheduler folder a progdistill teacher",
+        description="Read a diffusers pipeline folder (unet/ with a UNet2DModel, scheduler/ with a DDPMScheduler "
+                    "or DDIMScheduler: epsilon, v_prediction or sample; linear, scaled_linear or squaredcos_cap_v2 "
+                    "betas) and write OUT/teacher, a teacher on the model's own discrete schedule. --config/--set "
+                    "give the data it is distilled on (its shape must match the model) and the [distill] settings.",
+        epilog="Then: progdistill distill --from OUT/teacher --set distill.start_steps=N")
+    p.add_argument("--model", required=True, help="the diffusers folder (holds unet/ and scheduler/)")
+    p.add_argument("--config", required=True, metavar="PRESET|FILE",
+                   help=f"preset or TOML file for the data and [distill] ({', '.join(preset_names())})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set data.root=/data/cifar-10-batches-py (repeatable)")
+    p.add_argument("--out", required=True, help="run folder to create")
+    p.add_argument("--force", action="store_true", help="write into a folder that already holds a run")
+    p.set_defaults(func=cmd_import_diffusers)
 
     p = sub.add_parser("config", help="print the resolved config as JSON")
     _config_args(p)

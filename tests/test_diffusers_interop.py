@@ -1,0 +1,198 @@
+"""diffusers interop with small, locally made models (nothing is downloaded): export to a pipeline folder that stock
+diffusers loads and runs to the same images as our sampler; import of a diffusers UNet2DModel + scheduler as a
+teacher on its own discrete schedule, and one distillation round from it."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DiffusionPipeline, UNet2DModel
+
+from progdistill.build import build_denoiser, load_denoiser, schedule_of
+from progdistill.cli import main
+from progdistill.config import ConfigError, load_config
+from progdistill.diffusion.schedules import DiscreteSchedule, ddpm_alphas_cumprod, step_grid
+from progdistill.evaluation.sampling import generate
+from progdistill.training.checkpoint import save_checkpoint
+
+from conftest import write_fashion
+
+SHAPE = (1, 28, 28)
+
+
+def _student(tmp: Path, param: str, num_classes: int, steps: int, seed: int = 0) -> tuple[Path, object]:
+    """A student checkpoint of the small U-Net with a randomised (not zero) output layer, so outputs vary."""
+    cfg = load_config("fashion_mnist", [f"model.parameterization={param}"])
+    torch.manual_seed(seed)
+    d = build_denoiser(cfg, SHAPE, num_classes)
+    with torch.no_grad():
+        for p in d.net.unet.conv_out.parameters():
+            p.normal_(0, 0.05)
+    stem = save_checkpoint(tmp / f"student_{param}_{num_classes}_{steps}", {"model": d}, {
+        "kind": "student", "config": cfg.to_dict(), "data_shape": list(SHAPE), "num_classes": num_classes,
+        "sampling_weights": "model", "sampling_steps": steps, "round": 1})
+    return stem, cfg
+
+
+def _as_images(x: torch.Tensor):
+    """Our samples in [-1, 1] as the pipelines' output_type="np" arrays."""
+    return (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+@pytest.mark.parametrize("param,num_classes,clip", [
+    ("v", 0, True), ("v", 0, False), ("x", 0, True), ("eps", 0, True), ("both", 0, True),
+    ("v", 10, True), ("both", 10, True),
+])
+def test_export_matches_our_sampler(tmp_path, param, num_classes, clip):
+    for steps in (1, 2, 4, 8):
+        stem, cfg = _student(tmp_path, param, num_classes, steps)
+        out = tmp_path / f"export_{steps}"
+        args = ["export-diffusers", "--ckpt", str(stem), "--out", str(out)] + ([] if clip else ["--no-clip"])
+        assert main(args) == 0
+        denoiser, _, _ = load_denoiser(stem)
+        labels = torch.tensor([0, 3, 7, 9]) if num_classes else None
+        ours = generate(denoiser, schedule_of(cfg), steps, 4, SHAPE, seed=11, labels=labels, clip=clip)
+        remote = num_classes > 0 or param == "both"
+        index = json.loads((out / "model_index.json").read_text())
+        if remote:
+            pipe = DiffusionPipeline.from_pretrained(out, trust_remote_code=True)
+        else:
+            assert index["_class_name"] == "DDIMPipeline" and index["unet"] == ["diffusers", "UNet2DModel"]
+            pipe = DDIMPipeline.from_pretrained(out)
+        assert isinstance(pipe.scheduler, DDIMScheduler)
+        pipe.set_progress_bar_config(disable=True)
+        gen = torch.Generator().manual_seed(11)
+        if num_classes:
+            images = pipe(class_labels=labels, generator=gen, num_inference_steps=steps, output_type="np").images
+        else:
+            images = pipe(batch_size=4, generator=gen, num_inference_steps=steps, output_type="np",
+                          use_clipped_model_output=True).images
+        expected = _as_images(ours)
+        assert expected.std() > 0.05  # the comparison is not between constant images
+        assert abs(images - expected).max() < 1e-4, (param, num_classes, steps)
+
+
+def test_export_refuses_bad_input(tmp_path, capsys):
+    cfg = load_config("toy2d")
+    d = build_denoiser(cfg, (2,))
+    stem = save_checkpoint(tmp_path / "mlp", {"model": d}, {
+        "kind": "teacher", "config": cfg.to_dict(), "data_shape": [2], "num_classes": 0, "sampling_weights": "model"})
+    assert main(["export-diffusers", "--ckpt", str(stem), "--out", str(tmp_path / "e")]) == 2
+    assert "needs an image model" in capsys.readouterr().err
+    student, _ = _student(tmp_path, "v", 0, 4)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    assert main(["export-diffusers", "--ckpt", str(student), "--out", str(tmp_path / "full")]) == 2
+    assert (tmp_path / "full" / "keep.txt").read_text() == "x"
+    assert main(["export-diffusers", "--ckpt", str(student), "--out", str(tmp_path / "e3"),
+                 "--train-timesteps", "1001"]) == 2
+    assert "multiple of the step count" in capsys.readouterr().err
+    assert main(["export-diffusers", "--ckpt", str(tmp_path / "missing"), "--out", str(tmp_path / "e4")]) == 2
+
+
+def test_discrete_schedule_knots_and_inverse():
+    abar = ddpm_alphas_cumprod(1000, "linear", 1e-4, 0.02)
+    sch = DiscreteSchedule(abar)
+    j = torch.tensor([0, 1, 124, 499, 999])
+    lam = sch((j + 1).double() / 1000)
+    assert torch.allclose(lam, (abar[j] / (1 - abar[j])).log())
+    grid = step_grid(sch, 8)  # float32, as the samplers use it
+    assert sch.timestep(grid[:-1]).tolist() == [999.0, 874.0, 749.0, 624.0, 499.0, 374.0, 249.0, 124.0]
+    mid = sch(torch.tensor([0.5 - 0.25 / 1000], dtype=torch.float64))  # halfway between timesteps 498 and 499
+    assert sch.timestep(mid).item() == pytest.approx(498.75, abs=1e-3)
+    with pytest.raises(ValueError, match="alpha_bar"):
+        DiscreteSchedule(torch.tensor([0.9, 0.5, 0.0]))
+
+
+def _hub_model(tmp: Path, prediction: str, betas: str, scheduler=DDPMScheduler, size: int = 28) -> Path:
+    """A small diffusers pipeline folder as a user would have downloaded it."""
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=size, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4)
+    sched = scheduler(num_train_timesteps=1000, beta_schedule=betas, prediction_type=prediction)
+    folder = tmp / f"hub_{prediction}_{size}"
+    DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fashion(tmp_path_factory):
+    return write_fashion(tmp_path_factory.mktemp("fashion"), n_train=128)
+
+
+@pytest.mark.parametrize("prediction,betas", [("epsilon", "linear"), ("v_prediction", "squaredcos_cap_v2")])
+def test_import_distill_one_round_and_export_back(tmp_path, fashion, prediction, betas):
+    hub = _hub_model(tmp_path, prediction, betas)
+    run = tmp_path / "run"
+    assert main(["import-diffusers", "--model", str(hub), "--out", str(run), "--config", "fashion_mnist",
+                 "--set", f"data.root={fashion}", "--set", "data.conditional=false"]) == 0
+    teacher, record, cfg = load_denoiser(run / "teacher")
+    assert cfg.model.arch == "diffusers" and cfg.diffusion.schedule == "discrete"
+    assert cfg.model.parameterization == {"epsilon": "eps", "v_prediction": "v"}[prediction]
+    sch = schedule_of(cfg)
+
+    # The imported teacher on our sampler is diffusers' own DDIM on the same model and schedule.
+    unet = UNet2DModel.from_pretrained(hub / "unet")
+    ddim = DDIMScheduler.from_pretrained(hub / "scheduler", timestep_spacing="trailing", set_alpha_to_one=True,
+                                         clip_sample=False)
+    pipe = DDIMPipeline(unet=unet, scheduler=ddim)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(batch_size=8, generator=torch.Generator().manual_seed(5), num_inference_steps=8,
+               output_type="np").images
+    t8 = generate(teacher, sch, 8, 32, SHAPE, seed=5, clip=False)
+    assert abs(_as_images(t8[:8]) - ref).max() < 1e-4
+
+    assert main(["distill", "--from", str(run / "teacher"), "--no-progress", "--set", "distill.start_steps=8",
+                 "--set", "distill.target_steps=4", "--set", "distill.updates_per_round=40",
+                 "--set", "distill.batch_size=32", "--set", "distill.lr=3e-4",
+                 "--set", "distill.checkpoint_every=0"]) == 0
+    student, _, _ = load_denoiser(run / "students" / "student_0004steps")
+    t4 = generate(teacher, sch, 4, 32, SHAPE, seed=5, clip=False)
+    s4 = generate(student, sch, 4, 32, SHAPE, seed=5, clip=False)
+    gap_teacher = (t4 - t8).pow(2).mean().sqrt().item()
+    gap_student = (s4 - t8).pow(2).mean().sqrt().item()
+    assert gap_student < 0.8 * gap_teacher, (gap_student, gap_teacher)
+
+    # ... and the distilled student goes back to diffusers on the model's own 1000 timesteps.
+    out = tmp_path / "export"
+    assert main(["export-diffusers", "--ckpt", str(run / "students" / "student_0004steps"), "--out", str(out)]) == 0
+    back = DDIMPipeline.from_pretrained(out)
+    back.set_progress_bar_config(disable=True)
+    assert back.scheduler.config.num_train_timesteps == 1000
+    images = back(batch_size=4, generator=torch.Generator().manual_seed(9), num_inference_steps=4,
+                  output_type="np", use_clipped_model_output=True).images
+    ours = generate(student, sch, 4, 4, SHAPE, seed=9, clip=cfg.sample.clip)
+    assert abs(images - _as_images(ours)).max() < 1e-4
+
+
+def test_import_refuses_bad_input(tmp_path, fashion, capsys):
+    base = ["--config", "fashion_mnist", "--set", f"data.root={fashion}"]
+    assert main(["import-diffusers", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "r0"), *base]) == 2
+    assert "not found" in capsys.readouterr().err
+    hub = _hub_model(tmp_path, "epsilon", "linear", scheduler=DDIMScheduler)
+    sched_cfg = hub / "scheduler" / "scheduler_config.json"
+    good = sched_cfg.read_text()
+    sched_cfg.write_text(json.dumps(json.loads(good) | {"_class_name": "EulerDiscreteScheduler"}))
+    assert main(["import-diffusers", "--model", str(hub), "--out", str(tmp_path / "r1"), *base]) == 2
+    assert "DDPMScheduler or DDIMScheduler" in capsys.readouterr().err
+    sched_cfg.write_text(good)
+    # Labelled data is fine for an unconditional model; data of the wrong shape is not.
+    hub32 = _hub_model(tmp_path, "epsilon", "linear", size=32)
+    assert main(["import-diffusers", "--model", str(hub32), "--out", str(tmp_path / "r2"), *base]) == 2
+    assert "does not match the model's input [1, 32, 32]" in capsys.readouterr().err
+    (hub / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
+    assert main(["import-diffusers", "--model", str(hub), "--out", str(tmp_path / "r3"), *base]) == 2
+    assert "could not load the U-Net weights" in capsys.readouterr().err
+    assert not (tmp_path / "r3" / "teacher.json").exists()
+
+
+def test_eps_distillation_refused_on_continuous_schedule(tmp_path):
+    from progdistill.training.rounds import distill
+    cfg = load_config("toy2d", ["model.parameterization=eps", "distill.weighting=snr"])
+    d = build_denoiser(cfg, (2,))
+    stem = save_checkpoint(tmp_path / "t", {"model": d}, {
+        "kind": "teacher", "config": cfg.to_dict(), "data_shape": [2], "num_classes": 0, "sampling_weights": "model"})
+    with pytest.raises(ConfigError, match="cannot be distilled on this schedule"):
+        distill(stem, tmp_path, progress=False)
