@@ -102,6 +102,7 @@ class DistillConfig:
     seed: int = 1
     grad_accum: int = 1
     checkpoint_every: int = 1_000  # mid-round checkpoints (the newest 2 kept) for exact resume; 0: none
+    log_samples: int = 16  # per round: samples for the logged grid and the student-vs-teacher gap (0: none)
 
 
 @dataclass
@@ -169,6 +170,7 @@ class Config:
         for name in ("train.lr", "distill.lr"):
             _positive(name, self._get(name))
         for name in ("train.warmup", "distill.warmup", "distill.final_updates_per_round", "distill.checkpoint_every",
+                     "distill.log_samples",
                      "train.grad_clip",
                      "distill.grad_clip"):
             if self._get(name) < 0:

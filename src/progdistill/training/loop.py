@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -73,6 +74,8 @@ def fit(
     progress: bool = True,
     grad_accum: int = 1,
     resume: dict | None = None,
+    log: Callable[[int, dict], None] | None = None,
+    log_every: int = 10,
 ) -> list[tuple[int, float]]:
     """Run settings.total_steps optimizer steps of  w(lambda) ||x_target - x_hat(z_t)||^2; returns (step, loss)
     pairs logged along the way. `on_step(step, loss)` runs after every step (1-based), e.g. to checkpoint.
@@ -80,7 +83,10 @@ def fit(
 
     Exact resume: `on_step(step, loss, snapshot)` may call `snapshot()` for the loop state after `step` (optimizer,
     objective RNG, loss history); passing that dict back as `resume` (with the EMA restored by the caller and
-    `batches` advanced by step * grad_accum micro-batches) continues bit for bit as if never interrupted."""
+    `batches` advanced by step * grad_accum micro-batches) continues bit for bit as if never interrupted.
+
+    `log(step, scalars)` receives, every `log_every` steps and at the last, the step's loss, its smoothed value,
+    the learning rate, the gradient norm and the throughput in training images per second since the last call."""
     device = accelerator.device
     shard = (accelerator.process_index, accelerator.num_processes)
     optimizer = torch.optim.Adam(denoiser.parameters(), lr=settings.lr, betas=settings.betas)
@@ -109,11 +115,13 @@ def fit(
 
     bar = tqdm(range(first, settings.total_steps + 1), desc=desc, disable=not progress, leave=False,
                dynamic_ncols=True, initial=first - 1, total=settings.total_steps)
+    clock, images_seen = time.perf_counter(), 0
     for step in bar:
         optimizer.zero_grad(set_to_none=True)
         value = 0.0
         for micro in range(grad_accum):
             x, labels = next(batches)  # the global batch; this process trains on its rows
+            images_seen += x.shape[0]
             x = x.to(device, non_blocking=True)
             labels = labels.to(device) if labels is not None else None
             z_t, logsnr, x_target = objective(x, labels, generator, shard)
@@ -142,6 +150,14 @@ def fit(
         if step % 50 == 0 or step == settings.total_steps:
             history.append((step, running))
             bar.set_postfix(loss=f"{running:.4g}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if log is not None and (step % log_every == 0 or step == settings.total_steps):
+            now = time.perf_counter()
+            scalars = {"loss": value, "loss_smoothed": running, "lr": scheduler.get_last_lr()[0],
+                       "images_per_s": images_seen / max(now - clock, 1e-9)}
+            if grad_norm is not None:
+                scalars["grad_norm"] = float(grad_norm)
+            log(step, scalars)
+            clock, images_seen = now, 0
         if on_step is not None:
             on_step(step, value, snapshot_at(step))
     bar.close()

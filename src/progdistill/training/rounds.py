@@ -18,6 +18,7 @@ from .checkpoint import CheckpointError, checkpoint_paths, prune, read_record, s
 from .loop import NonFiniteLossError, OptimSettings, fit, make_ema
 from .objectives import DistillObjective
 from .resume import latest_loadable, loop_tensors, restore_loop_state
+from .runlog import RunLog
 
 
 # eps students are distillable only while 1/alpha at t = 1 stays moderate: log-SNR -12 is 1/alpha ~ 400 (DDPM's
@@ -105,6 +106,7 @@ def distill(
     current_teacher = Path(teacher_stem)
     stems: list[Path] = []
     n, r = start, first_round
+    runlog = RunLog(out, enabled=accelerator.is_main_process)
     rounds = tqdm(total=max(start.bit_length() - dc.target_steps.bit_length(), 0), desc="distill rounds",
                   disable=not progress, dynamic_ncols=True)
     while n > dc.target_steps:
@@ -141,8 +143,10 @@ def distill(
             history = fit(student, data.batches(dc.batch_size, dc.seed + r, skip=done * dc.grad_accum),
                           DistillObjective(teacher, schedule, m), dc.weighting, settings, accelerator=accelerator,
                           seed=dc.seed + 1000 * r, ema=ema, on_step=on_step, desc=f"round {r}: {n} -> {m} steps",
-                          progress=progress, grad_accum=dc.grad_accum, resume=state)
+                          progress=progress, grad_accum=dc.grad_accum, resume=state,
+                          log=lambda step, values, r=r: runlog.scalars(f"round{r:02d}", step, values))
         except NonFiniteLossError as e:
+            runlog.close()
             last = latest_loadable(partial_dir(out), f"round{r:02d}_step*") or current_teacher
             raise NonFiniteLossError(f"{e} Nothing was saved after the last good checkpoint: {last}.safetensors "
                                      f"(round {r}; earlier rounds' students are intact).") from None
@@ -159,6 +163,11 @@ def distill(
             for old in partial_dir(out).glob(f"round{r:02d}_step*.json"):
                 for path in checkpoint_paths(old.with_suffix("")):
                     path.unlink(missing_ok=True)
+            if history:
+                runlog.scalars("round", r, {"student_steps": m, "final_loss": history[-1][1]})
+            if dc.log_samples:
+                log_round_samples(runlog, teacher, sampling, schedule, n, m, r, data_shape, num_classes,
+                                  dc.log_samples, accelerator.device, out)
         accelerator.wait_for_everyone()
         stems.append(stem)
         if on_round is not None:
@@ -168,4 +177,28 @@ def distill(
         n, r = m, r + 1
         rounds.update(1)
     rounds.close()
+    runlog.close()
     return stems
+
+
+def log_round_samples(runlog: RunLog, teacher, student, schedule, n: int, m: int, r: int, data_shape, num_classes: int,
+                      num: int, device, out: Path) -> None:
+    """Per round: how far the m-step student lands from its n-step teacher (RMS over `num` samples from the same
+    noise), beside the teacher's own m-step distance (what distillation should beat); images get a grid of the
+    student's samples in RUN/students/samples/ and TensorBoard."""
+    from ..evaluation.images import balanced_labels
+    from ..evaluation.sampling import generate
+
+    labels = balanced_labels(num, num_classes)
+    kw = dict(seed=4321, labels=labels, device=device)
+    was_training = student.training
+    student.eval()
+    target = generate(teacher, schedule, n, num, data_shape, **kw)
+    fast = generate(student, schedule, m, num, data_shape, **kw)
+    short = generate(teacher, schedule, m, num, data_shape, **kw)
+    student.train(was_training)
+    rms = lambda a, b: float((a - b).pow(2).mean().sqrt())  # noqa: E731
+    runlog.scalars("round", r, {"student_steps": m, "student_vs_teacher_rms": rms(fast, target),
+                                "teacher_short_vs_teacher_rms": rms(short, target)})
+    if len(data_shape) == 3:
+        runlog.images("students/samples", fast, r, png=Path(out) / "students" / "samples" / f"round{r:02d}_{m:04d}steps.png")

@@ -12,6 +12,7 @@ from .checkpoint import CheckpointError, prune, read_record, save_checkpoint
 from .loop import NonFiniteLossError, OptimSettings, fit, make_ema
 from .objectives import TeacherObjective
 from .resume import latest_loadable, loop_tensors, restore_loop_state
+from .runlog import RunLog
 
 
 def find_resume_point(out: Path) -> Path | None:
@@ -65,14 +66,18 @@ def train_teacher(cfg: Config | None, out: Path, *, progress: bool = True, resum
             prune(out / "checkpoints", "teacher_step*", tc.keep_checkpoints)
 
     batches = data.batches(tc.batch_size, tc.seed, skip=done * tc.grad_accum)
+    runlog = RunLog(out, enabled=accelerator.is_main_process)
     try:
         history = fit(denoiser, batches, TeacherObjective(schedule_of(cfg)), cfg.diffusion.weighting, settings,
                       accelerator=accelerator, seed=tc.seed + 1, ema=ema, on_step=on_step, desc="teacher",
-                      progress=progress, grad_accum=tc.grad_accum, resume=state)
+                      progress=progress, grad_accum=tc.grad_accum, resume=state,
+                      log=lambda step, values: runlog.scalars("teacher", step, values))
     except NonFiniteLossError as e:
+        runlog.close()
         last = find_resume_point(out)
         raise NonFiniteLossError(f"{e} Nothing was saved after the last good checkpoint: "
                                  f"{f'{last}.safetensors' if last else 'none yet'}.") from None
+    runlog.close()
     stem = out / "teacher"
     if accelerator.is_main_process:  # every process holds the same weights; one writes them
         save_checkpoint(stem, modules(), {**record, "step": tc.steps, "loss_history": history,
