@@ -1,6 +1,8 @@
-"""Data parallelism through accelerate: 2 CPU processes (gloo) with the same global batch as 1 process."""
+"""Data parallelism through accelerate: 2 CPU processes (gloo) with the same global batch as 1 process, and a
+2-process checkpoint resumed by 1 process."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -46,3 +48,11 @@ def test_two_processes_match_one_and_write_once(tmp_path):
         assert a.keys() == b.keys()
         for key in a:
             torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=f"{name}: {key}")
+
+    # Resume across a different process count: the 2-process run's step-3 checkpoint, continued by 1 process.
+    mixed = tmp_path / "mixed"
+    shutil.copytree(two / "checkpoints", mixed / "checkpoints")
+    train_teacher(None, mixed, progress=False, resume=True)
+    a, b = load_file(one / "teacher.safetensors"), load_file(mixed / "teacher.safetensors")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=f"resumed on 1 process: {key}")

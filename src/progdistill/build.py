@@ -66,6 +66,12 @@ def build_denoiser(cfg: Config, data_shape: tuple[int, ...], num_classes: int = 
         net = DiffusersUNet(m.diffusers_unet, schedule, dropout)
     else:  # pragma: no cover - validate() only admits known archs
         raise ValueError(f"unknown model.arch {m.arch!r}")
+    if not cfg.perf.sdpa and hasattr(net, "unet"):
+        from diffusers.models.attention_processor import Attention, AttnProcessor
+
+        for module in net.unet.modules():
+            if isinstance(module, Attention):
+                module.set_processor(AttnProcessor())
     return Denoiser(net, m.parameterization)
 
 
@@ -82,6 +88,9 @@ def make_accelerator(cfg: Config) -> Accelerator:
         # One process may run configs with different precisions (tests, notebooks); accelerate keeps one global
         # state, so a single-process run resets it. Launched multi-process runs keep their launch settings.
         AcceleratorState._reset_state()
+    if not cpu:
+        torch.backends.cuda.matmul.allow_tf32 = cfg.perf.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.perf.tf32
     return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision)
 
 

@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("distill", help="progressively distil a teacher (or continue from a saved student)",
                        epilog="The checkpoint's own config is the base; --config/--set change its [distill] "
-                              "section and device.")
+                              "and [perf] sections, device and mixed_precision.")
     p.add_argument("--from", dest="from_ckpt", metavar="CKPT",
                    help="teacher or student checkpoint (path without suffix, or the .json/.safetensors file)")
     p.add_argument("--resume", action="store_true",

@@ -115,6 +115,18 @@ class SampleConfig:
 
 
 @dataclass
+class PerfConfig:
+    """Speed switches; none changes the math. tf32 and sdpa only matter on CUDA / for attention, channels_last and
+    fused_adam are harmless on the CPU, compile costs a compilation at the start of every training phase."""
+
+    tf32: bool = True  # CUDA: TF32 matmuls and convolutions (float32 runs only; bf16 autocast is unaffected)
+    sdpa: bool = True  # attention through torch's scaled_dot_product_attention (False: diffusers' plain AttnProcessor)
+    channels_last: bool = False  # NHWC memory format for U-Nets and their inputs
+    fused_adam: bool = False  # torch's fused Adam kernel
+    compile: bool = False  # torch.compile the network's forward for training and distillation
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -122,6 +134,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
     device: str = "auto"  # auto, cpu or cuda
     mixed_precision: str = "no"  # no, fp16 or bf16 (accelerate autocast; fp16 only on CUDA)
 

@@ -76,6 +76,7 @@ def fit(
     resume: dict | None = None,
     log: Callable[[int, dict], None] | None = None,
     log_every: int = 10,
+    perf=None,
 ) -> list[tuple[int, float]]:
     """Run settings.total_steps optimizer steps of  w(lambda) ||x_target - x_hat(z_t)||^2; returns (step, loss)
     pairs logged along the way. `on_step(step, loss)` runs after every step (1-based), e.g. to checkpoint.
@@ -86,10 +87,17 @@ def fit(
     `batches` advanced by step * grad_accum micro-batches) continues bit for bit as if never interrupted.
 
     `log(step, scalars)` receives, every `log_every` steps and at the last, the step's loss, its smoothed value,
-    the learning rate, the gradient norm and the throughput in training images per second since the last call."""
+    the learning rate, the gradient norm and the throughput in training images per second since the last call.
+
+    `perf` (a PerfConfig) switches on channels-last memory, fused Adam and torch.compile; the objective (for
+    distillation: the two teacher evaluations, without gradients) runs under the same autocast as the student."""
     device = accelerator.device
     shard = (accelerator.process_index, accelerator.num_processes)
-    optimizer = torch.optim.Adam(denoiser.parameters(), lr=settings.lr, betas=settings.betas)
+    channels_last = bool(perf and perf.channels_last)
+    if channels_last:
+        denoiser.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(denoiser.parameters(), lr=settings.lr, betas=settings.betas,
+                                 fused=True if perf and perf.fused_adam else None)
     generator = torch.Generator(device=device).manual_seed(seed)
     first = 1
     history: list[tuple[int, float]] = []
@@ -108,6 +116,7 @@ def fit(
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, settings.lr_factor)
     model, optimizer = accelerator.prepare(denoiser, optimizer)
     model.train()
+    forward = torch.compile(model) if perf and perf.compile else model  # weights and state dicts stay model's
 
     def snapshot_at(step: int):
         return lambda: {"step": step, "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
@@ -124,13 +133,16 @@ def fit(
             images_seen += x.shape[0]
             x = x.to(device, non_blocking=True)
             labels = labels.to(device) if labels is not None else None
-            z_t, logsnr, x_target = objective(x, labels, generator, shard)
+            with accelerator.autocast():  # distillation: the teacher evaluates in the student's precision
+                z_t, logsnr, x_target = objective(x, labels, generator, shard)
             labels = labels[shard_rows(x.shape[0], shard)] if labels is not None else None
+            if channels_last and z_t.ndim == 4:
+                z_t = z_t.contiguous(memory_format=torch.channels_last)
             # Gradients are only all-reduced on the last micro-batch of a step.
             sync = contextlib.nullcontext() if micro == grad_accum - 1 else accelerator.no_sync(model)
             with sync:
                 with accelerator.autocast():
-                    x_hat = model(z_t, logsnr, labels)
+                    x_hat = forward(z_t, logsnr, labels)
                 loss = weighted_loss(x_hat, x_target, logsnr, weighting) / grad_accum
                 accelerator.backward(loss)
             # The loss of the global batch (mean over processes): every process logs and checks the same value.

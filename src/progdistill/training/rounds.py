@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+import torch
 from tqdm.auto import tqdm
 
 from ..build import build_denoiser, load_data, load_denoiser, make_accelerator, schedule_of
@@ -61,7 +62,8 @@ def distill(
     """Distil from a teacher or a saved student down to cfg.distill.target_steps; returns the students' stems.
 
     A teacher checkpoint starts at cfg.distill.start_steps; a student checkpoint of M steps continues from M.
-    `cfg` defaults to the checkpoint's own config; only its [distill] section and device are used from it.
+    `cfg` defaults to the checkpoint's own config; only its [distill] and [perf] sections, device and
+    mixed_precision are used from it.
     resume=True continues the run in `out` exactly: from its newest mid-round checkpoint (with that checkpoint's
     config), else from its last finished student, else from `teacher_stem`.
     """
@@ -83,7 +85,8 @@ def distill(
     if teacher_stem is None:
         raise CheckpointError(f"nothing to distil: {out} holds no teacher, student or mid-round checkpoint")
     teacher, record, ckpt_cfg = load_denoiser(teacher_stem)
-    cfg = replace(ckpt_cfg, distill=cfg.distill, device=cfg.device).validate() if cfg is not None else ckpt_cfg
+    cfg = (replace(ckpt_cfg, distill=cfg.distill, device=cfg.device, perf=cfg.perf,
+                   mixed_precision=cfg.mixed_precision).validate() if cfg is not None else ckpt_cfg)
     dc = cfg.distill
     check_combination(cfg.model.parameterization, dc.weighting)
     if cfg.model.parameterization == "eps" and schedule_of(cfg).logsnr_min < EPS_LOGSNR_FLOOR:
@@ -103,6 +106,8 @@ def distill(
     data_shape, num_classes = tuple(record["data_shape"]), int(record["num_classes"])
     first_round = int(record.get("round", 0)) + 1
     teacher = teacher.to(accelerator.device)
+    if cfg.perf.channels_last and len(data_shape) == 3:
+        teacher = teacher.to(memory_format=torch.channels_last)
     current_teacher = Path(teacher_stem)
     stems: list[Path] = []
     n, r = start, first_round
@@ -144,7 +149,8 @@ def distill(
                           DistillObjective(teacher, schedule, m), dc.weighting, settings, accelerator=accelerator,
                           seed=dc.seed + 1000 * r, ema=ema, on_step=on_step, desc=f"round {r}: {n} -> {m} steps",
                           progress=progress, grad_accum=dc.grad_accum, resume=state,
-                          log=lambda step, values, r=r: runlog.scalars(f"round{r:02d}", step, values))
+                          log=lambda step, values, r=r: runlog.scalars(f"round{r:02d}", step, values),
+                          perf=cfg.perf)
         except NonFiniteLossError as e:
             runlog.close()
             last = latest_loadable(partial_dir(out), f"round{r:02d}_step*") or current_teacher

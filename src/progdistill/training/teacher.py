@@ -71,7 +71,7 @@ def train_teacher(cfg: Config | None, out: Path, *, progress: bool = True, resum
         history = fit(denoiser, batches, TeacherObjective(schedule_of(cfg)), cfg.diffusion.weighting, settings,
                       accelerator=accelerator, seed=tc.seed + 1, ema=ema, on_step=on_step, desc="teacher",
                       progress=progress, grad_accum=tc.grad_accum, resume=state,
-                      log=lambda step, values: runlog.scalars("teacher", step, values))
+                      log=lambda step, values: runlog.scalars("teacher", step, values), perf=cfg.perf)
     except NonFiniteLossError as e:
         runlog.close()
         last = find_resume_point(out)
