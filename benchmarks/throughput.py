@@ -116,8 +116,8 @@ def time_plain_loop(cfg, unet, data, batch, steps, warmup) -> float:
 
 
 @torch.no_grad()
-def time_sampling(denoiser, unet, cfg, shape, num_classes, batch, nfe, device) -> tuple[float, float]:
-    """(ours, plain) images per second per network evaluation, DDIM with `nfe` steps."""
+def time_sampling(denoiser, unet, cfg, shape, num_classes, batch, nfe, device, repeats=5) -> tuple[float, float]:
+    """(ours, plain) images per second per network evaluation, DDIM with `nfe` steps (median of `repeats`)."""
     from diffusers import DDIMScheduler
 
     labels = torch.arange(batch) % num_classes if num_classes else None
@@ -139,16 +139,18 @@ def time_sampling(denoiser, unet, cfg, shape, num_classes, batch, nfe, device) -
             image = ddim.step(out, t, image, eta=0.0).prev_sample
         image.cpu()
 
-    rates = []
-    for fn in (ours, plain):
-        fn()  # warm-up
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        rates.append(batch * nfe / (time.perf_counter() - t0))
+    times = {ours: [], plain: []}
+    ours(), plain()  # warm-up
+    for _ in range(repeats):  # alternate, so drifts in machine load hit both sides alike; keep the median
+        for fn in (ours, plain):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times[fn].append(time.perf_counter() - t0)
+    rates = [batch * nfe / sorted(times[fn])[len(times[fn]) // 2] for fn in (ours, plain)]
     return rates[0], rates[1]
 
 
@@ -179,6 +181,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--nfe", type=int, default=8, help="sampling steps")
+    p.add_argument("--repeats", type=int, default=3, help="alternating repetitions of every measurement (median)")
     a = p.parse_args()
 
     batch = a.batch or (128 if a.preset == "cifar10" else 64)
@@ -198,14 +201,19 @@ def main() -> None:
            "date": time.strftime("%Y-%m-%d"),
            "card": torch.cuda.get_device_name() if a.device == "cuda" else None}
 
-    res["teacher_ours"] = time_fit(cfg, copy.deepcopy(teacher), TeacherObjective(schedule_of(cfg)), data, batch,
-                                   a.steps, a.warmup, cfg.diffusion.weighting)
-    res["teacher_plain"] = time_plain_loop(cfg, plain_unet, data, batch, a.steps, a.warmup)
     frozen = copy.deepcopy(teacher).to(a.device).eval().requires_grad_(False)
-    res["distill_ours"] = time_fit(cfg, copy.deepcopy(teacher), DistillObjective(frozen, schedule_of(cfg), 4), data,
-                                   batch, a.steps, a.warmup, cfg.distill.weighting)
+    runs = {"teacher_ours": [], "teacher_plain": [], "distill_ours": []}
+    for _ in range(a.repeats):  # alternate the three, so drifts in machine load hit all alike; keep the medians
+        runs["teacher_ours"].append(time_fit(cfg, copy.deepcopy(teacher), TeacherObjective(schedule_of(cfg)), data,
+                                             batch, a.steps, a.warmup, cfg.diffusion.weighting))
+        runs["teacher_plain"].append(time_plain_loop(cfg, copy.deepcopy(plain_unet), data, batch, a.steps, a.warmup))
+        runs["distill_ours"].append(time_fit(cfg, copy.deepcopy(teacher), DistillObjective(frozen, schedule_of(cfg), 4),
+                                             data, batch, a.steps, a.warmup, cfg.distill.weighting))
+    for key, values in runs.items():
+        res[key] = sorted(values)[len(values) // 2]
+        res[key + "_all"] = values
     res["sample_ours"], res["sample_plain"] = time_sampling(teacher, copy.deepcopy(teacher.net.unet), cfg, shape,
-                                                            num_classes, batch, a.nfe, a.device)
+                                                            num_classes, batch, a.nfe, a.device, a.repeats)
     res["teacher_ratio"] = res["teacher_ours"] / res["teacher_plain"]
     res["sample_ratio"] = res["sample_ours"] / res["sample_plain"]
     # Time of one distillation update in teacher-training updates (same batch).
