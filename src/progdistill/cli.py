@@ -121,7 +121,7 @@ def _print_report(rows: list[dict]) -> None:
 
     for metric in dict.fromkeys(r["metric"] for r in rows):
         print(f"{metric} (lower is better{'' if metric != 'isc' else '; Inception score: higher is better'})")
-        print(markdown_table(rows, metric))
+        print(markdown_table(rows, metric, "Floor ('data' row)"))
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
@@ -232,7 +232,7 @@ def cmd_export_diffusers(a: argparse.Namespace) -> None:
 
     s = export_diffusers(a.ckpt, Path(a.out), steps=a.steps, train_timesteps=a.train_timesteps,
                          clip=False if a.no_clip else None)
-    print(f"diffusers pipeline written to {a.out}: {s['steps']} steps, {s['prediction_type']} prediction, "
+    print(f"diffusers pipeline written to {a.out}: {s['steps']} steps, prediction_type {s['prediction_type']}, "
           f"{s['num_train_timesteps']} training timesteps\n  pipe = {s['load'].replace('folder', repr(a.out))}\n"
           f"  images = {s['call']}.images")
 

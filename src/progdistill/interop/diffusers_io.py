@@ -146,7 +146,7 @@ def export_diffusers(ckpt: str | Path, out: str | Path, *, steps: int | None = N
     (out / "progdistill_export.json").write_text(json.dumps(summary, indent=2))
     (out / "README.md").write_text(
         f"# progdistill export\n\nA {record.get('kind', 'model')} of `{ckpt}` for diffusers: a {steps}-step "
-        f"DDIM sampler ({PREDICTION_TYPES[param]} prediction, {T} training timesteps, trailing spacing).\n\n"
+        f"DDIM sampler (prediction_type {PREDICTION_TYPES[param]}, {T} training timesteps, trailing spacing).\n\n"
         f"```python\nfrom diffusers import {'DiffusionPipeline' if remote else 'DDIMPipeline'}\n"
         f"pipe = {loader.replace('folder', repr(str(out)))}\nimages = {call}.images\n```\n"
         + ("\nClipping: pass `use_clipped_model_output=True` so that eps is re-derived from the clipped x_hat, "
