@@ -51,8 +51,8 @@ def test_sdpa_switch_selects_the_attention_processor():
 
 
 def test_compile_runs_and_matches(tmp_path):
-    over = ["train.steps=4", "train.batch_size=64", "data.size=256", "train.warmup=1", "train.checkpoint_every=100",
-            "model.hidden=32", "model.depth=2"]
+    over = ["train.steps=3", "train.batch_size=64", "data.size=256", "train.warmup=1", "train.checkpoint_every=100",
+            "model.hidden=16", "model.depth=1"]
     a = train_teacher(load_config("toy2d", over), tmp_path / "a", progress=False)
     b = train_teacher(load_config("toy2d", [*over, "perf.compile=true"]), tmp_path / "b", progress=False)
     wa, wb = load_file(f"{a}.safetensors"), load_file(f"{b}.safetensors")
