@@ -89,10 +89,11 @@ def distill(
                    mixed_precision=cfg.mixed_precision).validate() if cfg is not None else ckpt_cfg)
     dc = cfg.distill
     check_combination(cfg.model.parameterization, dc.weighting)
-    if cfg.model.parameterization == "eps" and schedule_of(cfg).logsnr_min < EPS_LOGSNR_FLOOR:
+    schedule = schedule_of(cfg)
+    if cfg.model.parameterization == "eps" and schedule.logsnr_min < EPS_LOGSNR_FLOOR:
         raise ConfigError("model.parameterization 'eps' cannot be distilled on this schedule: x_hat = (z - sigma "
                           f"eps) / alpha amplifies errors by 1/alpha, and its log-SNR at t = 1 is "
-                          f"{schedule_of(cfg).logsnr_min:.1f} < {EPS_LOGSNR_FLOOR} (paper section 2); train the "
+                          f"{schedule.logsnr_min:.1f} < {EPS_LOGSNR_FLOOR} (paper section 2); train the "
                           "teacher with x, v or both")
     start = int(record["sampling_steps"]) if record["kind"] == "student" else dc.start_steps
     check_distill_steps(start, dc.target_steps,
@@ -102,7 +103,6 @@ def distill(
     data = load_data(cfg)
     if dc.batch_size > len(data):
         raise ConfigError(f"distill.batch_size ({dc.batch_size}) is larger than the data ({len(data)} examples)")
-    schedule = schedule_of(cfg)
     data_shape, num_classes = tuple(record["data_shape"]), int(record["num_classes"])
     first_round = int(record.get("round", 0)) + 1
     teacher = teacher.to(accelerator.device)
@@ -169,11 +169,11 @@ def distill(
             for old in partial_dir(out).glob(f"round{r:02d}_step*.json"):
                 for path in checkpoint_paths(old.with_suffix("")):
                     path.unlink(missing_ok=True)
-            if history:
-                runlog.scalars("round", r, {"student_steps": m, "final_loss": history[-1][1]})
+            summary = {"student_steps": m, **({"final_loss": history[-1][1]} if history else {})}
             if dc.log_samples:
-                log_round_samples(runlog, teacher, sampling, schedule, n, m, r, data_shape, num_classes,
-                                  dc.log_samples, accelerator.device, out)
+                summary |= round_sample_gaps(runlog, teacher, sampling, schedule, n, m, r, data_shape, num_classes,
+                                             dc.log_samples, accelerator.device, out)
+            runlog.scalars("round", r, summary)
         accelerator.wait_for_everyone()
         stems.append(stem)
         if on_round is not None:
@@ -187,24 +187,20 @@ def distill(
     return stems
 
 
-def log_round_samples(runlog: RunLog, teacher, student, schedule, n: int, m: int, r: int, data_shape, num_classes: int,
-                      num: int, device, out: Path) -> None:
+def round_sample_gaps(runlog: RunLog, teacher, student, schedule, n: int, m: int, r: int, data_shape,
+                      num_classes: int, num: int, device, out: Path) -> dict[str, float]:
     """Per round: how far the m-step student lands from its n-step teacher (RMS over `num` samples from the same
     noise), beside the teacher's own m-step distance (what distillation should beat); images get a grid of the
     student's samples in RUN/students/samples/ and TensorBoard."""
     from ..evaluation.images import balanced_labels
     from ..evaluation.sampling import generate
 
-    labels = balanced_labels(num, num_classes)
-    kw = dict(seed=4321, labels=labels, device=device)
-    was_training = student.training
-    student.eval()
+    kw = dict(seed=4321, labels=balanced_labels(num, num_classes), device=device)
     target = generate(teacher, schedule, n, num, data_shape, **kw)
-    fast = generate(student, schedule, m, num, data_shape, **kw)
+    fast = generate(student.eval(), schedule, m, num, data_shape, **kw)  # it is the next round's (eval) teacher
     short = generate(teacher, schedule, m, num, data_shape, **kw)
-    student.train(was_training)
-    rms = lambda a, b: float((a - b).pow(2).mean().sqrt())  # noqa: E731
-    runlog.scalars("round", r, {"student_steps": m, "student_vs_teacher_rms": rms(fast, target),
-                                "teacher_short_vs_teacher_rms": rms(short, target)})
     if len(data_shape) == 3:
-        runlog.images("students/samples", fast, r, png=Path(out) / "students" / "samples" / f"round{r:02d}_{m:04d}steps.png")
+        runlog.images("students/samples", fast, r,
+                      png=Path(out) / "students" / "samples" / f"round{r:02d}_{m:04d}steps.png")
+    rms = lambda a, b: float((a - b).pow(2).mean().sqrt())  # noqa: E731
+    return {"student_vs_teacher_rms": rms(fast, target), "teacher_short_vs_teacher_rms": rms(short, target)}
