@@ -55,11 +55,13 @@ def test_periodic_checkpoints_and_records(trained_run):
 
 def test_resume_distillation_from_a_saved_round(trained_run, tmp_path):
     out, cfg, stem, students = trained_run
-    cfg2 = load_config(None, ["distill.target_steps=2", "distill.updates_per_round=20"], base=cfg.to_dict())
+    cfg2 = load_config(None, ["distill.target_steps=2", "distill.updates_per_round=20",
+                              "distill.final_updates_per_round=20"], base=cfg.to_dict())
     more = distill(students[-1], tmp_path, cfg2, progress=False)
     assert [s.name for s in more] == ["student_0002steps"]
     record = json.loads(more[0].with_suffix(".json").read_text())
     assert record["round"] == 3 and record["sampling_steps"] == 2 and record["teacher"] == str(students[-1])
+    assert record["step"] == 20 and len(record["loss_history"]) > 0
 
 
 def test_cli_sample_evaluate_and_errors(trained_run, tmp_path, capsys):

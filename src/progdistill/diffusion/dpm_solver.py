@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .samplers import Callback, DenoiserFn, _predict
+from .samplers import Callback, DenoiserFn, run_sampler
 from .schedules import alpha_sigma, broadcast
 
 
@@ -44,16 +44,12 @@ def dpm_solver_pp_2m(
     callback: Callback | None = None,
 ) -> Tensor:
     """z_s = (sigma_s/sigma_t) z_t + alpha_s (1 - e^-h) (x_hat + (x_hat - x_prev)/2r), r = h_prev/h; ends with x_hat."""
-    n = len(grid) - 1
-    x_prev = None
-    for i in range(n):
-        x_hat = _predict(denoiser, z, grid[i], labels, clip)
-        if i == n - 1:
-            # As diffusers with final_sigmas_type="zero": the step to sigma = 0 lands on x_hat whatever its order.
-            z = x_hat
-        else:
-            z = dpm_solver_pp_2m_step(z, x_hat, grid[i], grid[i + 1], x_prev, grid[i - 1] if i > 0 else None)
-        x_prev = x_hat
-        if callback is not None:
-            callback({"i": i, "steps": n, "z": z, "x_hat": x_hat})
-    return z
+    previous: list[Tensor] = []  # x_hat of the step before, once there is one
+
+    def update(i: int, z: Tensor, x_hat: Tensor) -> Tensor:
+        x_prev = previous.pop() if previous else None
+        previous.append(x_hat)
+        return dpm_solver_pp_2m_step(z, x_hat, grid[i], grid[i + 1], x_prev, grid[i - 1] if i > 0 else None)
+
+    # As diffusers with final_sigmas_type="zero": the step to sigma = 0 lands on x_hat whatever its order.
+    return run_sampler(denoiser, z, grid, update, labels=labels, clip=clip, callback=callback)

@@ -35,6 +35,30 @@ def _predict(denoiser: DenoiserFn, z: Tensor, logsnr: Tensor, labels: Tensor | N
     return x_hat.clamp(-1.0, 1.0) if clip else x_hat
 
 
+Update = Callable[[int, Tensor, Tensor], Tensor]
+
+
+def run_sampler(
+    denoiser: DenoiserFn,
+    z: Tensor,
+    grid: Tensor,
+    update: Update,
+    *,
+    labels: Tensor | None = None,
+    clip: bool = False,
+    callback: Callback | None = None,
+) -> Tensor:
+    """The loop every sampler shares: predict x_hat at grid[i], then z = update(i, z, x_hat) to grid[i + 1]; the
+    last of the len(grid) - 1 steps returns x_hat itself (the step to t = 0, where sigma = 0)."""
+    n = len(grid) - 1
+    for i in range(n):
+        x_hat = _predict(denoiser, z, grid[i], labels, clip)
+        z = x_hat if i == n - 1 else update(i, z, x_hat)
+        if callback is not None:
+            callback({"i": i, "steps": n, "z": z, "x_hat": x_hat})
+    return z
+
+
 @torch.no_grad()
 def ddim(
     denoiser: DenoiserFn,
@@ -46,13 +70,8 @@ def ddim(
     callback: Callback | None = None,
 ) -> Tensor:
     """Deterministic DDIM from z (at grid[0], i.e. t = 1) over len(grid) - 1 steps; the last step returns x_hat."""
-    n = len(grid) - 1
-    for i in range(n):
-        x_hat = _predict(denoiser, z, grid[i], labels, clip)
-        z = x_hat if i == n - 1 else ddim_step(z, x_hat, grid[i], grid[i + 1])
-        if callback is not None:
-            callback({"i": i, "steps": n, "z": z, "x_hat": x_hat})
-    return z
+    return run_sampler(denoiser, z, grid, lambda i, z, x_hat: ddim_step(z, x_hat, grid[i], grid[i + 1]),
+                       labels=labels, clip=clip, callback=callback)
 
 
 def ancestral_step(
@@ -98,14 +117,9 @@ def ancestral(
     gamma = VARIANCES[variance] if isinstance(variance, str) else float(variance)
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"ancestral variance weight must lie in [0, 1], got {gamma}")
-    n = len(grid) - 1
-    for i in range(n):
-        x_hat = _predict(denoiser, z, grid[i], labels, clip)
-        if i == n - 1:
-            z = x_hat
-        else:
-            noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-            z = ancestral_step(z, x_hat, grid[i], grid[i + 1], noise, gamma)
-        if callback is not None:
-            callback({"i": i, "steps": n, "z": z, "x_hat": x_hat})
-    return z
+
+    def update(i: int, z: Tensor, x_hat: Tensor) -> Tensor:
+        noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        return ancestral_step(z, x_hat, grid[i], grid[i + 1], noise, gamma)
+
+    return run_sampler(denoiser, z, grid, update, labels=labels, clip=clip, callback=callback)
