@@ -177,6 +177,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="no", choices=["no", "bf16", "fp16"])
     p.add_argument("--fast", action="store_true", help="ours with channels_last, fused_adam and compile")
+    p.add_argument("--no-compile", action="store_true",
+                   help="with --fast: leave torch.compile off (compiling the cifar10 U-Net takes minutes)")
     p.add_argument("--batch", type=int, help="default: 64 (fashion_mnist), 128 (cifar10)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=5)
@@ -187,7 +189,7 @@ def main() -> None:
     batch = a.batch or (128 if a.preset == "cifar10" else 64)
     over = [f'device="{a.device}"', f'mixed_precision="{a.precision}"']
     if a.fast:
-        over += ["perf.channels_last=true", "perf.fused_adam=true", "perf.compile=true"]
+        over += ["perf.channels_last=true", "perf.fused_adam=true", f"perf.compile={str(not a.no_compile).lower()}"]
     cfg = load_config(a.preset, over)
     shape = (3, 32, 32) if a.preset == "cifar10" else (1, 28, 28)
     num_classes = 10 if cfg.data.conditional and a.preset != "cifar10" else 0
@@ -195,7 +197,8 @@ def main() -> None:
     torch.manual_seed(0)
     teacher = build_denoiser(cfg, shape, num_classes)
     plain_unet = copy.deepcopy(teacher.net.unet)
-    res = {"preset": a.preset, "device": a.device, "precision": a.precision, "fast": a.fast, "batch": batch,
+    res = {"preset": a.preset, "device": a.device, "precision": a.precision, "fast": a.fast,
+           "compile": cfg.perf.compile, "batch": batch,
            "steps": a.steps, "warmup": a.warmup, "machine": platform.processor() or platform.machine(),
            "torch": torch.__version__, "threads": torch.get_num_threads(),
            "date": time.strftime("%Y-%m-%d"),
