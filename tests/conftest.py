@@ -14,7 +14,8 @@ from progdistill.data.images import FASHION_MNIST_FILES
 # 2-D distillation ran 5x slower inside the parallel suite than alone). Give each worker its share of the cores.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _workers))
+    # torch's default already counts only the cores this process may use (os.cpu_count() may report the host's).
+    torch.set_num_threads(max(1, torch.get_num_threads() // _workers))
 
 
 class SmoothNet(nn.Module):

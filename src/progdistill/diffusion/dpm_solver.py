@@ -44,12 +44,13 @@ def dpm_solver_pp_2m(
     callback: Callback | None = None,
 ) -> Tensor:
     """z_s = (sigma_s/sigma_t) z_t + alpha_s (1 - e^-h) (x_hat + (x_hat - x_prev)/2r), r = h_prev/h; ends with x_hat."""
-    previous: list[Tensor] = []  # x_hat of the step before, once there is one
+    x_prev: Tensor | None = None  # x_hat of the step before, once there is one
 
     def update(i: int, z: Tensor, x_hat: Tensor) -> Tensor:
-        x_prev = previous.pop() if previous else None
-        previous.append(x_hat)
-        return dpm_solver_pp_2m_step(z, x_hat, grid[i], grid[i + 1], x_prev, grid[i - 1] if i > 0 else None)
+        nonlocal x_prev
+        z = dpm_solver_pp_2m_step(z, x_hat, grid[i], grid[i + 1], x_prev, grid[i - 1] if i > 0 else None)
+        x_prev = x_hat
+        return z
 
     # As diffusers with final_sigmas_type="zero": the step to sigma = 0 lands on x_hat whatever its order.
     return run_sampler(denoiser, z, grid, update, labels=labels, clip=clip, callback=callback)
