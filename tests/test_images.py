@@ -150,10 +150,10 @@ def test_evaluate_end_to_end(image_run, tmp_path):
     got = {(r["sampler"], r["steps"]) for r in rows}
     assert got == {("data", 0), ("teacher_ddim", 1), ("teacher_ddim", 2), ("teacher_ddim", 4), ("dpm_solver", 1),
                    ("dpm_solver", 2), ("teacher_ancestral", 1), ("student", 1), ("student", 2)}
-    assert {r["metric"] for r in rows} == {"frechet_classifier"}
+    assert {r["metric"] for r in rows} == {"frechet_classifier", "teacher_rms", "teacher_psnr"}
     assert all(np.isfinite(r["value"]) for r in rows)
-    for name in ("report.json", "report.md", "frechet_classifier_vs_steps.png", "samples/steps_0001.png",
-                 "samples/steps_0004.png"):
+    for name in ("report.json", "report.md", "frechet_classifier_vs_steps.png", "teacher_rms_vs_steps.png",
+                 "samples/steps_0001.png", "samples/steps_0004.png"):
         assert (tmp_path / "eval" / name).is_file(), name
     # The barely trained teacher's 1-step samples are further from the test images than training images are.
     v = {(r["sampler"], r["steps"]): r["value"] for r in rows}
@@ -167,7 +167,8 @@ def test_inception_metrics_plumbing(image_run, tmp_path):
     rows = evaluate_run(out, tmp_path / "eval", steps=[1], num=10, progress=False, samplers=("teacher_ddim",),
                         inception_weights=weights, classifier=False)
     got = {(r["sampler"], r["metric"]) for r in rows}
-    assert got == {(s, m) for s in ("data", "teacher_ddim") for m in ("fid", "kid", "isc")}
+    assert got == {(s, m) for s in ("data", "teacher_ddim") for m in ("fid", "kid", "isc")} | {
+        ("teacher_ddim", "teacher_rms")}  # the teacher at the reference step count itself: RMS 0, no PSNR row
     assert all(np.isfinite(r["value"]) for r in rows)
     assert (tmp_path / "eval" / "fid_vs_steps.png").is_file()
     with pytest.raises(ValueError, match="not a torch-fidelity Inception-v3 weights file"):
@@ -208,3 +209,45 @@ def test_demo_on_images_shortened(tmp_path, image_run):
     assert {r["sampler"] for r in rows} == {"data", "teacher_ddim", "dpm_solver", "student"}
     assert (run / "eval" / "frechet_classifier_vs_steps.png").is_file()
     assert (run / "eval" / "samples" / "steps_0001.png").is_file()
+
+
+def test_teacher_agreement_metric():
+    from progdistill.evaluation.images import teacher_agreement
+
+    ref = torch.zeros(4, 1, 2, 2)
+    assert teacher_agreement(ref, ref) == {"teacher_rms": 0.0}
+    got = teacher_agreement(ref + 0.2, ref)  # RMS 0.2 on data of range 2: PSNR = 20 log10(10) = 20 dB
+    assert got["teacher_rms"] == pytest.approx(0.2) and got["teacher_psnr"] == pytest.approx(20.0)
+
+
+def test_evaluate_on_folder_data_without_any_weights_file(tmp_path):
+    """RGB folder data (no classifier applies, no Inception weights): the report still holds the teacher-agreement
+    rows for every sampler, a plot and the grids. The barely trained models say nothing about quality, so only
+    the rows' presence and their consistency (PSNR from RMS, the reference row at 0) are checked."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(24):
+        img = np.full((16, 16, 3), 30, np.uint8)
+        img[2 + i % 8 : 8 + i % 8, 4:12, i % 3] = 220
+        Image.fromarray((img + rng.integers(0, 20, img.shape)).astype(np.uint8)).save(folder / f"{i:03d}.png")
+    run = tmp_path / "run"
+    cfg = load_config("fashion_mnist", ['data.name="folder"', f'data.root="{folder}"', "data.image_size=16",
+                                        "data.conditional=false", *TINY])
+    stem = train_teacher(cfg, run, progress=False)
+    distill(stem, run, cfg, progress=False)
+    assert main(["evaluate", "--run", str(run), "--num", "6", "--steps", "1,2,4", "--no-progress",
+                 "--max-baseline-steps", "1"]) == 0
+    rows = json.loads((run / "eval" / "report.json").read_text())
+    assert {r["metric"] for r in rows} == {"teacher_rms", "teacher_psnr"}
+    v = {(r["sampler"], r["steps"], r["metric"]): r["value"] for r in rows}
+    assert v[("teacher_ddim", 4, "teacher_rms")] == 0.0  # the reference: the teacher's 4-step DDIM itself
+    for (sampler, k, metric), value in v.items():
+        if metric == "teacher_psnr":
+            rms = v[(sampler, k, "teacher_rms")]
+            assert value == pytest.approx(20 * np.log10(2 / rms)) and rms > 0
+    assert {(s, k) for s, k, _ in v} >= {("student", 1), ("student", 2), ("teacher_ddim", 1), ("dpm_solver", 1)}
+    for name in ("report.md", "teacher_psnr_vs_steps.png", "samples/steps_0001.png"):
+        assert (run / "eval" / name).is_file(), name

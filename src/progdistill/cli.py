@@ -117,10 +117,11 @@ def cmd_sample(a: argparse.Namespace) -> None:
 
 
 def _print_report(rows: list[dict]) -> None:
+    from .evaluation.images import HIGHER_IS_BETTER
     from .evaluation.report import markdown_table
 
     for metric in dict.fromkeys(r["metric"] for r in rows):
-        print(f"{metric} (lower is better{'' if metric != 'isc' else '; Inception score: higher is better'})")
+        print(f"{metric} ({'higher' if metric in HIGHER_IS_BETTER else 'lower'} is better)")
         print(markdown_table(rows, metric, "Floor ('data' row)"))
 
 
@@ -137,6 +138,10 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         options["inception_weights"] = a.inception_weights
     if a.device != "cpu":
         options["device"] = a.device
+    if a.reference_steps is not None:
+        if a.reference_steps < 1:
+            raise ConfigError(f"--reference-steps must be >= 1, got {a.reference_steps}")
+        options["reference_steps"] = a.reference_steps
     rows = evaluate_run(a.run, a.out, steps=steps, num=a.num, seed=a.seed, ancestral=not a.no_ancestral,
                         progress=not a.no_progress, **options)
     _print_report(rows)
@@ -309,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inception-weights", metavar="FILE", help="images: torch-fidelity's Inception-v3 weights "
                    "(weights-inception-2015-12-05-6726825d.pth) to add FID, KID and Inception score")
     p.add_argument("--device", default="cpu", help="images: torch device for sampling and metrics")
+    p.add_argument("--reference-steps", type=int, metavar="N",
+                   help="images: the teacher DDIM step count every sampler's output is compared with, sample for "
+                        "sample from the same noise (teacher_rms, teacher_psnr; default: the largest of --steps)")
     _progress_arg(p)
     p.set_defaults(func=cmd_evaluate)
 

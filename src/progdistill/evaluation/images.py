@@ -7,14 +7,20 @@ Metrics (lower is better unless noted):
   cheap; only for 1x28x28 data. Not comparable with published FIDs.
 - ``fid``, ``kid`` and ``isc`` (Inception score, higher is better): torch-fidelity's Inception-v3 metrics, the
   paper's, computed only when the user supplies the standard Inception weights file (it is never downloaded).
+- ``teacher_rms`` and ``teacher_psnr`` (dB, higher is better): always, for any image data. The distance of each
+  sampler's output from the teacher's many-step DDIM output started from the same noise (and labels): how
+  faithfully a student (or a few-step baseline) reproduces its teacher, sample for sample. RMS over all pixels in
+  [-1, 1]; PSNR = 20 log10(2 / RMS), 2 being the range of the data.
 
-Every metric has a ``data`` row: the same metric between ``num`` training images and the reference set, the floor a
-perfect model of this size of sample would reach.
+Every data-set metric has a ``data`` row: the same metric between ``num`` training images and the reference set, the
+floor a perfect model of this size of sample would reach. The teacher-agreement metrics have none (their reference
+is the teacher itself, whose own row at the reference step count is 0 / infinite).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -30,6 +36,8 @@ from .sampling import generate
 
 CLASSIFIER_METRIC = "frechet_classifier"
 FIDELITY_METRICS = ("fid", "kid", "isc")
+AGREEMENT_METRICS = ("teacher_rms", "teacher_psnr")
+HIGHER_IS_BETTER = ("isc", "teacher_psnr")
 # name in report -> (sampler for `generate`, whose weights)
 SAMPLER_KINDS = {
     "teacher_ddim": "ddim",
@@ -151,6 +159,14 @@ class InceptionMetrics:
                 "isc": isc["inception_score_mean"]}
 
 
+def teacher_agreement(x: Tensor, reference: Tensor) -> dict[str, float]:
+    """RMS distance (all pixels, data in [-1, 1]) and PSNR in dB (peak-to-peak range 2) of `x` from `reference`."""
+    rms = (x.double() - reference.double()).pow(2).mean().sqrt().item()
+    if rms == 0:  # the reference itself: PSNR is infinite, which JSON cannot hold; the row is left out
+        return {"teacher_rms": 0.0}
+    return {"teacher_rms": rms, "teacher_psnr": 20 * math.log10(2.0 / rms)}
+
+
 def reference_sets(cfg: Config, num: int, seed: int) -> tuple[Tensor, Tensor]:
     """(reference, floor sample): the test split (or, for folders without one, the training images) and `num`
     training images drawn with `seed`."""
@@ -178,9 +194,14 @@ def evaluate_images(
     batch_size: int = 500,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    reference_steps: int | None = None,
 ) -> list[dict]:
     """Rows {sampler, steps, metric, value} for every sampler and step count, written to out/report.json with
-    out/report.md, one plot per metric and a sample grid per step count under out/samples/."""
+    out/report.md, one plot per metric and a sample grid per step count under out/samples/.
+
+    The teacher-agreement rows compare every sampler's output with the teacher's DDIM at `reference_steps`
+    (default: the largest of `steps`) from the same noise and labels; they are written for any image data, so a
+    report exists even when no data-set metric applies (no classifier for the data, no Inception weights)."""
     from .report import find_students, markdown_table
 
     unknown = sorted(set(samplers) - set(SAMPLER_KINDS))
@@ -201,10 +222,6 @@ def evaluate_images(
         metrics.append(ClassifierMetric(reference, device))
     if inception_weights:
         metrics.append(InceptionMetrics(reference, inception_weights, device))
-    if not metrics:
-        raise ValueError(f"no metric applies to {shape} images: the classifier metric needs 1x28x28 "
-                         "(Fashion-MNIST) data; for other data pass --inception-weights PATH")
-
     def measure(images: Tensor) -> dict[str, float]:
         values = {}
         for m in metrics:
@@ -214,28 +231,46 @@ def evaluate_images(
     rows = [{"sampler": "data", "steps": 0, "metric": k, "value": v} for k, v in measure(floor_images).items()]
     jobs = [(s, k) for s in samplers if s != "student" for k in steps if k <= max_steps.get(s, k)]
     jobs += [("student", k) for k in sorted(students, reverse=True) if k in steps]
-    grids: dict[int, list[tuple[str, Tensor]]] = {}
-    for sampler, k in tqdm(jobs, desc="evaluate", disable=not progress, dynamic_ncols=True):
-        model = load_denoiser(students[k], device)[0] if sampler == "student" else teacher
+    ref_steps = reference_steps or max(steps)
+    if ref_steps < 1:
+        raise ValueError(f"reference_steps must be >= 1, got {ref_steps}")
+
+    def sample(model, sampler: str, k: int) -> Tensor:
         x = generate(model, schedule, k, num, shape, sampler=SAMPLER_KINDS[sampler], variance=cfg.sample.variance,
                      clip=cfg.sample.clip, seed=seed, batch_size=batch_size, device=device, labels=labels,
                      progress=progress)
         if not torch.isfinite(x).all():
             raise FloatingPointError(f"{sampler} at {k} steps produced non-finite samples")
-        rows += [{"sampler": sampler, "steps": k, "metric": name, "value": v} for name, v in measure(x).items()]
+        return x
+
+    # The teacher's many-step DDIM output from the evaluation noise: what every sampler is compared with.
+    teacher_reference = sample(teacher, "teacher_ddim", ref_steps)
+    grids: dict[int, list[tuple[str, Tensor]]] = {}
+    for sampler, k in tqdm(jobs, desc="evaluate", disable=not progress, dynamic_ncols=True):
+        if sampler == "teacher_ddim" and k == ref_steps:
+            x = teacher_reference
+        else:
+            x = sample(load_denoiser(students[k], device)[0] if sampler == "student" else teacher, sampler, k)
+        values = {**measure(x), **teacher_agreement(x, teacher_reference)}
+        rows += [{"sampler": sampler, "steps": k, "metric": name, "value": v} for name, v in values.items()]
         grids.setdefault(k, []).append((f"{sampler}", x[:10]))
         del x
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(rows, indent=2))
-    names = [r["metric"] for r in rows if r["sampler"] == "data"]
+    names = list(dict.fromkeys(r["metric"] for r in rows))
     floor_text = (f"Floor ('data' row): {len(floor_images)} training images against the reference set "
                   f"({len(reference)} images)")
-    (out / "report.md").write_text("\n".join(f"### {name}\n\n{markdown_table(rows, name, floor_text)}"
+    header = {name: f"### {name} ({'higher' if name in HIGHER_IS_BETTER else 'lower'} is better"
+                    + (f"; against the teacher's {ref_steps}-step DDIM from the same noise)" if name in
+                       AGREEMENT_METRICS else ")") for name in names}
+    (out / "report.md").write_text("\n".join(f"{header[name]}\n\n{markdown_table(rows, name, floor_text)}"
                                              for name in names))
     for name in names:
-        floor = next(r["value"] for r in rows if r["sampler"] == "data" and r["metric"] == name)
-        metric_vs_steps(rows, out / f"{name}_vs_steps.png", name, floor=floor)
+        floor = next((r["value"] for r in rows if r["sampler"] == "data" and r["metric"] == name), None)
+        shown = [r for r in rows if r["metric"] == name and not (name in AGREEMENT_METRICS and r["value"] == 0)]
+        if shown:
+            metric_vs_steps(shown, out / f"{name}_vs_steps.png", name, floor=floor)
     for k, panel in grids.items():
         save_grid([("data", floor_images[:10]), *panel], out / "samples" / f"steps_{k:04d}.png")
     return rows
