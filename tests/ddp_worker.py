@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from progdistill.config import load_config
-from progdistill.training import rounds, teacher
+from progdistill.training import phase, rounds, teacher
 
 OVERRIDES = ["model.hidden=32", "model.depth=2", "model.emb_dim=16", "data.size=2000", "train.batch_size=64",
              "train.steps=6", "train.warmup=2", "train.checkpoint_every=3", "distill.start_steps=2",
@@ -15,7 +15,7 @@ OVERRIDES = ["model.hidden=32", "model.depth=2", "model.emb_dim=16", "data.size=
 
 def main(out: Path) -> None:
     rank = int(os.environ["RANK"])  # (accelerate's state is created by the run itself, with its device settings)
-    for module in (teacher, rounds):
+    for module in (teacher, rounds, phase):
         real = module.save_checkpoint
 
         def logged(stem, *args, _real=real, **kwargs):

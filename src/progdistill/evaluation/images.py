@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .. import runfolder
 from ..build import load_data, load_denoiser, schedule_of
 from ..config import Config
 from .classifier import feature_stats, load_classifier
@@ -208,7 +209,7 @@ def evaluate_images(
     if unknown:
         raise ValueError(f"unknown sampler(s) {', '.join(unknown)}; choose from {', '.join(SAMPLER_KINDS)}")
     max_steps = max_steps or {}
-    teacher, record, cfg = load_denoiser(run / "teacher", device)
+    teacher, record, cfg = load_denoiser(runfolder.teacher_stem(run), device)
     students = find_students(run) if "student" in samplers else {}
     shape = tuple(record["data_shape"])
     schedule = schedule_of(cfg)

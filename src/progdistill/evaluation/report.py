@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .. import runfolder
 from ..build import load_denoiser, schedule_of
 from ..data import sample_toy
 from ..data.images import IMAGE_DATASETS
@@ -22,7 +23,7 @@ METRIC = "sliced_wasserstein"
 def find_students(run: Path) -> dict[int, Path]:
     """{student steps: checkpoint stem} of the students saved in run/students."""
     found = {}
-    for record_path in sorted((Path(run) / "students").glob("student_*steps.json")):
+    for record_path in runfolder.student_records(run):
         stem = record_path.with_suffix("")
         found[int(read_record(stem)["sampling_steps"])] = stem
     return found
@@ -60,11 +61,11 @@ def evaluate_run(
     2-D data: sliced Wasserstein distance to fresh data. Images: see `evaluation.images.evaluate_images`, which
     receives `image_options` (samplers, max_steps, inception_weights, classifier, batch_size, device)."""
     run = Path(run)
-    out = Path(out) if out is not None else run / "eval"
-    if not (run / "teacher.json").is_file():
+    out = Path(out) if out is not None else runfolder.eval_dir(run)
+    if not runfolder.has_teacher(run):
         raise CheckpointError(f"{run} holds no teacher checkpoint (teacher.json); is it a run folder made by "
                               "'progdistill train'?")
-    teacher, record, cfg = load_denoiser(run / "teacher")
+    teacher, record, cfg = load_denoiser(runfolder.teacher_stem(run))
     students = find_students(run)
     if steps is None:
         top = max([cfg.distill.start_steps, *students]) if students else cfg.distill.start_steps

@@ -12,13 +12,14 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from .. import runfolder
 from ..build import build_denoiser, load_data, load_denoiser, make_accelerator, schedule_of
 from ..config import Config, ConfigError, check_distill_steps, config_from_json
 from ..diffusion.weighting import check_combination
-from .checkpoint import CheckpointError, checkpoint_paths, prune, read_record, save_checkpoint
-from .loop import NonFiniteLossError, OptimSettings, fit, make_ema
+from .checkpoint import CheckpointError, checkpoint_paths, read_record, save_checkpoint
 from .objectives import DistillObjective
-from .resume import latest_loadable, loop_tensors, restore_loop_state
+from .phase import Phase, optim_settings, run_phase
+from .resume import latest_loadable
 from .runlog import RunLog
 
 
@@ -27,25 +28,21 @@ from .runlog import RunLog
 EPS_LOGSNR_FLOOR = -12.0
 
 
-def student_stem(out: Path, steps: int) -> Path:
-    return Path(out) / "students" / f"student_{steps:04d}steps"
-
-
-def partial_dir(out: Path) -> Path:
-    return Path(out) / "students" / "checkpoints"
+student_stem = runfolder.student_stem
+partial_dir = runfolder.round_checkpoints
 
 
 def saved_students(out: Path) -> dict[int, Path]:
     """{steps: stem} of the finished rounds in out/students."""
     found = {}
-    for path in sorted((Path(out) / "students").glob("student_*steps.json")):
+    for path in runfolder.student_records(out):
         found[int(read_record(path.with_suffix(""))["sampling_steps"])] = path.with_suffix("")
     return found
 
 
 def resume_point(out: Path) -> tuple[Path | None, Path | None]:
     """(newest loadable mid-round checkpoint, last finished student) of a distillation run folder."""
-    partial = latest_loadable(partial_dir(out), "round*_step*")
+    partial = latest_loadable(runfolder.round_checkpoints(out), "round*_step*")
     students = saved_students(out)
     return partial, (students[min(students)] if students else None)
 
@@ -80,8 +77,8 @@ def distill(
             teacher_stem, cfg = precord["teacher"], saved
         elif last_student is not None:
             teacher_stem = last_student
-        elif teacher_stem is None and (out / "teacher.json").is_file():
-            teacher_stem = out / "teacher"
+        elif teacher_stem is None and runfolder.has_teacher(out):
+            teacher_stem = runfolder.teacher_stem(out)
     if teacher_stem is None:
         raise CheckpointError(f"nothing to distil: {out} holds no teacher, student or mid-round checkpoint")
     teacher, record, ckpt_cfg = load_denoiser(teacher_stem)
@@ -120,56 +117,35 @@ def distill(
                    if dc.final_updates_per_round > 0 and m <= dc.long_round_max_steps else dc.updates_per_round)
         student = build_denoiser(cfg, data_shape, num_classes, dropout=dc.dropout).to(accelerator.device)
         student.load_state_dict(teacher.state_dict())  # student starts from the teacher's (sampling) weights
-        ema = make_ema(student, dc.ema_decay)
-        state = None
+        resume_from = None
         if partial is not None:
             if int(precord["round"]) != r or int(precord["sampling_steps"]) != m:
                 raise CheckpointError(f"{partial}.json is for round {precord['round']} ({precord['sampling_steps']}"
                                       f" steps), but its teacher {teacher_stem} starts round {r} ({m} steps)")
-            state = restore_loop_state(partial, student, ema)
-            partial = None
-        done = state["step"] if state else 0
-        settings = OptimSettings(lr=dc.lr, total_steps=updates, warmup=dc.warmup, decay="linear",
-                                 grad_clip=dc.grad_clip, betas=(dc.adam_beta1, dc.adam_beta2))
+            resume_from, partial = partial, None
         base = {"config": cfg.to_dict(), "data_shape": list(data_shape), "num_classes": num_classes, "round": r,
                 "sampling_steps": m, "teacher": str(current_teacher)}
-
-        def on_step(step: int, loss: float, snapshot, r=r, ema=ema, student=student, base=base) -> None:
-            if (dc.checkpoint_every and step % dc.checkpoint_every == 0 and step < updates
-                    and accelerator.is_main_process):
-                tensors, extra = loop_tensors(snapshot(), ema)
-                mods = {"model": accelerator.unwrap_model(student)} | ({"ema": ema.module} if ema is not None else {})
-                save_checkpoint(partial_dir(out) / f"round{r:02d}_step{step:08d}", mods,
-                                {"kind": "student_partial", **base, "step": step,
-                                 "sampling_weights": "ema" if ema is not None else "model", **extra}, tensors)
-                prune(partial_dir(out), f"round{r:02d}_step*", 2)
-
-        try:
-            history = fit(student, data.batches(dc.batch_size, dc.seed + r, skip=done * dc.grad_accum),
-                          DistillObjective(teacher, schedule, m), dc.weighting, settings, accelerator=accelerator,
-                          seed=dc.seed + 1000 * r, ema=ema, on_step=on_step, desc=f"round {r}: {n} -> {m} steps",
-                          progress=progress, grad_accum=dc.grad_accum, resume=state,
-                          log=lambda step, values, r=r: runlog.scalars(f"round{r:02d}", step, values),
-                          perf=cfg.perf)
-        except NonFiniteLossError as e:
-            runlog.close()
-            last = latest_loadable(partial_dir(out), f"round{r:02d}_step*") or current_teacher
-            raise NonFiniteLossError(f"{e} Nothing was saved after the last good checkpoint: {last}.safetensors "
-                                     f"(round {r}; earlier rounds' students are intact).") from None
-        student = accelerator.unwrap_model(student)
-        sampling = ema.module if ema is not None else student
-        mods = {"model": student} | ({"ema": ema.module} if ema is not None else {})
-        stem = student_stem(out, m)
+        phase = Phase(name=f"round{r:02d}", desc=f"round {r}: {n} -> {m} steps",
+                      settings=optim_settings(dc, updates, "linear"), weighting=dc.weighting, seed=dc.seed + 1000 * r,
+                      grad_accum=dc.grad_accum, checkpoints=runfolder.round_checkpoints(out),
+                      prefix=runfolder.round_prefix(r), checkpoint_every=dc.checkpoint_every, keep=2,
+                      record={"kind": "student_partial", **base}, fallback=current_teacher,
+                      fallback_note=f" (round {r}; earlier rounds' students are intact)")
+        result = run_phase(phase, student, lambda skip, r=r: data.batches(dc.batch_size, dc.seed + r, skip=skip),
+                           DistillObjective(teacher, schedule, m), accelerator=accelerator, runlog=runlog,
+                           resume_from=resume_from, progress=progress, perf=cfg.perf)
+        sampling = result.sampling
+        stem = runfolder.student_stem(out, m)
         if accelerator.is_main_process:  # one process writes; all hold the same weights
-            save_checkpoint(stem, mods, {
-                "kind": "student", **base, "sampling_weights": "ema" if ema is not None else "model",
-                "step": updates, "loss_history": history, "num_processes": accelerator.num_processes,
+            save_checkpoint(stem, result.modules, {
+                "kind": "student", **base, "sampling_weights": result.sampling_weights,
+                "step": updates, "loss_history": result.history, "num_processes": accelerator.num_processes,
             })
             # The finished student supersedes this round's mid-round checkpoints.
-            for old in partial_dir(out).glob(f"round{r:02d}_step*.json"):
+            for old in runfolder.round_checkpoints(out).glob(f"{runfolder.round_prefix(r)}*.json"):
                 for path in checkpoint_paths(old.with_suffix("")):
                     path.unlink(missing_ok=True)
-            summary = {"student_steps": m, **({"final_loss": history[-1][1]} if history else {})}
+            summary = {"student_steps": m, **({"final_loss": result.history[-1][1]} if result.history else {})}
             if dc.log_samples:
                 summary |= round_sample_gaps(runlog, teacher, sampling, schedule, n, m, r, data_shape, num_classes,
                                              dc.log_samples, accelerator.device, out)
@@ -200,7 +176,6 @@ def round_sample_gaps(runlog: RunLog, teacher, student, schedule, n: int, m: int
     fast = generate(student.eval(), schedule, m, num, data_shape, **kw)  # it is the next round's (eval) teacher
     short = generate(teacher, schedule, m, num, data_shape, **kw)
     if len(data_shape) == 3:
-        runlog.images("students/samples", fast, r,
-                      png=Path(out) / "students" / "samples" / f"round{r:02d}_{m:04d}steps.png")
+        runlog.images("students/samples", fast, r, png=runfolder.round_sample_grid(out, r, m))
     rms = lambda a, b: float((a - b).pow(2).mean().sqrt())  # noqa: E731
     return {"student_vs_teacher_rms": rms(fast, target), "teacher_short_vs_teacher_rms": rms(short, target)}

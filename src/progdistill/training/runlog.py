@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from .. import runfolder
+
 
 def _tensorboard_writer(folder: Path):
     try:
@@ -26,12 +28,12 @@ class RunLog:
     def __init__(self, run: str | Path, enabled: bool = True, tensorboard: bool = True):
         self.run = Path(run)
         self.enabled = enabled
-        self.path = self.run / "log.jsonl"
+        self.path = runfolder.log_path(self.run)
         self.tb = None
         if enabled:
             self.run.mkdir(parents=True, exist_ok=True)
             if tensorboard:
-                self.tb = _tensorboard_writer(self.run / "tensorboard")
+                self.tb = _tensorboard_writer(runfolder.tensorboard_dir(self.run))
 
     def scalars(self, phase: str, step: int, values: dict[str, float], global_step: int | None = None) -> None:
         if not self.enabled:
@@ -64,7 +66,7 @@ class RunLog:
 
 def read_log(run: str | Path) -> list[dict]:
     """The rows of RUN/log.jsonl (empty when there is none)."""
-    path = Path(run) / "log.jsonl"
+    path = runfolder.log_path(run)
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

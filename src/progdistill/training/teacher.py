@@ -6,18 +6,19 @@ from pathlib import Path
 
 import torch
 
+from .. import runfolder
 from ..build import build_denoiser, load_data, make_accelerator, schedule_of
 from ..config import Config, ConfigError, config_from_json
-from .checkpoint import CheckpointError, prune, read_record, save_checkpoint
-from .loop import NonFiniteLossError, OptimSettings, fit, make_ema
+from .checkpoint import CheckpointError, read_record, save_checkpoint
 from .objectives import TeacherObjective
-from .resume import latest_loadable, loop_tensors, restore_loop_state
+from .phase import Phase, optim_settings, run_phase
+from .resume import latest_loadable
 from .runlog import RunLog
 
 
 def find_resume_point(out: Path) -> Path | None:
     """The newest loadable teacher checkpoint in out/checkpoints (a damaged newer one is skipped), or None."""
-    return latest_loadable(Path(out) / "checkpoints", "teacher_step*")
+    return latest_loadable(runfolder.teacher_checkpoints(out), runfolder.TEACHER_PREFIX + "*")
 
 
 def train_teacher(cfg: Config | None, out: Path, *, progress: bool = True, resume: bool = False) -> Path:
@@ -44,46 +45,21 @@ def train_teacher(cfg: Config | None, out: Path, *, progress: bool = True, resum
         raise ConfigError(f"train.batch_size ({tc.batch_size}) is larger than the data ({len(data)} examples)")
     torch.manual_seed(tc.seed)  # the network's initial weights
     denoiser = build_denoiser(cfg, tuple(data.x.shape[1:]), data.num_classes).to(accelerator.device)
-    ema = make_ema(denoiser, tc.ema_decay)
-    settings = OptimSettings(lr=tc.lr, total_steps=tc.steps, warmup=tc.warmup, decay=tc.lr_decay,
-                             grad_clip=tc.grad_clip, betas=(tc.adam_beta1, tc.adam_beta2), ema_decay=tc.ema_decay)
     record = {"kind": "teacher", "config": cfg.to_dict(), "data_shape": list(data.x.shape[1:]),
-              "num_classes": data.num_classes, "sampling_weights": "ema" if ema is not None else "model"}
-    state = restore_loop_state(start, denoiser, ema) if start is not None else None
-    done = state["step"] if state else 0
-
-    def modules() -> dict:
-        mods = {"model": accelerator.unwrap_model(denoiser)}
-        if ema is not None:
-            mods["ema"] = ema.module
-        return mods
-
-    def on_step(step: int, loss: float, snapshot) -> None:
-        if step % tc.checkpoint_every == 0 and step < tc.steps and accelerator.is_main_process:
-            tensors, extra = loop_tensors(snapshot(), ema)
-            save_checkpoint(out / "checkpoints" / f"teacher_step{step:08d}", modules(),
-                            {**record, "step": step, **extra}, tensors)
-            prune(out / "checkpoints", "teacher_step*", tc.keep_checkpoints)
-
-    batches = data.batches(tc.batch_size, tc.seed, skip=done * tc.grad_accum)
+              "num_classes": data.num_classes}
+    phase = Phase(name="teacher", desc="teacher", settings=optim_settings(tc, tc.steps, tc.lr_decay),
+                  weighting=cfg.diffusion.weighting, seed=tc.seed + 1, grad_accum=tc.grad_accum,
+                  checkpoints=runfolder.teacher_checkpoints(out), prefix=runfolder.TEACHER_PREFIX,
+                  checkpoint_every=tc.checkpoint_every, keep=tc.keep_checkpoints, record=record)
     runlog = RunLog(out, enabled=accelerator.is_main_process)
-    try:
-        history = fit(denoiser, batches, TeacherObjective(schedule_of(cfg)), cfg.diffusion.weighting, settings,
-                      accelerator=accelerator, seed=tc.seed + 1, ema=ema, on_step=on_step, desc="teacher",
-                      progress=progress, grad_accum=tc.grad_accum, resume=state,
-                      log=lambda step, values: runlog.scalars("teacher", step, values), perf=cfg.perf)
-    except NonFiniteLossError as e:
-        runlog.close()
-        last = find_resume_point(out)
-        raise NonFiniteLossError(f"{e} Nothing was saved after the last good checkpoint: "
-                                 f"{f'{last}.safetensors' if last else 'none yet'}.") from None
+    result = run_phase(phase, denoiser, lambda skip: data.batches(tc.batch_size, tc.seed, skip=skip),
+                       TeacherObjective(schedule_of(cfg)), accelerator=accelerator, runlog=runlog, resume_from=start,
+                       progress=progress, perf=cfg.perf)
     runlog.close()
-    stem = out / "teacher"
+    stem = runfolder.teacher_stem(out)
     if accelerator.is_main_process:  # every process holds the same weights; one writes them
-        save_checkpoint(stem, modules(), {**record, "step": tc.steps, "loss_history": history,
-                                          "num_processes": accelerator.num_processes})
+        save_checkpoint(stem, result.modules, {**record, "sampling_weights": result.sampling_weights,
+                                               "step": tc.steps, "loss_history": result.history,
+                                               "num_processes": accelerator.num_processes})
     accelerator.wait_for_everyone()
     return stem
-
-
-

@@ -1,0 +1,74 @@
+"""The layout of a run folder, in one place. Every module that reads or writes a run asks here for the path.
+
+    RUN/config.json                          the config a run was started with (provenance)
+    RUN/teacher.{safetensors,json}           the trained (or imported) teacher
+    RUN/checkpoints/teacher_stepNNNNNNNN.*   periodic teacher checkpoints (the newest train.keep_checkpoints)
+    RUN/students/student_NNNNsteps.*         the student of every finished distillation round
+    RUN/students/checkpoints/roundRR_stepNNNNNNNN.*   mid-round checkpoints (the newest 2 of the current round)
+    RUN/students/samples/roundRR_NNNNsteps.png        a sample grid per round
+    RUN/log.jsonl, RUN/tensorboard/          scalars (and images) logged while the run works
+    RUN/eval/                                `progdistill evaluate`'s default report folder
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TEACHER_PREFIX = "teacher_step"
+
+
+def config_path(run: str | Path) -> Path:
+    return Path(run) / "config.json"
+
+
+def teacher_stem(run: str | Path) -> Path:
+    return Path(run) / "teacher"
+
+
+def has_teacher(run: str | Path) -> bool:
+    return teacher_stem(run).with_suffix(".json").is_file()
+
+
+def teacher_checkpoints(run: str | Path) -> Path:
+    return Path(run) / "checkpoints"
+
+
+def teacher_checkpoint(run: str | Path, step: int) -> Path:
+    return teacher_checkpoints(run) / f"{TEACHER_PREFIX}{step:08d}"
+
+
+def students_dir(run: str | Path) -> Path:
+    return Path(run) / "students"
+
+
+def student_stem(run: str | Path, steps: int) -> Path:
+    return students_dir(run) / f"student_{steps:04d}steps"
+
+
+def student_records(run: str | Path) -> list[Path]:
+    """The record files of the finished rounds' students, in name order."""
+    return sorted(students_dir(run).glob("student_*steps.json"))
+
+
+def round_checkpoints(run: str | Path) -> Path:
+    return students_dir(run) / "checkpoints"
+
+
+def round_prefix(round_: int) -> str:
+    return f"round{round_:02d}_step"
+
+
+def round_sample_grid(run: str | Path, round_: int, steps: int) -> Path:
+    return students_dir(run) / "samples" / f"round{round_:02d}_{steps:04d}steps.png"
+
+
+def log_path(run: str | Path) -> Path:
+    return Path(run) / "log.jsonl"
+
+
+def tensorboard_dir(run: str | Path) -> Path:
+    return Path(run) / "tensorboard"
+
+
+def eval_dir(run: str | Path) -> Path:
+    return Path(run) / "eval"
