@@ -50,6 +50,16 @@ def student_records(run: str | Path) -> list[Path]:
     return sorted(students_dir(run).glob("student_*steps.json"))
 
 
+def saved_students(run: str | Path) -> dict[int, Path]:
+    """{sampling steps: checkpoint stem} of the students of the finished rounds."""
+    from .training.checkpoint import read_record
+
+    found = {}
+    for path in student_records(run):
+        found[int(read_record(path.with_suffix(""))["sampling_steps"])] = path.with_suffix("")
+    return found
+
+
 def round_checkpoints(run: str | Path) -> Path:
     return students_dir(run) / "checkpoints"
 

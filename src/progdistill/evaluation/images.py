@@ -34,6 +34,7 @@ from .classifier import feature_stats, load_classifier
 from .frechet import frechet_distance
 from .plots import metric_vs_steps
 from .sampling import generate
+from .tables import markdown_table
 
 CLASSIFIER_METRIC = "frechet_classifier"
 FIDELITY_METRICS = ("fid", "kid", "isc")
@@ -203,14 +204,12 @@ def evaluate_images(
     The teacher-agreement rows compare every sampler's output with the teacher's DDIM at `reference_steps`
     (default: the largest of `steps`) from the same noise and labels; they are written for any image data, so a
     report exists even when no data-set metric applies (no classifier for the data, no Inception weights)."""
-    from .report import find_students, markdown_table
-
     unknown = sorted(set(samplers) - set(SAMPLER_KINDS))
     if unknown:
         raise ValueError(f"unknown sampler(s) {', '.join(unknown)}; choose from {', '.join(SAMPLER_KINDS)}")
     max_steps = max_steps or {}
     teacher, record, cfg = load_denoiser(runfolder.teacher_stem(run), device)
-    students = find_students(run) if "student" in samplers else {}
+    students = runfolder.saved_students(run) if "student" in samplers else {}
     shape = tuple(record["data_shape"])
     schedule = schedule_of(cfg)
     labels = balanced_labels(num, int(record.get("num_classes", 0)))

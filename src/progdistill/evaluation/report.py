@@ -12,37 +12,13 @@ from .. import runfolder
 from ..build import load_denoiser, schedule_of
 from ..data import sample_toy
 from ..data.images import IMAGE_DATASETS
-from ..training.checkpoint import CheckpointError, read_record
+from ..training.checkpoint import CheckpointError
 from .metrics import sliced_wasserstein
+from .tables import markdown_table
 from .plots import metric_vs_steps, scatter_panels
 from .sampling import generate
 
 METRIC = "sliced_wasserstein"
-
-
-def find_students(run: Path) -> dict[int, Path]:
-    """{student steps: checkpoint stem} of the students saved in run/students."""
-    found = {}
-    for record_path in runfolder.student_records(run):
-        stem = record_path.with_suffix("")
-        found[int(read_record(stem)["sampling_steps"])] = stem
-    return found
-
-
-def markdown_table(rows: list[dict], metric: str,
-                   floor_text: str = "Floor (two independent data samples of the same size)") -> str:
-    """Steps down the side, samplers across; lower is better."""
-    samplers = sorted({r["sampler"] for r in rows if r["metric"] == metric and r["steps"] > 0})
-    steps = sorted({r["steps"] for r in rows if r["metric"] == metric and r["steps"] > 0}, reverse=True)
-    value = {(r["sampler"], r["steps"]): r["value"] for r in rows if r["metric"] == metric}
-    lines = [f"| steps | {' | '.join(samplers)} |", "|---:|" + "---:|" * len(samplers)]
-    for k in steps:
-        cells = [f"{value[(s, k)]:.4f}" if (s, k) in value else "" for s in samplers]
-        lines.append(f"| {k} | {' | '.join(cells)} |")
-    floor = [r["value"] for r in rows if r["metric"] == metric and r["sampler"] == "data"]
-    if floor:
-        lines.append(f"\n{floor_text}: {floor[0]:.4f}")
-    return "\n".join(lines) + "\n"
 
 
 def evaluate_run(
@@ -66,7 +42,7 @@ def evaluate_run(
         raise CheckpointError(f"{run} holds no teacher checkpoint (teacher.json); is it a run folder made by "
                               "'progdistill train'?")
     teacher, record, cfg = load_denoiser(runfolder.teacher_stem(run))
-    students = find_students(run)
+    students = runfolder.saved_students(run)
     if steps is None:
         top = max([cfg.distill.start_steps, *students]) if students else cfg.distill.start_steps
         steps = [2**i for i in range(top.bit_length())]

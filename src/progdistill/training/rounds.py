@@ -32,12 +32,7 @@ student_stem = runfolder.student_stem
 partial_dir = runfolder.round_checkpoints
 
 
-def saved_students(out: Path) -> dict[int, Path]:
-    """{steps: stem} of the finished rounds in out/students."""
-    found = {}
-    for path in runfolder.student_records(out):
-        found[int(read_record(path.with_suffix(""))["sampling_steps"])] = path.with_suffix("")
-    return found
+saved_students = runfolder.saved_students
 
 
 def resume_point(out: Path) -> tuple[Path | None, Path | None]:
