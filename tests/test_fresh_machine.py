@@ -36,8 +36,9 @@ def run(tmp_path: Path, *, apt: bool = True, uid: int = 0, sudo: bool = False, k
         stub(bin_dir, "apt-cache", f"exit {0 if known else 100}")
         # A successful install puts the IDX files where Debian's package does.
         files = " ".join(f'"$SYSTEM/{n}.gz"' for n in NAMES)
+        mkdir, touch = shutil.which("mkdir"), shutil.which("touch")
         stub(bin_dir, "apt-get", f'case "$*" in *install*) [ {install_rc} = 0 ] || exit {install_rc}; '
-                                 f'{shutil.which("mkdir")} -p "$SYSTEM" && {shutil.which("touch")} {files};; esac; exit 0')
+                                 f'{mkdir} -p "$SYSTEM" && {touch} {files};; esac; exit 0')
     if sudo:
         stub(bin_dir, "sudo", '[ "$1" = -n ] && shift; exec "$@"')
     for folder, present in ((system, system_files), (cache / "fashion-mnist", cache_files)):
