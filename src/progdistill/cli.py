@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, dump_json, load_config, preset_names
+from .diffusion.samplers import SAMPLERS, VARIANCES
 
 EPILOG = "Config values come from defaults, then --config (a preset name or a TOML file), then --set overrides."
 
@@ -31,6 +32,26 @@ def _check_fresh_out(out: Path, marker: str, force: bool) -> None:
         raise ConfigError(f"--out {out} exists and is not a folder")
     if (out / marker).exists() and not force:
         raise ConfigError(f"--out {out} already holds a run ({marker}); choose another folder or pass --force")
+
+
+def _at_least(name: str, value: int | None, low: int = 1) -> None:
+    """An integer option, when given, must be >= low (0 is an error, not "the default")."""
+    if value is not None and value < low:
+        raise ConfigError(f"{name} must be >= {low}, got {value}" + (" (leave it out for the default)"
+                                                                       if value == 0 else ""))
+
+
+def _warn_off_student(record: dict, steps: int, sampler: str = "ddim") -> None:
+    """A student is distilled for DDIM at its own step count; anything else is allowed but says so."""
+    own = record.get("sampling_steps")
+    if record.get("kind") != "student" or own is None:
+        return
+    if int(own) != steps:
+        print(f"progdistill: warning: this student was distilled for {own} DDIM steps; sampling it with {steps} "
+              "is outside what it was trained for (leave out --steps for its own)", file=sys.stderr)
+    if sampler != "ddim":
+        print(f"progdistill: warning: this student was distilled for the ddim sampler, not {sampler}",
+              file=sys.stderr)
 
 
 def cmd_train(a: argparse.Namespace) -> None:
@@ -88,10 +109,11 @@ def cmd_sample(a: argparse.Namespace) -> None:
     from .evaluation.plots import scatter_panels
     from .evaluation.sampling import generate
 
-    if a.num < 1:
-        raise ConfigError(f"--num must be >= 1, got {a.num}")
+    _at_least("--num", a.num)
+    _at_least("--steps", a.steps)
     denoiser, record, cfg = load_denoiser(a.ckpt, a.device)
-    steps = a.steps or record.get("sampling_steps") or cfg.distill.start_steps
+    steps = a.steps if a.steps is not None else int(record.get("sampling_steps") or cfg.distill.start_steps)
+    _warn_off_student(record, steps, a.sampler)
     shape = tuple(record["data_shape"])
     num_classes = int(record.get("num_classes", 0))
     if a.label is not None:
@@ -128,11 +150,13 @@ def _print_report(rows: list[dict]) -> None:
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from .evaluation.report import evaluate_run
 
-    steps = _int_list(a.steps, "--steps") if a.steps else None
+    steps = _int_list(a.steps, "--steps") if a.steps is not None else None
+    _at_least("--num", a.num)
+    _at_least("--max-baseline-steps", a.max_baseline_steps)
     options = {}
     if a.samplers:
         options["samplers"] = tuple(s.strip() for s in a.samplers.split(","))
-    if a.max_baseline_steps:
+    if a.max_baseline_steps is not None:
         options["max_steps"] = {"teacher_ancestral": a.max_baseline_steps, "dpm_solver": a.max_baseline_steps}
     if a.inception_weights:
         options["inception_weights"] = a.inception_weights
@@ -190,6 +214,7 @@ def cmd_demo(a: argparse.Namespace) -> None:
     from .training.rounds import distill
     from .training.teacher import train_teacher
 
+    _at_least("--num", a.num)
     images = a.data in IMAGE_DATASETS
     if images:
         if a.data != "fashion-mnist":
@@ -199,11 +224,11 @@ def cmd_demo(a: argparse.Namespace) -> None:
         # Fetch Fashion-MNIST (checksums verified) only if it is neither in the system folder nor in the cache.
         cfg = load_config("fashion_mnist", overrides + ["data.download=true", f"device={json.dumps(a.device)}"]
                           + a.overrides)
-        num = a.num or (100 if a.quick else 500)
+        num = a.num if a.num is not None else (100 if a.quick else 500)
     else:
         overrides = [f"data.name={json.dumps(a.data)}", *DEMO] + (QUICK if a.quick else [])
         cfg = load_config("toy2d", overrides + [f"device={json.dumps(a.device)}"] + a.overrides)
-        num = a.num or 10_000
+        num = a.num if a.num is not None else 10_000
     cfg = _scaled(cfg, a.scale)
     out = Path(a.out)
     _check_fresh_out(out, "teacher.json", a.force)
@@ -234,7 +259,12 @@ def cmd_config(a: argparse.Namespace) -> None:
 
 def cmd_export_diffusers(a: argparse.Namespace) -> None:
     from .interop.diffusers_io import export_diffusers
+    from .training.checkpoint import read_record
 
+    _at_least("--steps", a.steps)
+    _at_least("--train-timesteps", a.train_timesteps)
+    if a.steps is not None:
+        _warn_off_student(read_record(a.ckpt), a.steps)
     s = export_diffusers(a.ckpt, Path(a.out), steps=a.steps, train_timesteps=a.train_timesteps,
                          clip=False if a.no_clip else None)
     print(f"diffusers pipeline written to {a.out}: {s['steps']} steps, prediction_type {s['prediction_type']}, "
@@ -284,10 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="draw samples from a checkpoint")
     p.add_argument("--ckpt", required=True, help="teacher or student checkpoint")
-    p.add_argument("--steps", type=int, help="sampling steps (default: the student's own; teacher: start_steps)")
-    p.add_argument("--sampler", choices=["ddim", "ancestral", "dpm_solver"], default="ddim",
-                   help="ddim (students use this), ancestral, or dpm_solver (DPM-Solver++(2M))")
-    p.add_argument("--variance", choices=["small", "large", "interp"], default="small",
+    p.add_argument("--steps", type=int, help="sampling steps, >= 1 (default: the student's own, which is the only "
+                   "count a student is trained for; teacher: distill.start_steps)")
+    p.add_argument("--sampler", choices=list(SAMPLERS), default="ddim",
+                   help="; ".join(f"{name}: {s.description}" for name, s in SAMPLERS.items()))
+    p.add_argument("--variance", choices=list(VARIANCES), default="small",
                    help="ancestral sampler variance")
     p.add_argument("--no-clip", action="store_true", help="do not clip x_hat to [-1, 1]")
     p.add_argument("--num", type=int, default=5000, help="number of samples")

@@ -16,6 +16,7 @@ from typing import Any
 from .data.images import IMAGE_DATASETS
 from .data.toy2d import TOY_DISTRIBUTIONS
 from .diffusion.parameterization import PARAMETERIZATIONS
+from .diffusion.samplers import SAMPLERS, VARIANCES
 from .diffusion.weighting import FORBIDDEN, WEIGHTINGS
 from .nets.unet import UNET_PRESETS
 
@@ -107,7 +108,7 @@ class DistillConfig:
 
 @dataclass
 class SampleConfig:
-    sampler: str = "ddim"  # ddim or ancestral
+    sampler: str = "ddim"  # a name in diffusion.samplers.SAMPLERS: ddim, ancestral or dpm_solver
     variance: str = "small"  # ancestral: small, large or interp
     clip: bool = True  # clip x_hat to [-1, 1] while sampling (never during distillation)
     num_samples: int = 10_000
@@ -165,8 +166,8 @@ class Config:
         _choice("diffusion.weighting", self.diffusion.weighting, WEIGHTINGS)
         _choice("distill.weighting", self.distill.weighting, WEIGHTINGS)
         _choice("train.lr_decay", self.train.lr_decay, ["constant", "linear", "cosine"])
-        _choice("sample.sampler", self.sample.sampler, ["ddim", "ancestral"])
-        _choice("sample.variance", self.sample.variance, ["small", "large", "interp"])
+        _choice("sample.sampler", self.sample.sampler, SAMPLERS)
+        _choice("sample.variance", self.sample.variance, VARIANCES)
         _choice("device", self.device, ["auto", "cpu", "cuda"])
         # distill.weighting is checked against the parameterization when distillation starts (an eps teacher
         # is trainable; it just cannot be distilled).

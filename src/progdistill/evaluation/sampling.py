@@ -6,11 +6,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..diffusion.dpm_solver import dpm_solver_pp_2m
-from ..diffusion.samplers import ancestral, ddim
+from ..diffusion.samplers import SAMPLERS, get_sampler
 from ..diffusion.schedules import Schedule, step_grid
 
-SAMPLERS = ("ddim", "ancestral", "dpm_solver")  # dpm_solver: DPM-Solver++(2M), one network evaluation per step
+__all__ = ["SAMPLERS", "generate"]
 
 
 @torch.no_grad()
@@ -31,8 +30,7 @@ def generate(
     progress: bool = False,
 ) -> Tensor:
     """`num` samples on the `steps`-step grid; z_1 ~ N(0, I) from `seed`, so equal seeds give equal noise."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    run = get_sampler(sampler).run
     grid = step_grid(schedule, steps, device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
     out = []
@@ -41,12 +39,7 @@ def generate(
         b = min(batch_size, num - start)
         z = torch.randn((b, *data_shape), generator=gen, device=device)
         lab = labels[start : start + b].to(device) if labels is not None else None
-        if sampler == "ddim":
-            x = ddim(denoiser, z, grid, labels=lab, clip=clip)
-        elif sampler == "dpm_solver":
-            x = dpm_solver_pp_2m(denoiser, z, grid, labels=lab, clip=clip)
-        else:
-            x = ancestral(denoiser, z, grid, labels=lab, clip=clip, variance=variance, generator=gen)
+        x = run(denoiser, z, grid, labels=lab, clip=clip, variance=variance, generator=gen)
         out.append(x.cpu())
         bar.update(b)
     bar.close()
