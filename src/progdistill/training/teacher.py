@@ -6,7 +6,9 @@ from pathlib import Path
 
 import torch
 
-from ..build import build_denoiser, load_data, make_accelerator, schedule_of
+from ..build import (
+    build_denoiser, denoiser_from_spec, load_data, make_accelerator, model_record, read_model_record, schedule_of,
+)
 from ..config import Config, ConfigError, config_from_json
 from .checkpoint import CheckpointError, prune, read_record, save_checkpoint
 from .loop import NonFiniteLossError, OptimSettings, fit, make_ema
@@ -43,12 +45,16 @@ def train_teacher(cfg: Config | None, out: Path, *, progress: bool = True, resum
     if tc.batch_size > len(data):
         raise ConfigError(f"train.batch_size ({tc.batch_size}) is larger than the data ({len(data)} examples)")
     torch.manual_seed(tc.seed)  # the network's initial weights
-    denoiser = build_denoiser(cfg, tuple(data.x.shape[1:]), data.num_classes).to(accelerator.device)
+    if start is not None:  # the network the checkpoint records, whatever the presets say now
+        denoiser = denoiser_from_spec(read_model_record(start)[1], cfg.perf)
+    else:
+        denoiser = build_denoiser(cfg, tuple(data.x.shape[1:]), data.num_classes)
+    denoiser = denoiser.to(accelerator.device)
     ema = make_ema(denoiser, tc.ema_decay)
     settings = OptimSettings(lr=tc.lr, total_steps=tc.steps, warmup=tc.warmup, decay=tc.lr_decay,
                              grad_clip=tc.grad_clip, betas=(tc.adam_beta1, tc.adam_beta2), ema_decay=tc.ema_decay)
-    record = {"kind": "teacher", "config": cfg.to_dict(), "data_shape": list(data.x.shape[1:]),
-              "num_classes": data.num_classes, "sampling_weights": "ema" if ema is not None else "model"}
+    record = {"kind": "teacher", "config": cfg.to_dict(), **model_record(denoiser.spec, cfg, cfg.distill.start_steps),
+              "sampling_weights": "ema" if ema is not None else "model"}
     state = restore_loop_state(start, denoiser, ema) if start is not None else None
     done = state["step"] if state else 0
 
