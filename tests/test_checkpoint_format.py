@@ -47,7 +47,8 @@ def test_frozen_student_translates_with_its_own_dropout_and_steps():
 
 
 def _unet_checkpoint(tmp_path, num_classes=3):
-    """A format-2 checkpoint of the 'small' U-Net preset on 28x28 images (attention at 7x7), with a non-zero output layer."""
+    """A format-2 checkpoint of the 'small' U-Net preset on 28x28 images (attention at 7x7), with a non-zero
+    output layer."""
     cfg = load_config("fashion_mnist")
     torch.manual_seed(0)
     d = build_denoiser(cfg, (1, 28, 28), num_classes)
