@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from progdistill.build import build_denoiser, load_denoiser
+from progdistill.build import build_denoiser, load_denoiser, model_record
 from progdistill.config import load_config
 from progdistill.training.checkpoint import (
     CheckpointError, checkpoint_paths, load_into, prune, read_record, save_checkpoint,
@@ -13,7 +13,7 @@ from progdistill.training.checkpoint import (
 def _save(tmp_path, cfg, name="ckpt"):
     d = build_denoiser(cfg, (2,))
     torch.nn.init.normal_(d.net.out[-1].weight)
-    record = {"kind": "teacher", "config": cfg.to_dict(), "data_shape": [2], "num_classes": 0,
+    record = {"kind": "teacher", "config": cfg.to_dict(), **model_record(d.spec, cfg, 8),
               "sampling_weights": "model", "step": 3}
     return d, save_checkpoint(tmp_path / name, {"model": d}, record)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DiffusionPipeline, UNet2DModel
 
-from progdistill.build import build_denoiser, load_denoiser, schedule_of
+from progdistill.build import build_denoiser, load_denoiser, model_record, schedule_of
 from progdistill.cli import main
 from progdistill.config import ConfigError, load_config
 from progdistill.diffusion.schedules import DiscreteSchedule, ddpm_alphas_cumprod, step_grid
@@ -30,7 +30,7 @@ def _student(tmp: Path, param: str, num_classes: int, steps: int, seed: int = 0)
         for p in d.net.unet.conv_out.parameters():
             p.normal_(0, 0.05)
     stem = save_checkpoint(tmp / f"student_{param}_{num_classes}_{steps}", {"model": d}, {
-        "kind": "student", "config": cfg.to_dict(), "data_shape": list(SHAPE), "num_classes": num_classes,
+        "kind": "student", "config": cfg.to_dict(), **model_record(d.spec, cfg, steps),
         "sampling_weights": "model", "sampling_steps": steps, "round": 1})
     return stem, cfg
 
@@ -77,7 +77,7 @@ def test_export_refuses_bad_input(tmp_path, capsys):
     cfg = load_config("toy2d")
     d = build_denoiser(cfg, (2,))
     stem = save_checkpoint(tmp_path / "mlp", {"model": d}, {
-        "kind": "teacher", "config": cfg.to_dict(), "data_shape": [2], "num_classes": 0, "sampling_weights": "model"})
+        "kind": "teacher", "config": cfg.to_dict(), **model_record(d.spec, cfg, 8), "sampling_weights": "model"})
     assert main(["export-diffusers", "--ckpt", str(stem), "--out", str(tmp_path / "e")]) == 2
     assert "needs an image model" in capsys.readouterr().err
     student, _ = _student(tmp_path, "v", 0, 4)
@@ -193,6 +193,6 @@ def test_eps_distillation_refused_on_continuous_schedule(tmp_path):
     cfg = load_config("toy2d", ["model.parameterization=eps", "distill.weighting=snr"])
     d = build_denoiser(cfg, (2,))
     stem = save_checkpoint(tmp_path / "t", {"model": d}, {
-        "kind": "teacher", "config": cfg.to_dict(), "data_shape": [2], "num_classes": 0, "sampling_weights": "model"})
+        "kind": "teacher", "config": cfg.to_dict(), **model_record(d.spec, cfg, 8), "sampling_weights": "model"})
     with pytest.raises(ConfigError, match="cannot be distilled on this schedule"):
         distill(stem, tmp_path, progress=False)

@@ -59,7 +59,7 @@ def test_unet_presets_build_and_run():
 def test_training_and_distillation_step_on_images(image_run):
     root, out, cfg, stem, students = image_run
     record = json.loads(stem.with_suffix(".json").read_text())
-    assert record["data_shape"] == [1, 28, 28] and record["num_classes"] == 10
+    assert record["model"]["data_shape"] == [1, 28, 28] and record["model"]["num_classes"] == 10
     assert [s.name for s in students] == ["student_0002steps", "student_0001steps"]
     assert sorted(p.name for p in (out / "checkpoints").glob("*.json")) == ["teacher_step00000002.json"]
     assert all(np.isfinite(loss) for _, loss in record["loss_history"])

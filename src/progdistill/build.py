@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -10,16 +11,16 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType
 
-from .config import Config, ConfigError, config_from_json
+from .config import Config, ConfigError, PerfConfig, config_from_json, config_from_record
 from .data import TensorData, sample_toy
 from .data.images import IMAGE_DATASETS, load_image_dataset
 from .denoiser import Denoiser
 from .diffusion.parameterization import get_parameterization
-from .diffusion.schedules import DiscreteSchedule, Schedule, make_schedule
+from .diffusion.schedules import Schedule, make_schedule, schedule_from_spec, schedule_spec
 from .nets import MLPNet
-from .nets.diffusers_net import DiffusersUNet
-from .nets.unet import UNET_PRESETS, UNet
-from .training.checkpoint import CheckpointError, load_into, read_record
+from .nets.spec import ModelSpec, SpecError, build_net, resolve_args
+from .nets.unet import UNET_PRESETS, resolve_unet2d_config, unet_config
+from .training.checkpoint import FORMAT_VERSION, CheckpointError, checkpoint_paths, load_into, read_record
 
 
 def load_data(cfg: Config, split: str = "train") -> TensorData:
@@ -36,43 +37,76 @@ def load_data(cfg: Config, split: str = "train") -> TensorData:
     return TensorData(x, labels if d.conditional else None, flip=d.flip)
 
 
-def schedule_of(cfg: Config) -> Schedule:
-    d = cfg.diffusion
+def schedule_of(source: Config | ModelSpec) -> Schedule:
+    """The noise schedule of a config (a new model) or of a model spec (a loaded checkpoint's)."""
+    if isinstance(source, ModelSpec):
+        return schedule_from_spec(source.schedule)
+    d = source.diffusion
     return make_schedule(d.schedule, d.logsnr_min, d.logsnr_max, num_timesteps=d.num_timesteps,
                          beta_schedule=d.beta_schedule, beta_start=d.beta_start, beta_end=d.beta_end)
 
 
-def build_denoiser(cfg: Config, data_shape: tuple[int, ...], num_classes: int = 0,
-                   dropout: float | None = None) -> Denoiser:
-    """A freshly initialised denoiser for data of shape `data_shape` (one example, without the batch dimension)."""
-    m = cfg.model
+def spec_from_config(cfg: Config, data_shape: tuple[int, ...], num_classes: int = 0,
+                     dropout: float | None = None) -> ModelSpec:
+    """The network a config describes for data of shape `data_shape` (one example, without the batch dimension),
+    with every argument resolved (presets looked up, library defaults filled in): what checkpoints record."""
+    m, d = cfg.model, cfg.diffusion
+    data_shape = tuple(int(s) for s in data_shape)
     factor = get_parameterization(m.parameterization).channel_factor
+    drop = m.dropout if dropout is None else dropout
     if m.arch == "mlp":
         if len(data_shape) != 1:
             raise ValueError(f"model.arch 'mlp' needs flat data, got examples of shape {tuple(data_shape)}")
-        net = MLPNet(data_shape[0], factor * data_shape[0], m.hidden, m.depth, m.emb_dim,
-                     m.dropout if dropout is None else dropout, num_classes)
+        args = dict(data_dim=data_shape[0], out_dim=factor * data_shape[0], hidden=m.hidden, depth=m.depth,
+                    emb_dim=m.emb_dim, dropout=drop, num_classes=num_classes)
+        args = resolve_args(MLPNet.__init__, args, "MLPNet")
     elif m.arch == "unet":
         if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
             raise ValueError(f"model.arch 'unet' needs square images [C, H, W], got examples of shape "
                              f"{tuple(data_shape)}")
         channels = data_shape[0]
-        net = UNet(UNET_PRESETS[m.unet], data_shape[1], channels, factor * channels,
-                   m.dropout if dropout is None else dropout, num_classes)
+        args = unet_config(UNET_PRESETS[m.unet], data_shape[1], channels, factor * channels, drop, num_classes)
     elif m.arch == "diffusers":
-        schedule = schedule_of(cfg)
-        if not isinstance(schedule, DiscreteSchedule):
+        if d.schedule != "discrete":
             raise ConfigError("model.arch 'diffusers' is a discrete-time model: set diffusion.schedule = \"discrete\"")
-        net = DiffusersUNet(m.diffusers_unet, schedule, dropout)
+        config = json.loads(m.diffusers_unet)
+        if dropout is not None:
+            config["dropout"] = dropout
+        args = resolve_unet2d_config(config)
     else:  # pragma: no cover - validate() only admits known archs
         raise ValueError(f"unknown model.arch {m.arch!r}")
-    if not cfg.perf.sdpa and hasattr(net, "unet"):
+    schedule = schedule_spec(d.schedule, d.logsnr_min, d.logsnr_max, num_timesteps=d.num_timesteps,
+                             beta_schedule=d.beta_schedule, beta_start=d.beta_start, beta_end=d.beta_end)
+    return ModelSpec(m.arch, args, m.parameterization, schedule, data_shape, int(num_classes))
+
+
+def denoiser_from_spec(spec: ModelSpec, perf: PerfConfig | None = None) -> Denoiser:
+    """A freshly initialised denoiser of `spec` (its network plus parameterization); `.spec` holds the spec.
+    `perf` only picks kernels (sdpa off: diffusers' plain attention), never the math."""
+    net = build_net(spec)
+    if perf is not None and not perf.sdpa and hasattr(net, "unet"):
         from diffusers.models.attention_processor import Attention, AttnProcessor
 
         for module in net.unet.modules():
             if isinstance(module, Attention):
                 module.set_processor(AttnProcessor())
-    return Denoiser(net, m.parameterization)
+    denoiser = Denoiser(net, spec.parameterization)
+    denoiser.spec = spec
+    return denoiser
+
+
+def build_denoiser(cfg: Config, data_shape: tuple[int, ...], num_classes: int = 0,
+                   dropout: float | None = None) -> Denoiser:
+    """A freshly initialised denoiser for data of shape `data_shape` (one example, without the batch dimension);
+    `.spec` holds its resolved description (see `spec_from_config`)."""
+    return denoiser_from_spec(spec_from_config(cfg, data_shape, num_classes, dropout), cfg.perf)
+
+
+def model_record(spec: ModelSpec, cfg: Config, steps: int) -> dict:
+    """The record entries that describe a model for loading and sampling (checkpoint format 2): its "model" block
+    and "sampling" defaults (`steps` DDIM steps, clipping and ancestral variance from cfg.sample)."""
+    return {"model": spec.to_dict(),
+            "sampling": {"steps": int(steps), "clip": cfg.sample.clip, "variance": cfg.sample.variance}}
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -94,20 +128,85 @@ def make_accelerator(cfg: Config) -> Accelerator:
     return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision)
 
 
-def load_denoiser(stem: str | Path, device: torch.device | str = "cpu") -> tuple[Denoiser, dict, Config]:
-    """The sampling weights of a checkpoint as an eval-mode Denoiser, with its record and Config."""
-    record = read_record(stem)
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint's sampling weights as an eval-mode denoiser, its record (in the current format, older ones
+    translated), its model spec and its training config (provenance, read leniently: `notes` says what of it was
+    skipped)."""
+
+    denoiser: Denoiser
+    record: dict
+    spec: ModelSpec
+    config: Config
+    notes: list[str]
+
+    @property
+    def sampling(self) -> dict:
+        """Sampler defaults: {"steps", "clip", "variance"}."""
+        return self.record["sampling"]
+
+
+def _translate_v1(record: dict, path: Path) -> dict:
+    """A format-1 record (the network rebuilt from the training config and the U-Net presets) in format 2: its
+    config is read as it always was and resolved through today's presets, once, here."""
+    missing = [k for k in ("config", "data_shape") if k not in record]
+    if missing:
+        raise CheckpointError(f"checkpoint record {path} (format 1) lacks {', '.join(missing)}; the file is "
+                              "incomplete or corrupt")
     try:
         cfg = config_from_json(record["config"])
-        data_shape = tuple(record["data_shape"])
-        num_classes = int(record.get("num_classes", 0))
-        weights = record["sampling_weights"]
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"checkpoint record for {stem} is incomplete or invalid ({e})") from None
-    dropout = cfg.distill.dropout if record.get("kind") == "student" else None
-    denoiser = build_denoiser(cfg, data_shape, num_classes, dropout=dropout)
-    load_into(denoiser, stem, weights)
-    return denoiser.to(device).eval().requires_grad_(False), record, cfg
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint record {path} is in format 1, whose network is rebuilt from its training "
+                              f"config, and this version cannot read that config: {e}") from None
+    try:
+        dropout = cfg.distill.dropout if record.get("kind") == "student" else None
+        spec = spec_from_config(cfg, tuple(record["data_shape"]), int(record.get("num_classes", 0)), dropout)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint record {path} (format 1) describes no network this version can build "
+                              f"({e})") from None
+    steps = record.get("sampling_steps") or cfg.distill.start_steps
+    out = {k: v for k, v in record.items() if k not in ("data_shape", "num_classes", "version")}
+    return out | {"format_version": FORMAT_VERSION, **model_record(spec, cfg, steps)}
+
+
+def read_model_record(stem: str | Path) -> tuple[dict, ModelSpec]:
+    """A checkpoint's record in the current format (format 1 translated) and its checked model spec."""
+    record = read_record(stem)
+    path = checkpoint_paths(stem)[1]
+    if record.get("format_version", 1) == 1:
+        record = _translate_v1(record, path)
+    missing = [k for k in ("model", "sampling", "sampling_weights") if k not in record]
+    if missing:
+        raise CheckpointError(f"checkpoint record {path} lacks {', '.join(repr(k) for k in missing)}; the file is "
+                              "incomplete or corrupt")
+    try:
+        spec = ModelSpec.from_dict(record["model"])
+    except SpecError as e:
+        raise CheckpointError(f"checkpoint record {path}: {e}") from None
+    sampling = record["sampling"]
+    if not isinstance(sampling, dict) or any(k not in sampling for k in ("steps", "clip", "variance")):
+        raise CheckpointError(f"checkpoint record {path}: its sampling block needs steps, clip and variance")
+    return record, spec
+
+
+def load_checkpoint(stem: str | Path, device: torch.device | str = "cpu") -> LoadedCheckpoint:
+    """A checkpoint, its network rebuilt from the record's model block alone (no preset, no config)."""
+    record, spec = read_model_record(stem)
+    path = checkpoint_paths(stem)[1]
+    cfg, notes = config_from_record(record.get("config", {}))
+    try:
+        denoiser = denoiser_from_spec(spec, cfg.perf)
+    except (SpecError, TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot build the network of checkpoint {path}: {e}") from None
+    load_into(denoiser, stem, record["sampling_weights"])
+    return LoadedCheckpoint(denoiser.to(device).eval().requires_grad_(False), record, spec, cfg, notes)
+
+
+def load_denoiser(stem: str | Path, device: torch.device | str = "cpu") -> tuple[Denoiser, dict, Config]:
+    """The sampling weights of a checkpoint as an eval-mode Denoiser (`.spec`: its model spec), with its record
+    (current format) and training config (provenance; see `load_checkpoint`)."""
+    loaded = load_checkpoint(stem, device)
+    return loaded.denoiser, loaded.record, loaded.config
 
 
 def with_overrides(cfg: Config, **sections) -> Config:

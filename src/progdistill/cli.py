@@ -77,6 +77,7 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def cmd_distill(a: argparse.Namespace) -> None:
+    from .config import config_from_record
     from .training.checkpoint import read_record
     from .training.rounds import distill
 
@@ -93,7 +94,8 @@ def cmd_distill(a: argparse.Namespace) -> None:
         record = read_record(a.from_ckpt)
         if not isinstance(record.get("config"), dict):
             raise ConfigError(f"checkpoint {a.from_ckpt} records no config")
-        cfg = load_config(a.config, a.overrides, base=record["config"])
+        # The checkpoint's config is provenance, read leniently (fields this version does not know are skipped).
+        cfg = load_config(a.config, a.overrides, base=config_from_record(record["config"])[0].to_dict())
         ckpt_dir = Path(a.from_ckpt).resolve().parent
         out = Path(a.out) if a.out else (ckpt_dir.parent if record.get("kind") == "student" else ckpt_dir)
         stems = distill(a.from_ckpt, out, cfg, progress=not a.no_progress)
@@ -104,18 +106,18 @@ def cmd_distill(a: argparse.Namespace) -> None:
 def cmd_sample(a: argparse.Namespace) -> None:
     import torch
 
-    from .build import load_denoiser, schedule_of
+    from .build import load_checkpoint, schedule_of
     from .evaluation.images import balanced_labels, save_grid
     from .evaluation.plots import scatter_panels
     from .evaluation.sampling import generate
 
     _at_least("--num", a.num)
     _at_least("--steps", a.steps)
-    denoiser, record, cfg = load_denoiser(a.ckpt, a.device)
-    steps = a.steps if a.steps is not None else int(record.get("sampling_steps") or cfg.distill.start_steps)
+    loaded = load_checkpoint(a.ckpt, a.device)
+    denoiser, record = loaded.denoiser, loaded.record
+    steps = a.steps if a.steps is not None else int(loaded.sampling["steps"])
     _warn_off_student(record, steps, a.sampler)
-    shape = tuple(record["data_shape"])
-    num_classes = int(record.get("num_classes", 0))
+    shape, num_classes = loaded.spec.data_shape, loaded.spec.num_classes
     if a.label is not None:
         if not 0 <= a.label < max(num_classes, 1) or num_classes == 0:
             raise ConfigError(f"--label {a.label}: this model has {num_classes} classes"
@@ -123,8 +125,9 @@ def cmd_sample(a: argparse.Namespace) -> None:
         labels = torch.full((a.num,), a.label)
     else:
         labels = balanced_labels(a.num, num_classes)
-    x = generate(denoiser, schedule_of(cfg), steps, a.num, shape, sampler=a.sampler, variance=a.variance,
-                 clip=not a.no_clip, seed=a.seed, labels=labels, device=a.device, progress=not a.no_progress)
+    x = generate(denoiser, schedule_of(loaded.spec), steps, a.num, shape, sampler=a.sampler,
+                 variance=a.variance or loaded.sampling["variance"], clip=loaded.sampling["clip"] and not a.no_clip,
+                 seed=a.seed, labels=labels, device=a.device, progress=not a.no_progress)
     out = Path(a.out)
     title = f"{record['kind']} {a.sampler} {steps} steps"
     if out.suffix == ".pt":
@@ -314,13 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="draw samples from a checkpoint")
     p.add_argument("--ckpt", required=True, help="teacher or student checkpoint")
-    p.add_argument("--steps", type=int, help="sampling steps, >= 1 (default: the student's own, which is the only "
-                   "count a student is trained for; teacher: distill.start_steps)")
+    p.add_argument("--steps", type=int, help="sampling steps, >= 1 (default: the checkpoint's: a student's own, which "
+                   "is the only count a student is trained for; a teacher's distill.start_steps)")
     p.add_argument("--sampler", choices=list(SAMPLERS), default="ddim",
                    help="; ".join(f"{name}: {s.description}" for name, s in SAMPLERS.items()))
-    p.add_argument("--variance", choices=list(VARIANCES), default="small",
-                   help="ancestral sampler variance")
-    p.add_argument("--no-clip", action="store_true", help="do not clip x_hat to [-1, 1]")
+    p.add_argument("--variance", choices=list(VARIANCES),
+                   help="ancestral sampler variance (default: the checkpoint's)")
+    p.add_argument("--no-clip", action="store_true",
+                   help="do not clip x_hat to [-1, 1] (default: as the checkpoint records)")
     p.add_argument("--num", type=int, default=5000, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--label", type=int, help="class label for every sample (class-conditional models; "

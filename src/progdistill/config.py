@@ -327,6 +327,40 @@ def config_from_json(data: dict) -> Config:
     return from_dict(Config, data).validate()
 
 
+def _lenient(cls: type, data: Any, prefix: str, notes: list[str]) -> Any:
+    if not isinstance(data, dict):
+        notes.append(f"{prefix or 'config'} is not a table (defaults used)")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            notes.append(f"{name} is unknown to this version (ignored)")
+        elif dataclasses.is_dataclass(hints[key]):
+            kwargs[key] = _lenient(hints[key], value, name, notes)
+        else:
+            try:
+                kwargs[key] = _check_type(name, value, hints[key])
+            except ConfigError as e:
+                notes.append(f"{e} (default used)")
+    return cls(**kwargs)
+
+
+def config_from_record(data: Any) -> tuple[Config, list[str]]:
+    """The training config a checkpoint records, read leniently: unknown or renamed fields are skipped, values
+    of the wrong type take their defaults; returns it with notes on what was skipped and why it does not validate
+    (it is provenance: loading a checkpoint needs only the record's model block)."""
+    notes: list[str] = []
+    cfg = _lenient(Config, data, "", notes)
+    try:
+        cfg.validate()
+    except ConfigError as e:
+        notes.append(f"it does not validate: {e}")
+    return cfg, notes
+
+
 def dump_json(config: Config) -> str:
     return json.dumps(config.to_dict(), indent=2, sort_keys=True)
 

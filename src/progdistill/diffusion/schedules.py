@@ -149,6 +149,33 @@ def make_schedule(name: str, logsnr_min: float = -20.0, logsnr_max: float = 20.0
     raise ValueError(f"unknown schedule {name!r}: choose 'cosine', 'linear' or 'discrete'")
 
 
+SCHEDULE_PARAMS = {"cosine": ("logsnr_min", "logsnr_max"), "linear": ("logsnr_min", "logsnr_max"),
+                   "discrete": ("logsnr_max", "num_timesteps", "beta_schedule", "beta_start", "beta_end")}
+
+
+def schedule_spec(name: str, logsnr_min: float = -20.0, logsnr_max: float = 20.0, *, num_timesteps: int = 1000,
+                  beta_schedule: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02) -> dict:
+    """{"name": name, and the parameters that schedule uses}: how a checkpoint record stores its schedule."""
+    values = dict(logsnr_min=float(logsnr_min), logsnr_max=float(logsnr_max), num_timesteps=int(num_timesteps),
+                  beta_schedule=beta_schedule, beta_start=float(beta_start), beta_end=float(beta_end))
+    if name not in SCHEDULE_PARAMS:
+        raise ValueError(f"unknown schedule {name!r}: choose {', '.join(SCHEDULE_PARAMS)}")
+    return {"name": name, **{k: values[k] for k in SCHEDULE_PARAMS[name]}}
+
+
+def schedule_from_spec(spec: dict) -> Schedule:
+    """The schedule a `schedule_spec` dict describes; its parameters must all be there."""
+    name = spec.get("name")
+    if name not in SCHEDULE_PARAMS:
+        raise ValueError(f"unknown schedule {name!r}: this version knows {', '.join(SCHEDULE_PARAMS)}")
+    missing = [k for k in SCHEDULE_PARAMS[name] if k not in spec]
+    unknown = sorted(set(spec) - {"name", *SCHEDULE_PARAMS[name]})
+    if missing or unknown:
+        raise ValueError(f"schedule {name!r} " + (f"lacks {', '.join(missing)}" if missing else
+                                                  f"does not take {', '.join(unknown)}"))
+    return make_schedule(**spec)
+
+
 def step_grid(schedule: Schedule, steps: int, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
     """log-SNR at t_i = i / N for i = N .. 0 (N + 1 values, noisiest first): the sampler's grid, which includes t = 1."""
     if steps < 1:

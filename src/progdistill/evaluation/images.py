@@ -210,9 +210,10 @@ def evaluate_images(
     max_steps = max_steps or {}
     teacher, record, cfg = load_denoiser(runfolder.teacher_stem(run), device)
     students = runfolder.saved_students(run) if "student" in samplers else {}
-    shape = tuple(record["data_shape"])
-    schedule = schedule_of(cfg)
-    labels = balanced_labels(num, int(record.get("num_classes", 0)))
+    shape = teacher.spec.data_shape
+    schedule = schedule_of(teacher.spec)
+    sampling = record["sampling"]
+    labels = balanced_labels(num, teacher.spec.num_classes)
     reference, floor_images = reference_sets(cfg, num, seed)
 
     metrics = []
@@ -236,8 +237,8 @@ def evaluate_images(
         raise ValueError(f"reference_steps must be >= 1, got {ref_steps}")
 
     def sample(model, sampler: str, k: int) -> Tensor:
-        x = generate(model, schedule, k, num, shape, sampler=SAMPLER_KINDS[sampler], variance=cfg.sample.variance,
-                     clip=cfg.sample.clip, seed=seed, batch_size=batch_size, device=device, labels=labels,
+        x = generate(model, schedule, k, num, shape, sampler=SAMPLER_KINDS[sampler], variance=sampling["variance"],
+                     clip=sampling["clip"], seed=seed, batch_size=batch_size, device=device, labels=labels,
                      progress=progress)
         if not torch.isfinite(x).all():
             raise FloatingPointError(f"{sampler} at {k} steps produced non-finite samples")

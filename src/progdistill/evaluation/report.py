@@ -43,8 +43,9 @@ def evaluate_run(
                               "'progdistill train'?")
     teacher, record, cfg = load_denoiser(runfolder.teacher_stem(run))
     students = runfolder.saved_students(run)
+    sampling = record["sampling"]
     if steps is None:
-        top = max([cfg.distill.start_steps, *students]) if students else cfg.distill.start_steps
+        top = max([sampling["steps"], *students])
         steps = [2**i for i in range(top.bit_length())]
     if cfg.data.name in IMAGE_DATASETS:
         from .images import evaluate_images
@@ -54,8 +55,8 @@ def evaluate_run(
         return evaluate_images(run, out, steps=steps, num=num, seed=seed, progress=progress, **image_options)
     if image_options:
         raise ValueError(f"options {', '.join(image_options)} apply to image runs only")
-    schedule = schedule_of(cfg)
-    shape = tuple(record["data_shape"])
+    schedule = schedule_of(teacher.spec)
+    shape = teacher.spec.data_shape
     # Reference and floor sets come from seeds the training data never used.
     reference = sample_toy(cfg.data.name, num, seed=cfg.data.seed + 100_003)
     rows = [{"sampler": "data", "steps": 0, "metric": METRIC,
@@ -67,7 +68,7 @@ def evaluate_run(
     for sampler, k in tqdm(jobs, desc="evaluate", disable=not progress, dynamic_ncols=True):
         model = load_denoiser(students[k])[0] if sampler == "student" else teacher
         x = generate(model, schedule, k, num, shape, sampler="ancestral" if sampler == "teacher_ancestral" else "ddim",
-                     variance=cfg.sample.variance, clip=cfg.sample.clip, seed=seed)
+                     variance=sampling["variance"], clip=sampling["clip"], seed=seed)
         rows.append({"sampler": sampler, "steps": k, "metric": METRIC, "value": sliced_wasserstein(x, reference)})
         if sampler != "teacher_ancestral":
             panels.append((f"{sampler} {k} steps", x))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..build import build_denoiser, load_data, load_denoiser, schedule_of
+from ..build import build_denoiser, load_checkpoint, load_data, model_record, schedule_of
 from ..config import Config, ConfigError
 from ..denoiser import noise_condition
 from ..diffusion.schedules import alpha_sigma
@@ -64,29 +64,30 @@ def export_diffusers(ckpt: str | Path, out: str | Path, *, steps: int | None = N
     """Write a diffusers pipeline folder for checkpoint `ckpt`; returns a summary (steps, how to load it)."""
     from diffusers import DDIMScheduler, UNet2DModel
 
-    denoiser, record, cfg = load_denoiser(ckpt)
-    shape = tuple(record["data_shape"])
-    if len(shape) != 3 or cfg.model.arch not in ("unet", "diffusers"):
-        raise ConfigError(f"export-diffusers needs an image model (model.arch 'unet' or 'diffusers'); {ckpt} is "
-                          f"a {cfg.model.arch!r} model of data shape {list(shape)}")
-    steps = int(steps or record.get("sampling_steps") or cfg.distill.start_steps)
-    param = cfg.model.parameterization
-    num_classes = int(record.get("num_classes", 0))
-    schedule = schedule_of(cfg)
+    loaded = load_checkpoint(ckpt)
+    denoiser, record, spec = loaded.denoiser, loaded.record, loaded.spec
+    shape = spec.data_shape
+    if len(shape) != 3 or spec.kind not in ("unet", "diffusers"):
+        raise ConfigError(f"export-diffusers needs an image model (a 'unet' or 'diffusers' network); {ckpt} is "
+                          f"a {spec.kind!r} model of data shape {list(shape)}")
+    steps = int(steps or loaded.sampling["steps"])
+    param = spec.parameterization
+    num_classes = spec.num_classes
+    schedule = schedule_of(spec)
     net = denoiser.net
-    clip = cfg.sample.clip if clip is None else clip
+    clip = loaded.sampling["clip"] if clip is None else clip
     common = dict(clip_sample=clip, clip_sample_range=1.0, set_alpha_to_one=True, steps_offset=0,
                   timestep_spacing="trailing", prediction_type=PREDICTION_TYPES[param])
-    if cfg.model.arch == "diffusers":
-        T = cfg.diffusion.num_timesteps
+    if spec.kind == "diffusers":
+        T = spec.schedule["num_timesteps"]
         if train_timesteps not in (None, T):
             raise ConfigError(f"an imported model keeps its own {T} timesteps; drop --train-timesteps")
         if T % steps:
             raise ConfigError(f"{steps} steps do not fall on this model's {T} timesteps (T must be a multiple "
                               "of the step count for the pipeline to take the same steps)")
-        d = cfg.diffusion
-        scheduler = DDIMScheduler(num_train_timesteps=T, beta_schedule=d.beta_schedule, beta_start=d.beta_start,
-                                  beta_end=d.beta_end, **common)
+        d = spec.schedule
+        scheduler = DDIMScheduler(num_train_timesteps=T, beta_schedule=d["beta_schedule"],
+                                  beta_start=d["beta_start"], beta_end=d["beta_end"], **common)
         unet_config = _plain_config(net.unet.config)
         state = net.unet.state_dict()
     else:
@@ -238,6 +239,6 @@ def import_diffusers(folder: str | Path, out: str | Path, base: Config) -> Path:
     denoiser.net.unet.load_state_dict(unet.state_dict())
     out = Path(out)
     return save_checkpoint(out / "teacher", {"model": denoiser}, {
-        "kind": "teacher", "config": cfg.to_dict(), "data_shape": list(shape), "num_classes": num_classes,
+        "kind": "teacher", "config": cfg.to_dict(), **model_record(denoiser.spec, cfg, cfg.distill.start_steps),
         "sampling_weights": "model", "step": 0, "imported_from": str(Path(folder).resolve()),
     })

@@ -13,6 +13,7 @@ from diffusers import UNet2DModel
 from torch import Tensor, nn
 
 from ..diffusion.schedules import DiscreteSchedule
+from .unet import resolve_unet2d_config
 
 
 class DiffusersUNet(nn.Module):
@@ -21,7 +22,7 @@ class DiffusersUNet(nn.Module):
         config = json.loads(unet_config) if isinstance(unet_config, str) else dict(unet_config)
         if dropout is not None:
             config["dropout"] = dropout
-        self.unet = UNet2DModel.from_config(config)
+        self.unet = UNet2DModel(**resolve_unet2d_config(config))
         self.schedule = schedule
         self.num_classes = int(self.unet.config.num_class_embeds or 0)
 

@@ -38,6 +38,7 @@ class MLPNet(nn.Module):
         num_classes: int = 0,
     ):
         super().__init__()
+        self.num_classes = num_classes
         self.embed = SinusoidalEmbedding(emb_dim)
         self.emb_mlp = nn.Sequential(nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.label_emb = nn.Embedding(num_classes, emb_dim) if num_classes > 0 else None

@@ -13,6 +13,8 @@ import torch
 from diffusers import UNet2DModel
 from torch import Tensor, nn
 
+from .spec import resolve_args
+
 
 @dataclass(frozen=True)
 class UNetSpec:
@@ -35,30 +37,46 @@ UNET_PRESETS: dict[str, UNetSpec] = {
 }
 
 
-class UNet(nn.Module):
-    """net(z, cond, labels) -> out_channels maps, for square images of `image_size`."""
+def unet_config(spec: UNetSpec, image_size: int, in_channels: int, out_channels: int, dropout: float = 0.0,
+                num_classes: int = 0) -> dict:
+    """The full diffusers UNet2DModel config of U-Net shape `spec` for square images of `image_size`: every argument,
+    diffusers' defaults included, so the network can be rebuilt from it alone (checkpoint records store it)."""
+    down = []
+    res = image_size
+    for _ in spec.channels:
+        down.append("AttnDownBlock2D" if res in spec.attention_resolutions else "DownBlock2D")
+        res = res // 2 if len(down) < len(spec.channels) else res
+    up = [b.replace("Down", "Up") for b in reversed(down)]
+    return resolve_unet2d_config(dict(
+        sample_size=image_size, in_channels=in_channels, out_channels=out_channels,
+        block_out_channels=spec.channels, layers_per_block=spec.layers_per_block,
+        down_block_types=tuple(down), up_block_types=tuple(up),
+        downsample_type="resnet", upsample_type="resnet", resnet_time_scale_shift="scale_shift",
+        attention_head_dim=spec.attention_head_dim or spec.channels[-1], norm_num_groups=spec.norm_groups,
+        dropout=dropout, flip_sin_to_cos=False, freq_shift=1,
+        num_class_embeds=num_classes if num_classes > 0 else None,
+    ))
 
-    def __init__(self, spec: UNetSpec, image_size: int, in_channels: int, out_channels: int,
-                 dropout: float = 0.0, num_classes: int = 0):
+
+def resolve_unet2d_config(config: dict) -> dict:
+    """A UNet2DModel config (diffusers' private "_" keys dropped) completed with the installed diffusers' defaults."""
+    return resolve_args(UNet2DModel.__init__, {k: v for k, v in dict(config).items() if not k.startswith("_")},
+                        "diffusers' UNet2DModel")
+
+
+class UNet(nn.Module):
+    """net(z, cond, labels) -> out_channels maps: a UNet2DModel built from its full `config` (see `unet_config`),
+    or, for convenience, from a U-Net shape and the image size and channels."""
+
+    def __init__(self, config: dict | UNetSpec, image_size: int | None = None, in_channels: int | None = None,
+                 out_channels: int | None = None, dropout: float = 0.0, num_classes: int = 0):
         super().__init__()
-        down, up = [], []
-        res = image_size
-        for _ in spec.channels:
-            down.append("AttnDownBlock2D" if res in spec.attention_resolutions else "DownBlock2D")
-            res = res // 2 if len(down) < len(spec.channels) else res
-        up = [b.replace("Down", "Up") for b in reversed(down)]
-        self.unet = UNet2DModel(
-            sample_size=image_size, in_channels=in_channels, out_channels=out_channels,
-            block_out_channels=spec.channels, layers_per_block=spec.layers_per_block,
-            down_block_types=tuple(down), up_block_types=tuple(up),
-            downsample_type="resnet", upsample_type="resnet", resnet_time_scale_shift="scale_shift",
-            attention_head_dim=spec.attention_head_dim or spec.channels[-1], norm_num_groups=spec.norm_groups,
-            dropout=dropout, flip_sin_to_cos=False, freq_shift=1,
-            num_class_embeds=num_classes if num_classes > 0 else None,
-        )
+        if isinstance(config, UNetSpec):
+            config = unet_config(config, image_size, in_channels, out_channels, dropout, num_classes)
+        self.unet = UNet2DModel(**resolve_unet2d_config(config))
         nn.init.zeros_(self.unet.conv_out.weight)
         nn.init.zeros_(self.unet.conv_out.bias)
-        self.num_classes = num_classes
+        self.num_classes = int(self.unet.config.num_class_embeds or 0)
 
     def forward(self, z: Tensor, cond: Tensor, labels: Tensor | None = None) -> Tensor:
         if self.num_classes and labels is None:

@@ -1,4 +1,5 @@
-"""Checkpoints: weights as safetensors beside a JSON record of how they were made, each written atomically."""
+"""Checkpoints: weights as safetensors beside a JSON record of what they are and how they were made, each written
+atomically. The record's format is described in docs/checkpoints.md."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 FORMAT = "progdistill-checkpoint"
-VERSION = 1
+# 1: the network is rebuilt from the training config (+ the U-Net presets); records have no "format_version".
+# 2: the record's "model" block describes the network (kind, resolved arguments, parameterization, schedule, data
+#    shape, classes) and its "sampling" block the sampler defaults; the config is provenance only.
+FORMAT_VERSION = 2
 
 
 class CheckpointError(ValueError):
@@ -55,7 +59,8 @@ def checkpoint_paths(stem: str | Path) -> tuple[Path, Path]:
 def save_checkpoint(stem: str | Path, modules: dict[str, torch.nn.Module], record: dict[str, Any],
                     extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the modules' state dicts (keys prefixed "name.") plus `extra_tensors` (e.g. optimizer state) and the
-    record; the record goes last, so a new checkpoint is only visible once complete."""
+    record; the record goes last, so a new checkpoint is only visible once complete. A model checkpoint's record
+    holds the entries of `build.model_record` and "sampling_weights" (the module to sample with)."""
     weights_path, record_path = checkpoint_paths(stem)
     tensors = dict(extra_tensors or {})
     for name, module in modules.items():
@@ -65,7 +70,7 @@ def save_checkpoint(stem: str | Path, modules: dict[str, torch.nn.Module], recor
     # (new weights, old record) is detected on load instead of silently pairing mismatched files.
     token = uuid.uuid4().hex
     _atomic_write(weights_path, lambda tmp: save_file(tensors, tmp, metadata={"token": token}))
-    full = {"format": FORMAT, "version": VERSION, "modules": sorted(modules), **record, "token": token}
+    full = {"format": FORMAT, "format_version": FORMAT_VERSION, "modules": sorted(modules), **record, "token": token}
 
     def write_record(tmp: str) -> None:
         Path(tmp).write_text(json.dumps(full, indent=2, sort_keys=True))
@@ -85,6 +90,13 @@ def read_record(stem: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint record {record_path} is not valid JSON ({e})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise CheckpointError(f"{record_path} is not a progdistill checkpoint record")
+    version = record.get("format_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"checkpoint record {record_path} has an invalid format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint record {record_path} has format version {version}, newer than this "
+                              f"progdistill reads (up to {FORMAT_VERSION}): upgrade progdistill "
+                              "(pip install -U progdistill) to load it")
     return record
 
 

@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import runfolder
-from ..build import build_denoiser, load_data, load_denoiser, make_accelerator, schedule_of
+from ..build import denoiser_from_spec, load_data, load_denoiser, make_accelerator, schedule_of
 from ..config import Config, ConfigError, check_distill_steps, config_from_json
 from ..diffusion.weighting import check_combination
 from .checkpoint import CheckpointError, checkpoint_paths, read_record, save_checkpoint
@@ -77,12 +77,13 @@ def distill(
     if teacher_stem is None:
         raise CheckpointError(f"nothing to distil: {out} holds no teacher, student or mid-round checkpoint")
     teacher, record, ckpt_cfg = load_denoiser(teacher_stem)
+    spec = teacher.spec  # students are this network (with distill.dropout), whatever the presets say now
     cfg = (replace(ckpt_cfg, distill=cfg.distill, device=cfg.device, perf=cfg.perf,
                    mixed_precision=cfg.mixed_precision).validate() if cfg is not None else ckpt_cfg)
     dc = cfg.distill
-    check_combination(cfg.model.parameterization, dc.weighting)
-    schedule = schedule_of(cfg)
-    if cfg.model.parameterization == "eps" and schedule.logsnr_min < EPS_LOGSNR_FLOOR:
+    check_combination(spec.parameterization, dc.weighting)
+    schedule = schedule_of(spec)
+    if spec.parameterization == "eps" and schedule.logsnr_min < EPS_LOGSNR_FLOOR:
         raise ConfigError("model.parameterization 'eps' cannot be distilled on this schedule: x_hat = (z - sigma "
                           f"eps) / alpha amplifies errors by 1/alpha, and its log-SNR at t = 1 is "
                           f"{schedule.logsnr_min:.1f} < {EPS_LOGSNR_FLOOR} (paper section 2); train the "
@@ -95,7 +96,7 @@ def distill(
     data = load_data(cfg)
     if dc.batch_size > len(data):
         raise ConfigError(f"distill.batch_size ({dc.batch_size}) is larger than the data ({len(data)} examples)")
-    data_shape, num_classes = tuple(record["data_shape"]), int(record["num_classes"])
+    data_shape, num_classes = spec.data_shape, spec.num_classes
     first_round = int(record.get("round", 0)) + 1
     teacher = teacher.to(accelerator.device)
     if cfg.perf.channels_last and len(data_shape) == 3:
@@ -110,7 +111,7 @@ def distill(
         m = n // 2
         updates = (dc.final_updates_per_round
                    if dc.final_updates_per_round > 0 and m <= dc.long_round_max_steps else dc.updates_per_round)
-        student = build_denoiser(cfg, data_shape, num_classes, dropout=dc.dropout).to(accelerator.device)
+        student = denoiser_from_spec(spec.with_dropout(dc.dropout), cfg.perf).to(accelerator.device)
         student.load_state_dict(teacher.state_dict())  # student starts from the teacher's (sampling) weights
         resume_from = None
         if partial is not None:
@@ -118,7 +119,9 @@ def distill(
                 raise CheckpointError(f"{partial}.json is for round {precord['round']} ({precord['sampling_steps']}"
                                       f" steps), but its teacher {teacher_stem} starts round {r} ({m} steps)")
             resume_from, partial = partial, None
-        base = {"config": cfg.to_dict(), "data_shape": list(data_shape), "num_classes": num_classes, "round": r,
+        # The students sample as their teacher does (clipping, variance), in their own number of steps.
+        base = {"config": cfg.to_dict(), "model": student.spec.to_dict(), "sampling": record["sampling"] | {"steps": m},
+                "round": r,
                 "sampling_steps": m, "teacher": str(current_teacher)}
         phase = Phase(name=f"round{r:02d}", desc=f"round {r}: {n} -> {m} steps",
                       settings=optim_settings(dc, updates, "linear"), weighting=dc.weighting, seed=dc.seed + 1000 * r,

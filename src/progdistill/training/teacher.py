@@ -7,7 +7,9 @@ from pathlib import Path
 import torch
 
 from .. import runfolder
-from ..build import build_denoiser, load_data, make_accelerator, schedule_of
+from ..build import (
+    build_denoiser, denoiser_from_spec, load_data, make_accelerator, model_record, read_model_record, schedule_of,
+)
 from ..config import Config, ConfigError, config_from_json
 from .checkpoint import CheckpointError, read_record, save_checkpoint
 from .objectives import TeacherObjective
@@ -44,9 +46,12 @@ def train_teacher(cfg: Config | None, out: Path, *, progress: bool = True, resum
     if tc.batch_size > len(data):
         raise ConfigError(f"train.batch_size ({tc.batch_size}) is larger than the data ({len(data)} examples)")
     torch.manual_seed(tc.seed)  # the network's initial weights
-    denoiser = build_denoiser(cfg, tuple(data.x.shape[1:]), data.num_classes).to(accelerator.device)
-    record = {"kind": "teacher", "config": cfg.to_dict(), "data_shape": list(data.x.shape[1:]),
-              "num_classes": data.num_classes}
+    if start is not None:  # the network the checkpoint records, whatever the presets say now
+        denoiser = denoiser_from_spec(read_model_record(start)[1], cfg.perf)
+    else:
+        denoiser = build_denoiser(cfg, tuple(data.x.shape[1:]), data.num_classes)
+    denoiser = denoiser.to(accelerator.device)
+    record = {"kind": "teacher", "config": cfg.to_dict(), **model_record(denoiser.spec, cfg, cfg.distill.start_steps)}
     phase = Phase(name="teacher", desc="teacher", settings=optim_settings(tc, tc.steps, tc.lr_decay),
                   weighting=cfg.diffusion.weighting, seed=tc.seed + 1, grad_accum=tc.grad_accum,
                   checkpoints=runfolder.teacher_checkpoints(out), prefix=runfolder.TEACHER_PREFIX,
