@@ -14,12 +14,14 @@ from tqdm.auto import tqdm
 
 from ..build import build_denoiser, load_data, load_denoiser, make_accelerator, schedule_of
 from ..config import Config, ConfigError, check_distill_steps, config_from_json
+from ..data import make_batches
 from ..diffusion.weighting import check_combination
 from .checkpoint import CheckpointError, checkpoint_paths, prune, read_record, save_checkpoint
 from .loop import NonFiniteLossError, OptimSettings, fit, make_ema
 from .objectives import DistillObjective
 from .resume import latest_loadable, loop_tensors, restore_loop_state
 from .runlog import RunLog
+from .teacher import shard_of
 
 
 # eps students are distillable only while 1/alpha at t = 1 stays moderate: log-SNR -12 is 1/alpha ~ 400 (DDPM's
@@ -100,7 +102,7 @@ def distill(
                         start_name="the checkpoint's step count" if record["kind"] == "student" else
                         "distill.start_steps")
     accelerator = make_accelerator(cfg)
-    data = load_data(cfg)
+    data = load_data(cfg, progress=progress)
     if dc.batch_size > len(data):
         raise ConfigError(f"distill.batch_size ({dc.batch_size}) is larger than the data ({len(data)} examples)")
     data_shape, num_classes = tuple(record["data_shape"]), int(record["num_classes"])
@@ -144,8 +146,11 @@ def distill(
                                  "sampling_weights": "ema" if ema is not None else "model", **extra}, tensors)
                 prune(partial_dir(out), f"round{r:02d}_step*", 2)
 
+        batches = make_batches(data, dc.batch_size, dc.seed + r, shard=shard_of(accelerator),
+                               workers=cfg.data.workers, device=accelerator.device,
+                               state=state.get("data") if state else None, start=done * dc.grad_accum)
         try:
-            history = fit(student, data.batches(dc.batch_size, dc.seed + r, skip=done * dc.grad_accum),
+            history = fit(student, batches,
                           DistillObjective(teacher, schedule, m), dc.weighting, settings, accelerator=accelerator,
                           seed=dc.seed + 1000 * r, ema=ema, on_step=on_step, desc=f"round {r}: {n} -> {m} steps",
                           progress=progress, grad_accum=dc.grad_accum, resume=state,
@@ -153,9 +158,11 @@ def distill(
                           perf=cfg.perf)
         except NonFiniteLossError as e:
             runlog.close()
+            batches.close()
             last = latest_loadable(partial_dir(out), f"round{r:02d}_step*") or current_teacher
             raise NonFiniteLossError(f"{e} Nothing was saved after the last good checkpoint: {last}.safetensors "
                                      f"(round {r}; earlier rounds' students are intact).") from None
+        batches.close()
         student = accelerator.unwrap_model(student)
         sampling = ema.module if ema is not None else student
         mods = {"model": student} | ({"ema": ema.module} if ema is not None else {})

@@ -8,11 +8,17 @@ import torch
 
 from ..build import build_denoiser, load_data, make_accelerator, schedule_of
 from ..config import Config, ConfigError, config_from_json
+from ..data import make_batches
 from .checkpoint import CheckpointError, prune, read_record, save_checkpoint
 from .loop import NonFiniteLossError, OptimSettings, fit, make_ema
 from .objectives import TeacherObjective
 from .resume import latest_loadable, loop_tensors, restore_loop_state
 from .runlog import RunLog
+
+
+def shard_of(accelerator) -> tuple[int, int]:
+    """(this process's rank, number of processes): which rows of every global batch this process loads."""
+    return accelerator.process_index, accelerator.num_processes
 
 
 def find_resume_point(out: Path) -> Path | None:
@@ -38,16 +44,16 @@ def train_teacher(cfg: Config | None, out: Path, *, progress: bool = True, resum
         cfg = saved
     assert cfg is not None
     accelerator = make_accelerator(cfg)
-    data = load_data(cfg)
+    data = load_data(cfg, progress=progress)
     tc = cfg.train
     if tc.batch_size > len(data):
         raise ConfigError(f"train.batch_size ({tc.batch_size}) is larger than the data ({len(data)} examples)")
     torch.manual_seed(tc.seed)  # the network's initial weights
-    denoiser = build_denoiser(cfg, tuple(data.x.shape[1:]), data.num_classes).to(accelerator.device)
+    denoiser = build_denoiser(cfg, data.example_shape, data.num_classes).to(accelerator.device)
     ema = make_ema(denoiser, tc.ema_decay)
     settings = OptimSettings(lr=tc.lr, total_steps=tc.steps, warmup=tc.warmup, decay=tc.lr_decay,
                              grad_clip=tc.grad_clip, betas=(tc.adam_beta1, tc.adam_beta2), ema_decay=tc.ema_decay)
-    record = {"kind": "teacher", "config": cfg.to_dict(), "data_shape": list(data.x.shape[1:]),
+    record = {"kind": "teacher", "config": cfg.to_dict(), "data_shape": list(data.example_shape),
               "num_classes": data.num_classes, "sampling_weights": "ema" if ema is not None else "model"}
     state = restore_loop_state(start, denoiser, ema) if start is not None else None
     done = state["step"] if state else 0
@@ -65,7 +71,10 @@ def train_teacher(cfg: Config | None, out: Path, *, progress: bool = True, resum
                             {**record, "step": step, **extra}, tensors)
             prune(out / "checkpoints", "teacher_step*", tc.keep_checkpoints)
 
-    batches = data.batches(tc.batch_size, tc.seed, skip=done * tc.grad_accum)
+    # Checkpoints written before the data order was stored resume at the same place: step * grad_accum batches.
+    batches = make_batches(data, tc.batch_size, tc.seed, shard=shard_of(accelerator), workers=cfg.data.workers,
+                           device=accelerator.device, state=state.get("data") if state else None,
+                           start=done * tc.grad_accum)
     runlog = RunLog(out, enabled=accelerator.is_main_process)
     try:
         history = fit(denoiser, batches, TeacherObjective(schedule_of(cfg)), cfg.diffusion.weighting, settings,
@@ -74,10 +83,12 @@ def train_teacher(cfg: Config | None, out: Path, *, progress: bool = True, resum
                       log=lambda step, values: runlog.scalars("teacher", step, values), perf=cfg.perf)
     except NonFiniteLossError as e:
         runlog.close()
+        batches.close()
         last = find_resume_point(out)
         raise NonFiniteLossError(f"{e} Nothing was saved after the last good checkpoint: "
                                  f"{f'{last}.safetensors' if last else 'none yet'}.") from None
     runlog.close()
+    batches.close()
     stem = out / "teacher"
     if accelerator.is_main_process:  # every process holds the same weights; one writes them
         save_checkpoint(stem, modules(), {**record, "step": tc.steps, "loss_history": history,
