@@ -10,7 +10,7 @@ from progdistill.training import phase, rounds, teacher
 
 OVERRIDES = ["model.hidden=32", "model.depth=2", "model.emb_dim=16", "data.size=2000", "train.batch_size=64",
              "train.steps=6", "train.warmup=2", "train.checkpoint_every=3", "distill.start_steps=2",
-             "distill.batch_size=64", "distill.updates_per_round=4", "distill.final_updates_per_round=0", "distill.checkpoint_every=2", 'device="cpu"']
+             "distill.batch_size=64", "data.workers=2", "distill.updates_per_round=4", "distill.final_updates_per_round=0", "distill.checkpoint_every=2", 'device="cpu"']
 
 
 def main(out: Path) -> None:

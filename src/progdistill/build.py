@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
+from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedType
 
 from .config import Config, ConfigError, PerfConfig, config_from_json, config_from_record
-from .data import TensorData, sample_toy
+from .data import ExampleData, sample_toy
 from .data.images import IMAGE_DATASETS, load_image_dataset
 from .denoiser import Denoiser
 from .diffusion.parameterization import get_parameterization
@@ -23,18 +24,23 @@ from .nets.unet import UNET_PRESETS, resolve_unet2d_config, unet_config
 from .training.checkpoint import FORMAT_VERSION, CheckpointError, checkpoint_paths, load_into, read_record
 
 
-def load_data(cfg: Config, split: str = "train") -> TensorData:
-    """The training examples the config names (images in [-1, 1], labels only when data.conditional)."""
+def load_data(cfg: Config, split: str = "train", *, progress: bool = True) -> ExampleData:
+    """The training examples the config names (uint8 images, scaled to [-1, 1] per batch; labels only when
+    data.conditional). In a multi-process run the main process builds a folder's cache while the others wait."""
     d = cfg.data
     if d.name not in IMAGE_DATASETS:
         seed = d.seed if split == "train" else d.seed + 100_003
-        return TensorData(sample_toy(d.name, d.size, seed), flip=d.flip)
-    data = load_image_dataset(d.name, d.root or None, split=split, image_size=d.image_size or None,
-                              download=d.download)
-    x, labels = data.x, data.labels
-    if d.limit and split == "train":
-        x, labels = x[: d.limit], labels[: d.limit] if labels is not None else None
-    return TensorData(x, labels if d.conditional else None, flip=d.flip)
+        return ExampleData(sample_toy(d.name, d.size, seed), flip=d.flip)
+    # Only once accelerate is set up (training): each machine's first process builds a folder cache, then the rest.
+    state = PartialState() if PartialState._shared_state else None
+    first = state.local_main_process_first() if state is not None else contextlib.nullcontext()
+    with first:
+        data = load_image_dataset(d.name, d.root or None, split=split, image_size=d.image_size or None,
+                                  channels=d.channels or None, download=d.download,
+                                  progress=progress and (state is None or state.is_local_main_process))
+    data = data.subset(d.limit if split == "train" else 0, keep_labels=d.conditional)
+    data.flip = d.flip
+    return data
 
 
 def schedule_of(source: Config | ModelSpec) -> Schedule:

@@ -40,6 +40,8 @@ class DataConfig:
     image_size: int = 0  # folder data: centre crop and resize to this size (0: the data set's native size)
     conditional: bool = True  # class-conditional model where the data has labels
     limit: int = 0  # use only the first `limit` training images (0: all)
+    channels: int = 0  # folder data: 1 (grayscale) or 3 (RGB); 0: the data set's own (folders: RGB)
+    workers: int = 2  # DataLoader worker processes per training process (0: load in the training process)
 
 
 @dataclass
@@ -155,7 +157,14 @@ class Config:
             raise ConfigError(f"data.name {self.data.name!r} is 2-D data: set model.arch = \"mlp\"")
         if self.data.name == "folder" and (not self.data.root or self.data.image_size <= 0):
             raise ConfigError("data.name 'folder' needs data.root (a folder of images) and data.image_size > 0")
-        for name in ("data.image_size", "data.limit"):
+        if self.data.channels not in (0, 1, 3):
+            raise ConfigError(f"data.channels must be 1 (grayscale), 3 (RGB) or 0 (the data set's own), got "
+                              f"{self.data.channels}")
+        native = {"fashion-mnist": 1, "cifar10": 3}.get(self.data.name)
+        if native and self.data.channels not in (0, native):
+            raise ConfigError(f"data.channels = {self.data.channels}: {self.data.name} images have {native} "
+                              f"channel(s); data.channels is for folders (leave it 0)")
+        for name in ("data.image_size", "data.limit", "data.workers"):
             if self._get(name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {self._get(name)}")
         _choice("model.parameterization", self.model.parameterization, PARAMETERIZATIONS)

@@ -227,8 +227,8 @@ def import_diffusers(folder: str | Path, out: str | Path, base: Config) -> Path:
     shape = (int(ucfg["in_channels"]), int(size), int(size))
     num_classes = int(ucfg.get("num_class_embeds") or 0)
     data = load_data(cfg)
-    if tuple(data.x.shape[1:]) != shape:
-        raise ConfigError(f"the data ({cfg.data.name}, examples of shape {list(data.x.shape[1:])}) does not match "
+    if data.example_shape != shape:
+        raise ConfigError(f"the data ({cfg.data.name}, examples of shape {list(data.example_shape)}) does not match "
                           f"the model's input {list(shape)}; choose data of that shape (data.image_size for folders)")
     if num_classes and data.num_classes != num_classes:
         raise ConfigError(f"the model is class-conditional with {num_classes} classes but the data has "

@@ -16,7 +16,6 @@ from tqdm.auto import tqdm
 
 from ..denoiser import Denoiser
 from ..diffusion.weighting import weighted_loss
-from .objectives import shard_rows
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -55,7 +54,8 @@ def make_ema(model: torch.nn.Module, decay: float) -> AveragedModel | None:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
-# objective(global batch x, labels, generator, (rank, world)) -> (z_t, logsnr_t, x_target) for this process's rows
+# objective(this process's rows x of the global batch, their labels, generator, (rank, world))
+#   -> (z_t, logsnr_t, x_target) for those rows (noise and times drawn for the whole global batch)
 Objective = Callable[[Tensor, Tensor | None, torch.Generator, tuple[int, int]], tuple[Tensor, Tensor, Tensor]]
 
 
@@ -84,7 +84,9 @@ def fit(
 
     Exact resume: `on_step(step, loss, snapshot)` may call `snapshot()` for the loop state after `step` (optimizer,
     objective RNG, loss history); passing that dict back as `resume` (with the EMA restored by the caller and
-    `batches` advanced by step * grad_accum micro-batches) continues bit for bit as if never interrupted.
+    `batches` advanced by step * grad_accum micro-batches) continues bit for bit as if never interrupted. `batches`
+    yields this process's rows of every global batch; when it has a `state_dict()` (data.Batches), the snapshot
+    holds it under "data", the data order to resume from.
 
     `log(step, scalars)` receives, every `log_every` steps and at the last, the step's loss, its smoothed value,
     the learning rate, the gradient norm and the throughput in training images per second since the last call.
@@ -120,7 +122,8 @@ def fit(
 
     def snapshot_at(step: int):
         return lambda: {"step": step, "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                        "torch_rng": torch.get_rng_state(), "history": list(history), "running": running}
+                        "torch_rng": torch.get_rng_state(), "history": list(history), "running": running,
+                        "data": batches.state_dict() if hasattr(batches, "state_dict") else None}
 
     bar = tqdm(range(first, settings.total_steps + 1), desc=desc, disable=not progress, leave=False,
                dynamic_ncols=True, initial=first - 1, total=settings.total_steps)
@@ -129,13 +132,12 @@ def fit(
         optimizer.zero_grad(set_to_none=True)
         value = 0.0
         for micro in range(grad_accum):
-            x, labels = next(batches)  # the global batch; this process trains on its rows
-            images_seen += x.shape[0]
+            x, labels = next(batches)  # this process's rows of the global batch
+            images_seen += x.shape[0] * shard[1]
             x = x.to(device, non_blocking=True)
             labels = labels.to(device) if labels is not None else None
             with accelerator.autocast():  # distillation: the teacher evaluates in the student's precision
                 z_t, logsnr, x_target = objective(x, labels, generator, shard)
-            labels = labels[shard_rows(x.shape[0], shard)] if labels is not None else None
             if channels_last and z_t.ndim == 4:
                 z_t = z_t.contiguous(memory_format=torch.channels_last)
             # Gradients are only all-reduced on the last micro-batch of a step.

@@ -27,12 +27,18 @@ def shard_rows(n: int, shard: Shard) -> slice:
     return slice(rank * size, (rank + 1) * size)
 
 
-def _noisy(x: Tensor, logsnr: Tensor, generator: torch.Generator, rows: slice) -> Tensor:
-    """z_t = alpha_t x + sigma_t eps, eps ~ N(0, I), for rows `rows` of the batch (noise drawn for all rows, so
-    every process count sees the same noise per example)."""
-    eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)[rows]
-    alpha, sigma = alpha_sigma(broadcast(logsnr, x[rows]))
-    return alpha * x[rows] + sigma * eps
+def global_rows(local: int, shard: Shard) -> tuple[int, slice]:
+    """(global batch size, this process's rows in it) for a process holding `local` rows of the global batch."""
+    n = local * shard[1]
+    return n, shard_rows(n, shard)
+
+
+def _noisy(x: Tensor, logsnr: Tensor, generator: torch.Generator, n: int, rows: slice) -> Tensor:
+    """z_t = alpha_t x + sigma_t eps, eps ~ N(0, I), for this process's rows x of a global batch of n (noise drawn
+    for all n rows, so every process count sees the same noise per example)."""
+    eps = torch.randn((n, *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype)[rows]
+    alpha, sigma = alpha_sigma(broadcast(logsnr, x))
+    return alpha * x + sigma * eps
 
 
 @dataclass
@@ -42,10 +48,11 @@ class TeacherObjective:
     schedule: Schedule
 
     def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator, shard: Shard = (0, 1)):
-        rows = shard_rows(x.shape[0], shard)
-        t = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=torch.float64)[rows]
+        """x, labels: this process's rows of the global batch (the sampler shards the data)."""
+        n, rows = global_rows(x.shape[0], shard)
+        t = torch.rand(n, generator=generator, device=x.device, dtype=torch.float64)[rows]
         logsnr = self.schedule(t).to(x.dtype)
-        return _noisy(x, logsnr, generator, rows), logsnr, x[rows]
+        return _noisy(x, logsnr, generator, n, rows), logsnr, x
 
 
 @dataclass
@@ -58,13 +65,13 @@ class DistillObjective:
     student_steps: int
 
     def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator, shard: Shard = (0, 1)):
+        """x, labels: this process's rows of the global batch (the sampler shards the data)."""
         m = self.student_steps
-        rows = shard_rows(x.shape[0], shard)
-        i = torch.randint(1, m + 1, (x.shape[0],), generator=generator, device=x.device)[rows]
+        n, rows = global_rows(x.shape[0], shard)
+        i = torch.randint(1, m + 1, (n,), generator=generator, device=x.device)[rows]
         t = i.double() / m
         # Evaluated in float64 then cast, exactly as `step_grid` builds the sampler's grid.
         logsnr_t, logsnr_tp, logsnr_tpp = (self.schedule(s).to(x.dtype) for s in (t, t - 0.5 / m, t - 1.0 / m))
-        z_t = _noisy(x, logsnr_t, generator, rows)
-        lab = labels[rows] if labels is not None else None
-        x_tilde = distillation_target(self.teacher, z_t, logsnr_t, logsnr_tp, logsnr_tpp, i == 1, lab)
+        z_t = _noisy(x, logsnr_t, generator, n, rows)
+        x_tilde = distillation_target(self.teacher, z_t, logsnr_t, logsnr_tp, logsnr_tpp, i == 1, labels)
         return z_t, logsnr_t, x_tilde

@@ -70,7 +70,7 @@ class PhaseResult:
 def run_phase(
     phase: Phase,
     denoiser: Denoiser,
-    batches_after: Callable[[int], Iterator[tuple[Tensor, Tensor | None]]],
+    batches_after: Callable[[int, dict | None], Iterator[tuple[Tensor, Tensor | None]]],
     objective: Objective,
     *,
     accelerator: Accelerator,
@@ -81,7 +81,9 @@ def run_phase(
 ) -> PhaseResult:
     """Train `denoiser` (already initialised, on the accelerator's device) for phase.settings.total_steps steps.
 
-    `batches_after(k)` gives the data stream with its first k micro-batches skipped (exact resume).
+    `batches_after(k, data_state)` gives this process's data stream from micro-batch k on (exact resume): from the
+    data-order state a checkpoint recorded (`data_state`, None for a fresh phase or an older checkpoint) or, without
+    one, by skipping k micro-batches. A stream with close() (DataLoader workers) is closed when the phase ends.
     `resume_from`: a periodic checkpoint of this phase to continue from, bit for bit."""
     ema = make_ema(denoiser, phase.settings.ema_decay)
     state = restore_loop_state(resume_from, denoiser, ema) if resume_from is not None else None
@@ -97,15 +99,19 @@ def run_phase(
                             {**phase.record, "step": step, "sampling_weights": weights, **extra}, tensors)
             prune(phase.checkpoints, phase.prefix + "*", phase.keep)
 
+    batches = batches_after(done * phase.grad_accum, state.get("data") if state else None)
+    close = getattr(batches, "close", lambda: None)
     try:
-        history = fit(denoiser, batches_after(done * phase.grad_accum), objective, phase.weighting, phase.settings,
+        history = fit(denoiser, batches, objective, phase.weighting, phase.settings,
                       accelerator=accelerator, seed=phase.seed, ema=ema, on_step=on_step, desc=phase.desc,
                       progress=progress, grad_accum=phase.grad_accum, resume=state,
                       log=lambda step, values: runlog.scalars(phase.name, step, values), perf=perf)
     except NonFiniteLossError as e:
         runlog.close()
+        close()
         last = latest_loadable(phase.checkpoints, phase.prefix + "*") or phase.fallback
         where = f"{last}.safetensors" if last else "none yet"
         raise NonFiniteLossError(f"{e} Nothing was saved after the last good checkpoint: {where}"
                                  f"{phase.fallback_note}.") from None
+    close()
     return PhaseResult(accelerator.unwrap_model(denoiser), ema, history)

@@ -28,6 +28,7 @@ def loop_tensors(snapshot: dict, ema: AveragedModel | None) -> tuple[dict[str, t
         "history": [list(h) for h in snapshot["history"]],
         "running_loss": snapshot["running"],
         "ema_n_averaged": int(ema.n_averaged.item()) if ema is not None else None,
+        "data_state": snapshot.get("data"),  # the data order's position (sampler state), see data/batches.py
     }
     return tensors, extra
 
@@ -57,7 +58,8 @@ def restore_loop_state(stem: Path, denoiser: Denoiser, ema: AveragedModel | None
         raise CheckpointError(f"{checkpoint_paths(stem)[0]} has no RNG state: it cannot be resumed exactly")
     return {"step": step, "optimizer": {"state": state, "param_groups": groups}, "generator": tensors[RNG],
             "torch_rng": tensors[TORCH_RNG],
-            "history": record.get("history", []), "running": record.get("running_loss")}
+            "history": record.get("history", []), "running": record.get("running_loss"),
+            "data": record.get("data_state")}
 
 
 def _load_module(module: torch.nn.Module, tensors: dict[str, torch.Tensor], name: str, stem: Path) -> None:

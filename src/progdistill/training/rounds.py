@@ -15,12 +15,14 @@ from tqdm.auto import tqdm
 from .. import runfolder
 from ..build import denoiser_from_spec, load_data, load_denoiser, make_accelerator, schedule_of
 from ..config import Config, ConfigError, check_distill_steps, config_from_json
+from ..data import make_batches
 from ..diffusion.weighting import check_combination
 from .checkpoint import CheckpointError, checkpoint_paths, read_record, save_checkpoint
 from .objectives import DistillObjective
 from .phase import Phase, optim_settings, run_phase
 from .resume import latest_loadable
 from .runlog import RunLog
+from .teacher import shard_of
 
 
 # eps students are distillable only while 1/alpha at t = 1 stays moderate: log-SNR -12 is 1/alpha ~ 400 (DDPM's
@@ -93,7 +95,7 @@ def distill(
                         start_name="the checkpoint's step count" if record["kind"] == "student" else
                         "distill.start_steps")
     accelerator = make_accelerator(cfg)
-    data = load_data(cfg)
+    data = load_data(cfg, progress=progress)
     if dc.batch_size > len(data):
         raise ConfigError(f"distill.batch_size ({dc.batch_size}) is larger than the data ({len(data)} examples)")
     data_shape, num_classes = spec.data_shape, spec.num_classes
@@ -129,9 +131,15 @@ def distill(
                       prefix=runfolder.round_prefix(r), checkpoint_every=dc.checkpoint_every, keep=2,
                       record={"kind": "student_partial", **base}, fallback=current_teacher,
                       fallback_note=f" (round {r}; earlier rounds' students are intact)")
-        result = run_phase(phase, student, lambda skip, r=r: data.batches(dc.batch_size, dc.seed + r, skip=skip),
-                           DistillObjective(teacher, schedule, m), accelerator=accelerator, runlog=runlog,
-                           resume_from=resume_from, progress=progress, perf=cfg.perf)
+
+        def batches_after(start_batch: int, data_state: dict | None, r=r):
+            return make_batches(data, dc.batch_size, dc.seed + r, shard=shard_of(accelerator),
+                                workers=cfg.data.workers, device=accelerator.device, state=data_state,
+                                start=start_batch)
+
+        result = run_phase(phase, student, batches_after, DistillObjective(teacher, schedule, m),
+                           accelerator=accelerator, runlog=runlog, resume_from=resume_from, progress=progress,
+                           perf=cfg.perf)
         sampling = result.sampling
         stem = runfolder.student_stem(out, m)
         if accelerator.is_main_process:  # one process writes; all hold the same weights

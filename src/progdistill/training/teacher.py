@@ -11,11 +11,17 @@ from ..build import (
     build_denoiser, denoiser_from_spec, load_data, make_accelerator, model_record, read_model_record, schedule_of,
 )
 from ..config import Config, ConfigError, config_from_json
+from ..data import make_batches
 from .checkpoint import CheckpointError, read_record, save_checkpoint
 from .objectives import TeacherObjective
 from .phase import Phase, optim_settings, run_phase
 from .resume import latest_loadable
 from .runlog import RunLog
+
+
+def shard_of(accelerator) -> tuple[int, int]:
+    """(this process's rank, number of processes): which rows of every global batch this process loads."""
+    return accelerator.process_index, accelerator.num_processes
 
 
 def find_resume_point(out: Path) -> Path | None:
@@ -41,7 +47,7 @@ def train_teacher(cfg: Config | None, out: Path, *, progress: bool = True, resum
         cfg = saved
     assert cfg is not None
     accelerator = make_accelerator(cfg)
-    data = load_data(cfg)
+    data = load_data(cfg, progress=progress)
     tc = cfg.train
     if tc.batch_size > len(data):
         raise ConfigError(f"train.batch_size ({tc.batch_size}) is larger than the data ({len(data)} examples)")
@@ -49,17 +55,22 @@ def train_teacher(cfg: Config | None, out: Path, *, progress: bool = True, resum
     if start is not None:  # the network the checkpoint records, whatever the presets say now
         denoiser = denoiser_from_spec(read_model_record(start)[1], cfg.perf)
     else:
-        denoiser = build_denoiser(cfg, tuple(data.x.shape[1:]), data.num_classes)
+        denoiser = build_denoiser(cfg, data.example_shape, data.num_classes)
     denoiser = denoiser.to(accelerator.device)
     record = {"kind": "teacher", "config": cfg.to_dict(), **model_record(denoiser.spec, cfg, cfg.distill.start_steps)}
     phase = Phase(name="teacher", desc="teacher", settings=optim_settings(tc, tc.steps, tc.lr_decay),
                   weighting=cfg.diffusion.weighting, seed=tc.seed + 1, grad_accum=tc.grad_accum,
                   checkpoints=runfolder.teacher_checkpoints(out), prefix=runfolder.TEACHER_PREFIX,
                   checkpoint_every=tc.checkpoint_every, keep=tc.keep_checkpoints, record=record)
+
+    def batches_after(start_batch: int, data_state: dict | None):
+        # Checkpoints written before the data order was stored resume at the same place: step * grad_accum batches.
+        return make_batches(data, tc.batch_size, tc.seed, shard=shard_of(accelerator), workers=cfg.data.workers,
+                            device=accelerator.device, state=data_state, start=start_batch)
+
     runlog = RunLog(out, enabled=accelerator.is_main_process)
-    result = run_phase(phase, denoiser, lambda skip: data.batches(tc.batch_size, tc.seed, skip=skip),
-                       TeacherObjective(schedule_of(cfg)), accelerator=accelerator, runlog=runlog, resume_from=start,
-                       progress=progress, perf=cfg.perf)
+    result = run_phase(phase, denoiser, batches_after, TeacherObjective(schedule_of(cfg)), accelerator=accelerator,
+                       runlog=runlog, resume_from=start, progress=progress, perf=cfg.perf)
     runlog.close()
     stem = runfolder.teacher_stem(out)
     if accelerator.is_main_process:  # every process holds the same weights; one writes them
