@@ -197,7 +197,7 @@ def section_throughput(size: dict, device: str, precision: str, compile_: bool =
 @torch.no_grad()
 def section_latency(size: dict, device: str, precision: str) -> dict:
     tp = _throughput_module()
-    from progdistill.evaluation.sampling import generate
+    from progdistill.sampling import generate
 
     cfg = _config(tp, size, device, precision, fast=True)
     shape = (3, 32, 32)

@@ -19,7 +19,7 @@ from torch.profiler import profile
 
 from progdistill.build import build_denoiser, schedule_of
 from progdistill.config import load_config
-from progdistill.evaluation.sampling import generate
+from progdistill.sampling import generate
 
 
 def main() -> None:

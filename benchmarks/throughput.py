@@ -11,7 +11,7 @@ is out of the comparison for both). Images per second:
   EMAModel + clipping, loss read back every step as the example logs it.
 - distillation step: ours (two teacher forwards without gradients + the student's forward and backward); there is
   no plain equivalent, so it is reported against our own teacher step (the compute multiple).
-- sampling (DDIM, images per second per network evaluation): ours = evaluation.sampling.generate; plain = the
+- sampling (DDIM, images per second per network evaluation): ours = sampling.generate; plain = the
   DDIMPipeline loop (scheduler.step + UNet) on the same UNet.
 --fast turns on the [perf] switches fused_adam and compile for ours (--channels-last adds channels_last, which made
 the cifar10 U-Net slower on an H200: its GroupNorm layers copy every channels-last activation back); --precision sets
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from progdistill.build import build_denoiser, make_accelerator, schedule_of
 from progdistill.config import load_config
 from progdistill.data import TensorData
-from progdistill.evaluation.sampling import generate
+from progdistill.sampling import generate
 from progdistill.training.loop import OptimSettings, fit, make_ema
 from progdistill.training.objectives import DistillObjective, TeacherObjective
 

@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 
 from progdistill.build import load_denoiser, schedule_of
 from progdistill.config import load_config
-from progdistill.evaluation.sampling import generate
+from progdistill.sampling import generate
 from progdistill.training.rounds import distill
 from progdistill.training.teacher import train_teacher
 

@@ -5,7 +5,7 @@ import torch
 
 from progdistill.build import build_denoiser, load_denoiser, model_record
 from progdistill.config import load_config
-from progdistill.training.checkpoint import (
+from progdistill.checkpoint import (
     CheckpointError, checkpoint_paths, load_into, prune, read_record, save_checkpoint,
 )
 

@@ -13,8 +13,8 @@ from progdistill.build import build_denoiser, load_denoiser, model_record, sched
 from progdistill.cli import main
 from progdistill.config import ConfigError, load_config
 from progdistill.diffusion.schedules import DiscreteSchedule, ddpm_alphas_cumprod, step_grid
-from progdistill.evaluation.sampling import generate
-from progdistill.training.checkpoint import save_checkpoint
+from progdistill.sampling import generate
+from progdistill.checkpoint import save_checkpoint
 
 from conftest import write_fashion
 

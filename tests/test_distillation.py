@@ -1,6 +1,5 @@
 """The distillation target: one student DDIM step onto x_tilde lands exactly on two teacher steps."""
 
-import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -10,7 +10,7 @@ from progdistill.cli import main
 from progdistill.config import load_config
 from progdistill.data import sample_toy
 from progdistill.evaluation.metrics import sliced_wasserstein
-from progdistill.evaluation.sampling import generate
+from progdistill.sampling import generate
 from progdistill.training.rounds import distill
 from progdistill.training.teacher import train_teacher
 

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 from progdistill.cli import main
 from progdistill.config import ConfigError, load_config
-from progdistill.training import checkpoint as ckpt_mod
-from progdistill.training.checkpoint import CheckpointError, load_tensors, save_checkpoint
+from progdistill import checkpoint as ckpt_mod
+from progdistill.checkpoint import CheckpointError, load_tensors, save_checkpoint
 from progdistill.training.loop import NonFiniteLossError
 from progdistill.training.resume import latest_loadable
 from progdistill.training.teacher import train_teacher

@@ -21,7 +21,7 @@ from .diffusion.schedules import Schedule, make_schedule, schedule_from_spec, sc
 from .nets import MLPNet
 from .nets.spec import ModelSpec, SpecError, build_net, resolve_args
 from .nets.unet import UNET_PRESETS, resolve_unet2d_config, unet_config
-from .training.checkpoint import FORMAT_VERSION, CheckpointError, checkpoint_paths, load_into, read_record
+from .checkpoint import FORMAT_VERSION, CheckpointError, checkpoint_paths, load_into, read_record
 
 
 def load_data(cfg: Config, split: str = "train", *, progress: bool = True) -> ExampleData:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, dump_json, load_config, preset_names
-from .diffusion.samplers import SAMPLERS, VARIANCES
+from .diffusion.registry import SAMPLERS, VARIANCES
 
 EPILOG = "Config values come from defaults, then --config (a preset name or a TOML file), then --set overrides."
 
@@ -78,7 +78,7 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 def cmd_distill(a: argparse.Namespace) -> None:
     from .config import config_from_record
-    from .training.checkpoint import read_record
+    from .checkpoint import read_record
     from .training.rounds import distill
 
     if a.resume:
@@ -109,7 +109,7 @@ def cmd_sample(a: argparse.Namespace) -> None:
     from .build import load_checkpoint, schedule_of
     from .evaluation.images import balanced_labels, save_grid
     from .evaluation.plots import scatter_panels
-    from .evaluation.sampling import generate
+    from .sampling import generate
 
     _at_least("--num", a.num)
     _at_least("--steps", a.steps)
@@ -262,7 +262,7 @@ def cmd_config(a: argparse.Namespace) -> None:
 
 def cmd_export_diffusers(a: argparse.Namespace) -> None:
     from .interop.diffusers_io import export_diffusers
-    from .training.checkpoint import read_record
+    from .checkpoint import read_record
 
     _at_least("--steps", a.steps)
     _at_least("--train-timesteps", a.train_timesteps)
@@ -417,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .training.checkpoint import CheckpointError
+    from .checkpoint import CheckpointError
     from .training.loop import NonFiniteLossError
 
     args = build_parser().parse_args(argv)

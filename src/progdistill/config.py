@@ -16,8 +16,10 @@ from typing import Any
 from .data.images import IMAGE_DATASETS
 from .data.toy2d import TOY_DISTRIBUTIONS
 from .diffusion.parameterization import PARAMETERIZATIONS
-from .diffusion.samplers import SAMPLERS, VARIANCES
+from .diffusion.registry import VARIANCES
+from .diffusion.schedules import SCHEDULES
 from .diffusion.weighting import FORBIDDEN, WEIGHTINGS
+from .nets.spec import NET_KINDS
 from .nets.unet import UNET_PRESETS
 
 
@@ -110,11 +112,8 @@ class DistillConfig:
 
 @dataclass
 class SampleConfig:
-    sampler: str = "ddim"  # a name in diffusion.samplers.SAMPLERS: ddim, ancestral or dpm_solver
     variance: str = "small"  # ancestral: small, large or interp
     clip: bool = True  # clip x_hat to [-1, 1] while sampling (never during distillation)
-    num_samples: int = 10_000
-    seed: int = 1234
 
 
 @dataclass
@@ -144,7 +143,7 @@ class Config:
     def validate(self) -> "Config":
         """Check every cross-field and range rule; raise ConfigError naming the field."""
         _choice("data.name", self.data.name, [*TOY_DISTRIBUTIONS, *IMAGE_DATASETS])
-        _choice("model.arch", self.model.arch, ["mlp", "unet", "diffusers"])
+        _choice("model.arch", self.model.arch, NET_KINDS)
         _choice("model.unet", self.model.unet, UNET_PRESETS)
         _choice("mixed_precision", self.mixed_precision, ["no", "fp16", "bf16"])
         images = self.data.name in IMAGE_DATASETS
@@ -168,14 +167,13 @@ class Config:
             if self._get(name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {self._get(name)}")
         _choice("model.parameterization", self.model.parameterization, PARAMETERIZATIONS)
-        _choice("diffusion.schedule", self.diffusion.schedule, ["cosine", "linear", "discrete"])
+        _choice("diffusion.schedule", self.diffusion.schedule, SCHEDULES)
         _choice("diffusion.beta_schedule", self.diffusion.beta_schedule, ["linear", "scaled_linear",
                                                                           "squaredcos_cap_v2"])
         _positive("diffusion.num_timesteps", self.diffusion.num_timesteps)
         _choice("diffusion.weighting", self.diffusion.weighting, WEIGHTINGS)
         _choice("distill.weighting", self.distill.weighting, WEIGHTINGS)
         _choice("train.lr_decay", self.train.lr_decay, ["constant", "linear", "cosine"])
-        _choice("sample.sampler", self.sample.sampler, SAMPLERS)
         _choice("sample.variance", self.sample.variance, VARIANCES)
         _choice("device", self.device, ["auto", "cpu", "cuda"])
         # distill.weighting is checked against the parameterization when distillation starts (an eps teacher
@@ -188,7 +186,7 @@ class Config:
         for name in ("data.size", "model.hidden", "model.depth", "train.steps", "train.batch_size",
                      "train.checkpoint_every", "train.keep_checkpoints", "distill.updates_per_round",
                      "train.grad_accum", "distill.grad_accum",
-                     "distill.batch_size", "sample.num_samples"):
+                     "distill.batch_size"):
             _positive(name, self._get(name))
         for name in ("train.lr", "distill.lr"):
             _positive(name, self._get(name))
@@ -332,8 +330,17 @@ def load_config(source: str | None = None, overrides: list[str] | tuple[str, ...
 
 
 def config_from_json(data: dict) -> Config:
-    """The Config recorded in a checkpoint."""
-    return from_dict(Config, data).validate()
+    """The Config recorded in a checkpoint, to continue its run: fields this version no longer has (removed as
+    unused) are dropped; every other value must still be valid."""
+    return from_dict(Config, _known_fields(Config, data)).validate()
+
+
+def _known_fields(cls: type, data: Any) -> Any:
+    if not isinstance(data, dict):
+        return data
+    hints = typing.get_type_hints(cls)
+    return {k: (_known_fields(hints[k], v) if dataclasses.is_dataclass(hints[k]) else v)
+            for k, v in data.items() if k in hints}
 
 
 def _lenient(cls: type, data: Any, prefix: str, notes: list[str]) -> Any:

@@ -52,7 +52,7 @@ def student_records(run: str | Path) -> list[Path]:
 
 def saved_students(run: str | Path) -> dict[int, Path]:
     """{sampling steps: checkpoint stem} of the students of the finished rounds."""
-    from .training.checkpoint import read_record
+    from .checkpoint import read_record
 
     found = {}
     for path in student_records(run):

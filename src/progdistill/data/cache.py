@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+
+from .decode import DataError, _load_square
 from tqdm.auto import tqdm
 
 CACHE_VERSION = 1
@@ -51,7 +53,6 @@ def listing_digest(root: Path, paths: Sequence[Path]) -> str:
 
 def _decode_chunk(task: tuple[list[str], int, int]) -> np.ndarray:
     """Worker: decode a chunk of paths to uint8 [k, C, S, S]."""
-    from .images import _load_square
 
     names, size, channels = task
     mode = "RGB" if channels == 3 else "L"
@@ -98,7 +99,6 @@ def _valid(directory: Path, manifest: dict, expect: dict) -> Path | None:
 def build(directory: Path, root: Path, paths: Sequence[Path], size: int, channels: int, expect: dict, *,
           workers: int | None = None, progress: bool = True) -> Path:
     """Decode `paths` into directory/images-TOKEN.npy and commit it with manifest.json; returns the images path."""
-    from .images import DataError
 
     try:
         directory.mkdir(parents=True, exist_ok=True)

@@ -20,10 +20,8 @@ from typing import Any
 import numpy as np
 
 from .batches import ExampleData
-
-
-class DataError(ValueError):
-    """A data set is missing, incomplete or malformed; the message names the file or folder and how to fix it."""
+from .cache import cached_folder
+from .decode import DataError
 
 
 SPLITS = ("train", "test")
@@ -332,25 +330,6 @@ def list_images(root: Path) -> list[Path]:
     )
 
 
-def _load_square(path: Path, size: int, mode: str) -> np.ndarray:
-    """One image centre-cropped to a square and resized to size x size, as uint8 [size, size, channels]."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img = img.convert(mode)  # first frame of animated files; converting forces a full decode
-            w, h = img.size
-            side = min(w, h)
-            left, top = (w - side) // 2, (h - side) // 2
-            img = img.crop((left, top, left + side, top + side))
-            if side != size:
-                img = img.resize((size, size), Image.Resampling.BICUBIC)
-            arr = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot read image {path}: {e}; delete or replace the file") from e
-    return arr.reshape(size, size, -1)
-
-
 def load_image_folder(root: str | Path, size: int, *, channels: int = 3, workers: int | None = None,
                       progress: bool = True) -> ExampleData:
     """All images under root, centre-cropped and resized: uint8 images [N, channels, size, size], memory-mapped
@@ -360,7 +339,6 @@ def load_image_folder(root: str | Path, size: int, *, channels: int = 3, workers
     If every image sits inside a subfolder of root, labels are the index of its top-level subfolder in sorted
     order (class folders); otherwise labels are None.
     """
-    from .cache import cached_folder
 
     if channels not in (1, 3):
         raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), not {channels!r}")

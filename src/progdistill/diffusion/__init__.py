@@ -2,7 +2,8 @@
 
 from .distillation import distillation_target, x_tilde_from_two_steps
 from .parameterization import PARAMETERIZATIONS, eps_from_x, get_parameterization, v_from_x
-from .samplers import SAMPLERS, ancestral, ancestral_step, ddim, ddim_step, get_sampler
+from .registry import SAMPLERS, get_sampler
+from .samplers import ancestral, ancestral_step, ddim, ddim_step
 from .schedules import CosineSchedule, LinearBetaSchedule, alpha_sigma, broadcast, make_schedule, step_grid
 from .weighting import WEIGHTINGS, check_combination, get_weighting, per_example_x_mse, weighted_loss
 

@@ -6,7 +6,6 @@ A denoiser is any callable `denoiser(z, logsnr, labels) -> x_hat`. A grid is the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import torch
@@ -127,38 +126,3 @@ def ancestral(
 
 
 # ------------------------------------------------------------------------------------------------ the registry
-# One table of the samplers by name, for the config, the command line and evaluation. Every entry takes
-# (denoiser, z, grid, *, labels, clip, variance, generator) and returns x_0; any step count >= 1 is valid for each.
-
-
-@dataclass(frozen=True)
-class SamplerInfo:
-    run: Callable[..., Tensor]
-    description: str
-
-
-def _ddim(denoiser, z, grid, *, labels=None, clip=False, variance="small", generator=None) -> Tensor:
-    return ddim(denoiser, z, grid, labels=labels, clip=clip)
-
-
-def _ancestral(denoiser, z, grid, *, labels=None, clip=False, variance="small", generator=None) -> Tensor:
-    return ancestral(denoiser, z, grid, labels=labels, clip=clip, variance=variance, generator=generator)
-
-
-def _dpm_solver(denoiser, z, grid, *, labels=None, clip=False, variance="small", generator=None) -> Tensor:
-    from .dpm_solver import dpm_solver_pp_2m  # that module builds on run_sampler above
-
-    return dpm_solver_pp_2m(denoiser, z, grid, labels=labels, clip=clip)
-
-
-SAMPLERS: dict[str, SamplerInfo] = {
-    "ddim": SamplerInfo(_ddim, "deterministic DDIM (the sampler students are distilled for)"),
-    "ancestral": SamplerInfo(_ancestral, "stochastic ancestral sampling (variance small, large or interp)"),
-    "dpm_solver": SamplerInfo(_dpm_solver, "DPM-Solver++(2M), one network evaluation per step"),
-}
-
-
-def get_sampler(name: str) -> SamplerInfo:
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
-    return SAMPLERS[name]

@@ -136,6 +136,9 @@ def ddpm_alphas_cumprod(num_timesteps: int, beta_schedule: str, beta_start: floa
     return sched.alphas_cumprod.to(torch.float64)
 
 
+SCHEDULES = ("cosine", "linear", "discrete")
+
+
 def make_schedule(name: str, logsnr_min: float = -20.0, logsnr_max: float = 20.0, *, num_timesteps: int = 1000,
                   beta_schedule: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:
     """The schedule called `name` ("cosine", "linear" or "discrete") with the given log-SNR range; "discrete" is

@@ -2,6 +2,6 @@
 
 from .metrics import sliced_wasserstein
 from .report import evaluate_run
-from .sampling import generate
+from ..sampling import generate
 
 __all__ = ["evaluate_run", "generate", "sliced_wasserstein"]

@@ -33,7 +33,7 @@ from ..config import Config
 from .classifier import feature_stats, load_classifier
 from .frechet import frechet_distance
 from .plots import metric_vs_steps
-from .sampling import generate
+from ..sampling import balanced_labels, generate
 from .tables import markdown_table
 
 CLASSIFIER_METRIC = "frechet_classifier"
@@ -47,11 +47,6 @@ SAMPLER_KINDS = {
     "dpm_solver": "dpm_solver",
     "student": "ddim",
 }
-
-
-def balanced_labels(num: int, num_classes: int) -> Tensor | None:
-    """0, 1, ..., C-1, 0, 1, ...: equal class counts, and the first C samples of a grid show one of each class."""
-    return torch.arange(num) % num_classes if num_classes > 0 else None
 
 
 def to_uint8(x: Tensor) -> Tensor:

@@ -12,11 +12,11 @@ from .. import runfolder
 from ..build import load_denoiser, schedule_of
 from ..data import sample_toy
 from ..data.images import IMAGE_DATASETS
-from ..training.checkpoint import CheckpointError
+from ..checkpoint import CheckpointError
 from .metrics import sliced_wasserstein
 from .tables import markdown_table
 from .plots import metric_vs_steps, scatter_panels
-from .sampling import generate
+from ..sampling import generate
 
 METRIC = "sliced_wasserstein"
 

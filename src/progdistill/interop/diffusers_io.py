@@ -28,7 +28,7 @@ from ..build import build_denoiser, load_checkpoint, load_data, model_record, sc
 from ..config import Config, ConfigError
 from ..denoiser import noise_condition
 from ..diffusion.schedules import alpha_sigma
-from ..training.checkpoint import CheckpointError, save_checkpoint
+from ..checkpoint import CheckpointError, save_checkpoint
 
 PREDICTION_TYPES = {"eps": "epsilon", "x": "sample", "v": "v_prediction", "both": "v_prediction"}
 PARAMETERIZATIONS = {"epsilon": "eps", "sample": "x", "v_prediction": "v"}

@@ -13,7 +13,7 @@ import torch
 from diffusers import UNet2DModel
 from torch import Tensor, nn
 
-from .spec import resolve_args
+from .args import resolve_args
 
 
 @dataclass(frozen=True)

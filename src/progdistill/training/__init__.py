@@ -1,1 +1,1 @@
-"""Teacher training, distillation rounds, the shared loop and checkpoints."""
+"""Teacher training and distillation rounds over one training phase (phase.py) and its loop."""

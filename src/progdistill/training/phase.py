@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
 from ..denoiser import Denoiser
-from .checkpoint import prune, save_checkpoint
+from ..checkpoint import prune, save_checkpoint
 from .loop import NonFiniteLossError, Objective, OptimSettings, fit, make_ema
 from .resume import latest_loadable, loop_tensors, restore_loop_state
 from .runlog import RunLog

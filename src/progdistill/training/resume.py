@@ -11,7 +11,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 
 from ..denoiser import Denoiser
-from .checkpoint import CheckpointError, checkpoint_paths, load_tensors, read_record
+from ..checkpoint import CheckpointError, checkpoint_paths, load_tensors, read_record
 
 OPTIM, RNG, TORCH_RNG = "optim.state", "rng.objective", "rng.torch"
 

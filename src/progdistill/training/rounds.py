@@ -17,7 +17,8 @@ from ..build import denoiser_from_spec, load_data, load_denoiser, make_accelerat
 from ..config import Config, ConfigError, check_distill_steps, config_from_json
 from ..data import make_batches
 from ..diffusion.weighting import check_combination
-from .checkpoint import CheckpointError, checkpoint_paths, read_record, save_checkpoint
+from ..sampling import balanced_labels, generate
+from ..checkpoint import CheckpointError, checkpoint_paths, read_record, save_checkpoint
 from .objectives import DistillObjective
 from .phase import Phase, optim_settings, run_phase
 from .resume import latest_loadable
@@ -174,9 +175,6 @@ def round_sample_gaps(runlog: RunLog, teacher, student, schedule, n: int, m: int
     """Per round: how far the m-step student lands from its n-step teacher (RMS over `num` samples from the same
     noise), beside the teacher's own m-step distance (what distillation should beat); images get a grid of the
     student's samples in RUN/students/samples/ and TensorBoard."""
-    from ..evaluation.images import balanced_labels
-    from ..evaluation.sampling import generate
-
     kw = dict(seed=4321, labels=balanced_labels(num, num_classes), device=device)
     target = generate(teacher, schedule, n, num, data_shape, **kw)
     fast = generate(student.eval(), schedule, m, num, data_shape, **kw)  # it is the next round's (eval) teacher

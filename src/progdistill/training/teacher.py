@@ -12,7 +12,7 @@ from ..build import (
 )
 from ..config import Config, ConfigError, config_from_json
 from ..data import make_batches
-from .checkpoint import CheckpointError, read_record, save_checkpoint
+from ..checkpoint import CheckpointError, read_record, save_checkpoint
 from .objectives import TeacherObjective
 from .phase import Phase, optim_settings, run_phase
 from .resume import latest_loadable

@@ -1,4 +1,5 @@
-"""Draw samples from a denoiser with a chosen sampler and step count, in batches, reproducibly."""
+"""Draw samples from a denoiser with a chosen sampler and step count, in batches, reproducibly. It sits below both
+training (per-round sample checks) and evaluation, so neither imports the other."""
 
 from __future__ import annotations
 
@@ -6,10 +7,15 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..diffusion.samplers import SAMPLERS, get_sampler
-from ..diffusion.schedules import Schedule, step_grid
+from .diffusion.registry import SAMPLERS, get_sampler
+from .diffusion.schedules import Schedule, step_grid
 
-__all__ = ["SAMPLERS", "generate"]
+__all__ = ["SAMPLERS", "balanced_labels", "generate"]
+
+
+def balanced_labels(num: int, num_classes: int) -> Tensor | None:
+    """0, 1, ..., C-1, 0, 1, ...: equal class counts, and the first C samples of a grid show one of each class."""
+    return torch.arange(num) % num_classes if num_classes > 0 else None
 
 
 @torch.no_grad()
