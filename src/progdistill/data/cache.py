@@ -13,7 +13,9 @@ the main process streams each chunk to the file, so building never holds the who
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -60,6 +62,21 @@ def _decode_chunk(task: tuple[list[str], int, int]) -> np.ndarray:
     for i, name in enumerate(names):
         out[i] = _load_square(Path(name), size, mode).transpose(2, 0, 1)
     return out
+
+
+def _bounded_imap(pool, tasks: list, in_flight: int):
+    """pool.imap(_decode_chunk, tasks) in order, with at most `in_flight` chunks decoded ahead of the writer
+    (pool.imap queues every result: a writer slowed down by a busy machine would let the decoded data pile up)."""
+    pending: collections.deque = collections.deque()
+    rest = iter(tasks)
+    for task in itertools.islice(rest, in_flight):
+        pending.append(pool.apply_async(_decode_chunk, (task,)))
+    while pending:
+        chunk = pending.popleft().get()
+        task = next(rest, None)
+        if task is not None:
+            pending.append(pool.apply_async(_decode_chunk, (task,)))
+        yield chunk
 
 
 def default_workers() -> int:
@@ -123,11 +140,11 @@ def build(directory: Path, root: Path, paths: Sequence[Path], size: int, channel
                 ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
                                                   else None)
                 pool = ctx.Pool(workers)
-                chunks = pool.imap(_decode_chunk, tasks)
+                chunks = _bounded_imap(pool, tasks, 2 * workers)
             else:
                 chunks = map(_decode_chunk, tasks)
             for chunk in chunks:
-                f.write(chunk.tobytes())
+                f.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
                 bar.update(len(chunk))
             f.flush()
             os.fsync(f.fileno())
