@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image  # a hard dependency (pyproject): a missing install must fail, not skip
 from safetensors.torch import load_file
 
 from progdistill.config import ConfigError, load_config
@@ -18,9 +19,6 @@ from progdistill.data import ExampleData, GlobalBatchSampler, make_batches
 from progdistill.data import cache as cache_mod
 from progdistill.data.images import load_image_folder
 from progdistill.training.teacher import train_teacher
-
-Image = pytest.importorskip("PIL.Image")
-
 
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path, monkeypatch):
