@@ -103,6 +103,14 @@ class DistillConfig:
     grad_accum: int = 1
     checkpoint_every: int = 1_000  # mid-round checkpoints (the newest 2 kept) for exact resume; 0: none
     log_samples: int = 16  # per round: samples for the logged grid and the student-vs-teacher gap (0: none)
+    # The students' output: "same" (the teacher's) or eps, x, v (a teacher of another one of these three hands its
+    # weights over, the output read the new way) or both (only from a "both" teacher). docs/imported_teachers.md
+    parameterization: str = "same"
+    convert_updates: int = 0  # a student of another parameterization: warm-up updates onto the teacher's x_hat
+    # Targets from clipped teacher DDIM steps (a deviation from the paper, for low terminal log-SNR teachers):
+    # none (the paper), noisy (student steps starting below log-SNR teacher_clip_logsnr) or all.
+    teacher_clip: str = "none"
+    teacher_clip_logsnr: float = 0.0
 
 
 @dataclass
@@ -164,6 +172,8 @@ class Config:
         _positive("diffusion.num_timesteps", self.diffusion.num_timesteps)
         _choice("diffusion.weighting", self.diffusion.weighting, WEIGHTINGS)
         _choice("distill.weighting", self.distill.weighting, WEIGHTINGS)
+        _choice("distill.parameterization", self.distill.parameterization, ["same", *PARAMETERIZATIONS])
+        _choice("distill.teacher_clip", self.distill.teacher_clip, ["none", "noisy", "all"])
         _choice("train.lr_decay", self.train.lr_decay, ["constant", "linear", "cosine"])
         _choice("sample.sampler", self.sample.sampler, ["ddim", "ancestral"])
         _choice("sample.variance", self.sample.variance, ["small", "large", "interp"])
@@ -182,7 +192,7 @@ class Config:
             _positive(name, self._get(name))
         for name in ("train.lr", "distill.lr"):
             _positive(name, self._get(name))
-        for name in ("train.warmup", "distill.warmup", "distill.final_updates_per_round", "distill.checkpoint_every",
+        for name in ("train.warmup", "distill.warmup", "distill.convert_updates", "distill.final_updates_per_round", "distill.checkpoint_every",
                      "distill.log_samples",
                      "train.grad_clip",
                      "distill.grad_clip"):

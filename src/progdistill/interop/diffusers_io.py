@@ -25,15 +25,23 @@ from pathlib import Path
 import torch
 
 from ..build import build_denoiser, load_data, load_denoiser, schedule_of
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, DistillConfig
 from ..denoiser import noise_condition
 from ..diffusion.schedules import alpha_sigma
 from ..training.checkpoint import CheckpointError, save_checkpoint
 
 PREDICTION_TYPES = {"eps": "epsilon", "x": "sample", "v": "v_prediction", "both": "v_prediction"}
 PARAMETERIZATIONS = {"epsilon": "eps", "sample": "x", "v_prediction": "v"}
-# The loss weighting each imported parameterization is distilled with (eps: the eps-MSE it was trained on).
+# The loss weighting a student of each parameterization is distilled with (eps: the eps-MSE of its training).
 DISTILL_WEIGHTINGS = {"eps": "snr", "x": "snr_trunc", "v": "snr_plus1"}
+# What import-diffusers sets for each imported parameterization, where the --config/--set values are still the
+# [distill] defaults (docs/imported_teachers.md has the measurements behind the eps row):
+# students' parameterization, warm-up updates of the new output, and the clipped-teacher target near t = 1.
+IMPORT_DISTILL_DEFAULTS = {
+    "eps": {"parameterization": "v", "convert_updates": 0, "teacher_clip": "noisy", "teacher_clip_logsnr": 0.0},
+    "v": {},
+    "x": {},
+}
 
 
 def _plain_config(config) -> dict:
@@ -209,6 +217,11 @@ def import_diffusers(folder: str | Path, out: str | Path, base: Config) -> Path:
                           "embeddings can be evaluated between timesteps; learned and fourier ones cannot)")
     param = PARAMETERIZATIONS[prediction]
     ucfg = _plain_config(unet.config)
+    defaults = DistillConfig()
+    chosen = {k: v for k, v in IMPORT_DISTILL_DEFAULTS[param].items()
+              if getattr(base.distill, k) == getattr(defaults, k)}  # a value the user set stays
+    student = chosen.get("parameterization", base.distill.parameterization)
+    student = param if student == "same" else student
     cfg = replace(
         base,
         model=replace(base.model, arch="diffusers", parameterization=param,
@@ -218,8 +231,10 @@ def import_diffusers(folder: str | Path, out: str | Path, base: Config) -> Path:
                           beta_schedule=sched.get("beta_schedule", "linear"),
                           beta_start=float(sched.get("beta_start", 1e-4)), beta_end=float(sched.get("beta_end", 0.02)),
                           weighting=DISTILL_WEIGHTINGS[param]),
-        distill=replace(base.distill, weighting=DISTILL_WEIGHTINGS[param]),
-        sample=replace(base.sample, clip=bool(sched.get("clip_sample", True))),
+        distill=replace(base.distill, **chosen, weighting=DISTILL_WEIGHTINGS.get(student, base.distill.weighting)),
+        # Our best sampler for every imported model (data in [-1, 1]): DDIM with x_hat clipped and eps re-derived,
+        # whatever the scheduler's clip_sample says (diffusers' own DDIM is reported beside it by evaluate).
+        sample=replace(base.sample, sampler="ddim", clip=True),
     ).validate()
     size = ucfg["sample_size"]
     size = size if isinstance(size, int) else size[0]
@@ -240,4 +255,30 @@ def import_diffusers(folder: str | Path, out: str | Path, base: Config) -> Path:
     return save_checkpoint(out / "teacher", {"model": denoiser}, {
         "kind": "teacher", "config": cfg.to_dict(), "data_shape": list(shape), "num_classes": num_classes,
         "sampling_weights": "model", "step": 0, "imported_from": str(Path(folder).resolve()),
+        "diffusers_scheduler": sched,
     })
+
+
+@torch.no_grad()
+def diffusers_default_ddim(denoiser, scheduler_config: dict, steps: int, num: int, data_shape, *, seed: int = 0,
+                           batch_size: int = 10_000, device="cpu", labels=None) -> torch.Tensor:
+    """`num` samples from an imported model with diffusers' own DDIMScheduler built from the model's scheduler
+    config as it stands (DDIMScheduler.from_config: its clip_sample, timestep_spacing, set_alpha_to_one and
+    prediction_type; eta = 0), i.e. what a user of the pipeline gets by swapping in DDIM. The starting noise is
+    `generate`'s for the same seed, so rows compare sample for sample."""
+    from diffusers import DDIMScheduler
+
+    unet = denoiser.net.unet
+    sched = DDIMScheduler.from_config({k: v for k, v in scheduler_config.items() if k != "_class_name"})
+    sched.set_timesteps(steps)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    for start in range(0, num, batch_size):
+        b = min(batch_size, num - start)
+        z = torch.randn((b, *data_shape), generator=gen, device=device)
+        lab = labels[start : start + b].to(device) if labels is not None else None
+        for t in sched.timesteps:
+            pred = unet(z, t.to(device), class_labels=lab).sample
+            z = sched.step(pred, t, z, eta=0.0).prev_sample
+        out.append(z.cpu())
+    return torch.cat(out)

@@ -17,7 +17,8 @@ from ..config import Config, ConfigError, check_distill_steps, config_from_json
 from ..diffusion.weighting import check_combination
 from .checkpoint import CheckpointError, checkpoint_paths, prune, read_record, save_checkpoint
 from .loop import NonFiniteLossError, OptimSettings, fit, make_ema
-from .objectives import DistillObjective
+from .objectives import DistillObjective, teacher_clip_threshold
+from .reparam import convert_student, student_config
 from .resume import latest_loadable, loop_tensors, restore_loop_state
 from .runlog import RunLog
 
@@ -87,14 +88,17 @@ def distill(
     teacher, record, ckpt_cfg = load_denoiser(teacher_stem)
     cfg = (replace(ckpt_cfg, distill=cfg.distill, device=cfg.device, perf=cfg.perf,
                    mixed_precision=cfg.mixed_precision).validate() if cfg is not None else ckpt_cfg)
+    teacher_param = cfg.model.parameterization
+    cfg = student_config(cfg)  # the students' parameterization (distill.parameterization) from here on
     dc = cfg.distill
     check_combination(cfg.model.parameterization, dc.weighting)
+    clip_below = teacher_clip_threshold(dc.teacher_clip, dc.teacher_clip_logsnr)
     schedule = schedule_of(cfg)
     if cfg.model.parameterization == "eps" and schedule.logsnr_min < EPS_LOGSNR_FLOOR:
         raise ConfigError("model.parameterization 'eps' cannot be distilled on this schedule: x_hat = (z - sigma "
                           f"eps) / alpha amplifies errors by 1/alpha, and its log-SNR at t = 1 is "
                           f"{schedule.logsnr_min:.1f} < {EPS_LOGSNR_FLOOR} (paper section 2); train the "
-                          "teacher with x, v or both")
+                          "teacher with x, v or both, or distil into another output (distill.parameterization = \"v\")")
     start = int(record["sampling_steps"]) if record["kind"] == "student" else dc.start_steps
     check_distill_steps(start, dc.target_steps,
                         start_name="the checkpoint's step count" if record["kind"] == "student" else
@@ -120,6 +124,11 @@ def distill(
                    if dc.final_updates_per_round > 0 and m <= dc.long_round_max_steps else dc.updates_per_round)
         student = build_denoiser(cfg, data_shape, num_classes, dropout=dc.dropout).to(accelerator.device)
         student.load_state_dict(teacher.state_dict())  # student starts from the teacher's (sampling) weights
+        if teacher_param != cfg.model.parameterization and dc.convert_updates and partial is None:
+            convert_student(teacher, student, schedule, n, data, cfg, accelerator=accelerator, clip_below=clip_below,
+                            progress=progress, log=lambda step, values: runlog.scalars("convert", step, values))
+            student = accelerator.unwrap_model(student)
+        teacher_param = cfg.model.parameterization
         ema = make_ema(student, dc.ema_decay)
         state = None
         if partial is not None:
@@ -146,7 +155,7 @@ def distill(
 
         try:
             history = fit(student, data.batches(dc.batch_size, dc.seed + r, skip=done * dc.grad_accum),
-                          DistillObjective(teacher, schedule, m), dc.weighting, settings, accelerator=accelerator,
+                          DistillObjective(teacher, schedule, m, clip_below), dc.weighting, settings, accelerator=accelerator,
                           seed=dc.seed + 1000 * r, ema=ema, on_step=on_step, desc=f"round {r}: {n} -> {m} steps",
                           progress=progress, grad_accum=dc.grad_accum, resume=state,
                           log=lambda step, values, r=r: runlog.scalars(f"round{r:02d}", step, values),
