@@ -244,3 +244,16 @@ def test_import_defaults_for_an_eps_teacher_and_diffusers_own_ddim(tmp_path, fas
     ref = pipe(batch_size=3, generator=torch.Generator().manual_seed(7), num_inference_steps=4,
                output_type="np").images
     assert abs(_as_images(ours) - ref).max() < 1e-4
+
+    # evaluate on an imported teacher reports diffusers' own DDIM beside ours.
+    from progdistill.evaluation.report import evaluate_run
+
+    rows = evaluate_run(tmp_path / "run", tmp_path / "eval", steps=[1, 2], num=6, progress=False,
+                        samplers=("teacher_ddim",))
+    got = {(r["sampler"], r["steps"]) for r in rows if r["metric"] == "frechet_classifier"}
+    assert {("teacher_ddim", 2), ("diffusers_ddim", 1), ("diffusers_ddim", 2)} <= got
+    x2 = diffusers_default_ddim(teacher, sched, 2, 6, SHAPE, seed=1234)
+    agreement = {r["steps"]: r["value"] for r in rows
+                 if r["sampler"] == "diffusers_ddim" and r["metric"] == "teacher_rms"}
+    ours2 = generate(teacher, schedule_of(cfg), 2, 6, SHAPE, seed=1234)
+    assert agreement[2] == pytest.approx((x2.double() - ours2.double()).pow(2).mean().sqrt().item(), rel=1e-4)

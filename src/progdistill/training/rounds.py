@@ -98,7 +98,8 @@ def distill(
         raise ConfigError("model.parameterization 'eps' cannot be distilled on this schedule: x_hat = (z - sigma "
                           f"eps) / alpha amplifies errors by 1/alpha, and its log-SNR at t = 1 is "
                           f"{schedule.logsnr_min:.1f} < {EPS_LOGSNR_FLOOR} (paper section 2); train the "
-                          "teacher with x, v or both, or distil into another output (distill.parameterization = \"v\")")
+                          "teacher with x, v or both, or give its students another output "
+                          "(distill.parameterization = \"v\")")
     start = int(record["sampling_steps"]) if record["kind"] == "student" else dc.start_steps
     check_distill_steps(start, dc.target_steps,
                         start_name="the checkpoint's step count" if record["kind"] == "student" else
@@ -155,7 +156,8 @@ def distill(
 
         try:
             history = fit(student, data.batches(dc.batch_size, dc.seed + r, skip=done * dc.grad_accum),
-                          DistillObjective(teacher, schedule, m, clip_below), dc.weighting, settings, accelerator=accelerator,
+                          DistillObjective(teacher, schedule, m, clip_below), dc.weighting, settings,
+                          accelerator=accelerator,
                           seed=dc.seed + 1000 * r, ema=ema, on_step=on_step, desc=f"round {r}: {n} -> {m} steps",
                           progress=progress, grad_accum=dc.grad_accum, resume=state,
                           log=lambda step, values, r=r: runlog.scalars(f"round{r:02d}", step, values),
