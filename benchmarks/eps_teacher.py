@@ -76,7 +76,10 @@ def train_hub_teacher(folder: Path, steps: int, batch: int, lr: float, warmup: i
 def goals(rows: list[dict], best_steps: int) -> dict:
     """Issue 15's targets: students against the teacher's best sampler at `best_steps` and at equal steps."""
     v = {(r["sampler"], r["steps"]): r["value"] for r in rows if r["metric"] == METRIC}
-    best = min(v[(s, best_steps)] for s in ("teacher_ddim", "dpm_solver") if (s, best_steps) in v)
+    at = [v[(s, best_steps)] for s in ("teacher_ddim", "dpm_solver") if (s, best_steps) in v]
+    if not at:
+        return {}
+    best = min(at)
     out = {"teacher_best_at_%d" % best_steps: round(best, 3)}
     for k, bound in ((4, 1.3), (2, 2.0), (1, 3.0)):
         if ("student", k) not in v:
@@ -161,6 +164,8 @@ def main() -> None:
                    "--ablation-start -> 1 with --updates per round, students evaluated on --num samples"
                    % ", ".join(VARIANTS))
     p.add_argument("--ablation-start", type=int, default=8)
+    p.add_argument("--hub", help="use this already trained pipeline folder instead of training OUT/hub")
+    p.add_argument("--samplers", help="evaluate only these samplers (comma-separated; default: all)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); 1 on a shared CPU")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args()
@@ -170,7 +175,7 @@ def main() -> None:
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    hub, run, ev = out / "hub", out / "run", out / "eval"
+    hub, run, ev = Path(a.hub) if a.hub else out / "hub", out / "run", out / "eval"
     times = json.loads((out / "times.json").read_text()) if (out / "times.json").is_file() else {}
 
     def timed(name, fn):
@@ -204,7 +209,8 @@ def main() -> None:
         return
     timed("eval_s", lambda: cli(["evaluate", "--run", str(run), "--out", str(ev), "--num", str(a.num),
                                  "--steps", a.steps, "--no-ancestral", "--max-baseline-steps",
-                                 str(a.max_baseline_steps), *quiet]))
+                                 str(a.max_baseline_steps), *quiet]
+                                + (["--samplers", a.samplers] if a.samplers else [])))
     rows = json.loads((ev / "report.json").read_text())
     meta = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                        f"{'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
