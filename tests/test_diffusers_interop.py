@@ -199,7 +199,8 @@ def test_import_refuses_bad_input(tmp_path, fashion, capsys):
 
 def test_eps_distillation_refused_on_continuous_schedule(tmp_path):
     from progdistill.training.rounds import distill
-    cfg = load_config("toy2d", ["model.parameterization=eps", "distill.weighting=snr"])
+    cfg = load_config("toy2d", ["model.parameterization=eps", "distill.weighting=snr",
+                              "distill.parameterization=eps"])
     d = build_denoiser(cfg, (2,))
     stem = save_checkpoint(tmp_path / "t", {"model": d}, {
         "kind": "teacher", "config": cfg.to_dict(), "data_shape": [2], "num_classes": 0, "sampling_weights": "model"})
@@ -218,20 +219,20 @@ def test_import_defaults_for_an_eps_teacher_and_diffusers_own_ddim(tmp_path, fas
     d = cfg.distill
     # An eps teacher: v students, warmed up from the teacher's weights, targets from clipped teacher steps at the
     # noisy grid points; its own samples with clipped DDIM.
-    assert (cfg.model.parameterization, d.parameterization, d.weighting, d.teacher_clip) == (
-        "eps", "v", "snr_plus1", "noisy")
+    assert (cfg.model.parameterization, d.parameterization, d.weighting, d.teacher_clip, d.convert_updates) == (
+        "eps", "v", "snr_plus1", "noisy", 2 * d.updates_per_round)
     assert d.teacher_clip_logsnr == 0.0 and cfg.sample.clip and cfg.sample.sampler == "ddim"
     # A value the user sets is kept.
     assert main(["import-diffusers", "--model", str(hub), "--out", str(tmp_path / "run_x"), *base,
-                 "--set", "distill.parameterization=x", "--set", "distill.teacher_clip=all"]) == 0
+                 "--set", "distill.parameterization=x", "--set", "distill.teacher_clip=none"]) == 0
     dx = load_denoiser(tmp_path / "run_x" / "teacher")[2].distill
-    assert (dx.parameterization, dx.weighting, dx.teacher_clip) == ("x", "snr_trunc", "all")
+    assert (dx.parameterization, dx.weighting, dx.teacher_clip) == ("x", "snr_trunc", "none")
     # v_prediction imports keep their parameterization and the paper's target.
     hub_v = _hub_model(tmp_path, "v_prediction", "linear")
     assert main(["import-diffusers", "--model", str(hub_v), "--out", str(tmp_path / "run_v"), *base]) == 0
     dv = load_denoiser(tmp_path / "run_v" / "teacher")[2]
-    assert (dv.distill.parameterization, dv.distill.weighting, dv.distill.teacher_clip) == ("same", "snr_plus1",
-                                                                                            "none")
+    assert (dv.distill.parameterization, dv.distill.weighting, dv.distill.teacher_clip,
+            dv.distill.convert_updates) == ("same", "snr_plus1", "none", 0)
     assert dv.sample.clip
 
     # diffusers' own DDIM as the scheduler is configured is what DDIMPipeline gives with that scheduler.

@@ -121,6 +121,16 @@ def test_student_parameterization_config():
     cfg = load_config("toy2d", ["model.parameterization=eps", "distill.parameterization=v"])
     assert student_config(cfg).model.parameterization == "v"
     assert student_config(load_config("toy2d", ["distill.parameterization=same"])).model.parameterization == "v"
+    # "auto": an eps teacher gets v students, a warm-up of 2 x updates_per_round and clipped targets near t = 1;
+    # other teachers keep their output and the paper's target; explicit values stay.
+    auto = student_config(load_config("toy2d", ["model.parameterization=eps", "distill.weighting=snr_plus1",
+                                                "distill.updates_per_round=70"]))
+    assert (auto.model.parameterization, auto.distill.convert_updates, auto.distill.teacher_clip) == ("v", 140, "noisy")
+    same = student_config(load_config("toy2d", ["model.parameterization=x"]))
+    assert (same.model.parameterization, same.distill.convert_updates, same.distill.teacher_clip) == ("x", 0, "none")
+    kept = student_config(load_config("toy2d", ["model.parameterization=eps", "distill.parameterization=x",
+                                                "distill.convert_updates=0", "distill.teacher_clip=none"]))
+    assert (kept.model.parameterization, kept.distill.convert_updates, kept.distill.teacher_clip) == ("x", 0, "none")
     with pytest.raises(ConfigError, match="cannot start a 'both' student"):
         student_config(load_config("toy2d", ["model.parameterization=eps", "distill.parameterization=both"]))
     with pytest.raises(ConfigError, match="distill.parameterization"):

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..build import build_denoiser, load_data, load_denoiser, schedule_of
-from ..config import Config, ConfigError, DistillConfig
+from ..config import Config, ConfigError
 from ..denoiser import noise_condition
 from ..diffusion.schedules import alpha_sigma
 from ..training.checkpoint import CheckpointError, save_checkpoint
@@ -34,14 +34,7 @@ PREDICTION_TYPES = {"eps": "epsilon", "x": "sample", "v": "v_prediction", "both"
 PARAMETERIZATIONS = {"epsilon": "eps", "sample": "x", "v_prediction": "v"}
 # The loss weighting a student of each parameterization is distilled with (eps: the eps-MSE of its training).
 DISTILL_WEIGHTINGS = {"eps": "snr", "x": "snr_trunc", "v": "snr_plus1"}
-# What import-diffusers sets for each imported parameterization, where the --config/--set values are still the
-# [distill] defaults (docs/imported_teachers.md has the measurements behind the eps row):
-# students' parameterization, warm-up updates of the new output, and the clipped-teacher target near t = 1.
-IMPORT_DISTILL_DEFAULTS = {
-    "eps": {"parameterization": "v", "convert_updates": 0, "teacher_clip": "noisy", "teacher_clip_logsnr": 0.0},
-    "v": {},
-    "x": {},
-}
+
 
 
 def _plain_config(config) -> dict:
@@ -217,11 +210,12 @@ def import_diffusers(folder: str | Path, out: str | Path, base: Config) -> Path:
                           "embeddings can be evaluated between timesteps; learned and fourier ones cannot)")
     param = PARAMETERIZATIONS[prediction]
     ucfg = _plain_config(unet.config)
-    defaults = DistillConfig()
-    chosen = {k: v for k, v in IMPORT_DISTILL_DEFAULTS[param].items()
-              if getattr(base.distill, k) == getattr(defaults, k)}  # a value the user set stays
-    student = chosen.get("parameterization", base.distill.parameterization)
-    student = param if student == "same" else student
+    # The "auto" [distill] values made explicit for this teacher (v students, warm-up and clipped-teacher targets
+    # near t = 1 for eps; training.reparam.resolve_distill); a value the user set stays.
+    from ..training.reparam import resolve_distill
+
+    dc = resolve_distill(replace(base, model=replace(base.model, parameterization=param))).distill
+    student = param if dc.parameterization == "same" else dc.parameterization
     cfg = replace(
         base,
         model=replace(base.model, arch="diffusers", parameterization=param,
@@ -231,7 +225,7 @@ def import_diffusers(folder: str | Path, out: str | Path, base: Config) -> Path:
                           beta_schedule=sched.get("beta_schedule", "linear"),
                           beta_start=float(sched.get("beta_start", 1e-4)), beta_end=float(sched.get("beta_end", 0.02)),
                           weighting=DISTILL_WEIGHTINGS[param]),
-        distill=replace(base.distill, **chosen, weighting=DISTILL_WEIGHTINGS.get(student, base.distill.weighting)),
+        distill=replace(dc, weighting=DISTILL_WEIGHTINGS.get(student, dc.weighting)),
         # Our best sampler for every imported model (data in [-1, 1]): DDIM with x_hat clipped and eps re-derived,
         # whatever the scheduler's clip_sample says (diffusers' own DDIM is reported beside it by evaluate).
         sample=replace(base.sample, sampler="ddim", clip=True),

@@ -19,8 +19,25 @@ from .objectives import DistillObjective
 SAME_SHAPE = ("eps", "x", "v")  # one output channel per data channel: weights carry over between these
 
 
+def resolve_distill(cfg: Config) -> Config:
+    """cfg with the "auto" [distill] values made explicit for its model's (the teacher's) parameterization: an eps
+    teacher gets v students, a warm-up of 2 x updates_per_round and clipped-teacher targets at the noisy grid
+    points; any other teacher its own parameterization, no warm-up and the paper's target."""
+    dc, teacher = cfg.distill, cfg.model.parameterization
+    student = dc.parameterization
+    if student == "auto":
+        student = "v" if teacher == "eps" else "same"
+    changes = student not in ("same", teacher)
+    convert = dc.convert_updates if dc.convert_updates >= 0 else (2 * dc.updates_per_round if changes else 0)
+    clip = dc.teacher_clip if dc.teacher_clip != "auto" else ("noisy" if teacher == "eps" else "none")
+    return replace(cfg, distill=replace(dc, parameterization=student, convert_updates=convert,
+                                        teacher_clip=clip)).validate()
+
+
 def student_config(cfg: Config) -> Config:
-    """cfg with model.parameterization set to the students' (distill.parameterization; "same" keeps it)."""
+    """cfg (its "auto" [distill] values resolved) with model.parameterization set to the students'
+    (distill.parameterization; "same" keeps the teacher's)."""
+    cfg = resolve_distill(cfg)
     teacher, student = cfg.model.parameterization, cfg.distill.parameterization
     if student in ("same", teacher):
         return cfg
