@@ -146,14 +146,23 @@ def test_import_distill_one_round_and_export_back(tmp_path, fashion, prediction,
 
     assert main(["distill", "--from", str(run / "teacher"), "--no-progress", "--set", "distill.start_steps=8",
                  "--set", "distill.target_steps=4", "--set", "distill.updates_per_round=40",
-                 "--set", "distill.batch_size=32", "--set", "distill.lr=3e-4",
-                 "--set", "distill.checkpoint_every=0"]) == 0
-    student, _, _ = load_denoiser(run / "students" / "student_0004steps")
-    t4 = generate(teacher, sch, 4, 32, SHAPE, seed=5, clip=False)
-    s4 = generate(student, sch, 4, 32, SHAPE, seed=5, clip=False)
-    gap_teacher = (t4 - t8).pow(2).mean().sqrt().item()
-    gap_student = (s4 - t8).pow(2).mean().sqrt().item()
-    assert gap_student < 0.8 * gap_teacher, (gap_student, gap_teacher)
+                 "--set", "distill.batch_size=32", "--set", "distill.lr=1e-3",
+                 "--set", "distill.checkpoint_every=0", "--set", "distill.convert_updates=40"]) == 0
+    student, _, scfg = load_denoiser(run / "students" / "student_0004steps")
+    # Imported teachers sample with their best sampler, clipped DDIM; an eps teacher gets a v student (its target
+    # from clipped teacher steps at the noisy grid points), the others keep their parameterization.
+    assert cfg.sample.clip and scfg.model.parameterization == "v"
+    assert cfg.distill.teacher_clip == ("noisy" if prediction == "epsilon" else "none")
+    # The round brings the student's 4 steps closer to the teacher's 8 than where it started: the teacher's own
+    # 4 steps for a v teacher, the teacher's weights read as v for an eps teacher (a random eps model is far from
+    # its own x_hat when read as v, so that case also needs the warm-up to move at all in 40 + 40 updates).
+    from progdistill.denoiser import Denoiser
+
+    init = Denoiser(load_denoiser(run / "teacher")[0].net, "v")
+    c8 = generate(teacher, sch, 8, 32, SHAPE, seed=5)
+    gap = lambda d: (generate(d, sch, 4, 32, SHAPE, seed=5) - c8).pow(2).mean().sqrt().item()  # noqa: E731
+    gap_init, gap_student = gap(init), gap(student)
+    assert gap_student < 0.8 * gap_init, (gap_student, gap_init)
 
     # ... and the distilled student goes back to diffusers on the model's own 1000 timesteps.
     out = tmp_path / "export"
@@ -190,9 +199,62 @@ def test_import_refuses_bad_input(tmp_path, fashion, capsys):
 
 def test_eps_distillation_refused_on_continuous_schedule(tmp_path):
     from progdistill.training.rounds import distill
-    cfg = load_config("toy2d", ["model.parameterization=eps", "distill.weighting=snr"])
+    cfg = load_config("toy2d", ["model.parameterization=eps", "distill.weighting=snr",
+                              "distill.parameterization=eps"])
     d = build_denoiser(cfg, (2,))
     stem = save_checkpoint(tmp_path / "t", {"model": d}, {
         "kind": "teacher", "config": cfg.to_dict(), **model_record(d.spec, cfg, 8), "sampling_weights": "model"})
     with pytest.raises(ConfigError, match="cannot be distilled on this schedule"):
         distill(stem, tmp_path, progress=False)
+
+
+def test_import_defaults_for_an_eps_teacher_and_diffusers_own_ddim(tmp_path, fashion):
+    from progdistill.interop.diffusers_io import diffusers_default_ddim
+    from progdistill.checkpoint import read_record
+
+    hub = _hub_model(tmp_path, "epsilon", "linear")
+    base = ["--config", "fashion_mnist", "--set", f"data.root={fashion}", "--set", "data.conditional=false"]
+    assert main(["import-diffusers", "--model", str(hub), "--out", str(tmp_path / "run"), *base]) == 0
+    teacher, record, cfg = load_denoiser(tmp_path / "run" / "teacher")
+    d = cfg.distill
+    # An eps teacher: v students, warmed up from the teacher's weights, targets from clipped teacher steps at the
+    # noisy grid points; its own samples with clipped DDIM.
+    assert (cfg.model.parameterization, d.parameterization, d.weighting, d.teacher_clip, d.convert_updates) == (
+        "eps", "v", "snr_plus1", "noisy", 2 * d.updates_per_round)
+    assert d.teacher_clip_logsnr == 0.0 and cfg.sample.clip and record["sampling"]["clip"]
+    # A value the user sets is kept.
+    assert main(["import-diffusers", "--model", str(hub), "--out", str(tmp_path / "run_x"), *base,
+                 "--set", "distill.parameterization=x", "--set", "distill.teacher_clip=none"]) == 0
+    dx = load_denoiser(tmp_path / "run_x" / "teacher")[2].distill
+    assert (dx.parameterization, dx.weighting, dx.teacher_clip) == ("x", "snr_trunc", "none")
+    # v_prediction imports keep their parameterization and the paper's target.
+    hub_v = _hub_model(tmp_path, "v_prediction", "linear")
+    assert main(["import-diffusers", "--model", str(hub_v), "--out", str(tmp_path / "run_v"), *base]) == 0
+    dv = load_denoiser(tmp_path / "run_v" / "teacher")[2]
+    assert (dv.distill.parameterization, dv.distill.weighting, dv.distill.teacher_clip,
+            dv.distill.convert_updates) == ("same", "snr_plus1", "none", 0)
+    assert dv.sample.clip
+
+    # diffusers' own DDIM as the scheduler is configured is what DDIMPipeline gives with that scheduler.
+    sched = read_record(tmp_path / "run" / "teacher")["diffusers_scheduler"]
+    assert sched["_class_name"] == "DDPMScheduler" and sched["clip_sample"] is True
+    ours = diffusers_default_ddim(teacher, sched, 4, 3, SHAPE, seed=7)
+    pipe = DDIMPipeline(unet=UNet2DModel.from_pretrained(hub / "unet"),
+                        scheduler=DDIMScheduler.from_config(DDPMScheduler.from_pretrained(hub / "scheduler").config))
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(batch_size=3, generator=torch.Generator().manual_seed(7), num_inference_steps=4,
+               output_type="np").images
+    assert abs(_as_images(ours) - ref).max() < 1e-4
+
+    # evaluate on an imported teacher reports diffusers' own DDIM beside ours.
+    from progdistill.evaluation.report import evaluate_run
+
+    rows = evaluate_run(tmp_path / "run", tmp_path / "eval", steps=[1, 2], num=6, progress=False,
+                        samplers=("teacher_ddim",))
+    got = {(r["sampler"], r["steps"]) for r in rows if r["metric"] == "frechet_classifier"}
+    assert {("teacher_ddim", 2), ("diffusers_ddim", 1), ("diffusers_ddim", 2)} <= got
+    x2 = diffusers_default_ddim(teacher, sched, 2, 6, SHAPE, seed=1234)
+    agreement = {r["steps"]: r["value"] for r in rows
+                 if r["sampler"] == "diffusers_ddim" and r["metric"] == "teacher_rms"}
+    ours2 = generate(teacher, schedule_of(cfg), 2, 6, SHAPE, seed=1234)
+    assert agreement[2] == pytest.approx((x2.double() - ours2.double()).pow(2).mean().sqrt().item(), rel=1e-4)

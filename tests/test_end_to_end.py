@@ -96,13 +96,19 @@ def test_cli_sample_evaluate_and_errors(trained_run, tmp_path, capsys):
     assert "above the checkpoint's step count" in capsys.readouterr().err
 
 
-def test_eps_teacher_cannot_be_distilled(tmp_path, capsys):
+def test_eps_teacher_distils_into_v_students_not_eps(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path), "--no-progress", "--set", "model.parameterization=eps",
                  "--set", "diffusion.weighting=snr", *[a for s in SMALL[:3] for a in ("--set", s)],
                  "--set", "train.steps=2"]) == 0
     assert main(["distill", "--from", str(tmp_path / "teacher"), "--set", "distill.start_steps=4",
-                 "--no-progress"]) == 2
+                 "--set", "distill.parameterization=eps", "--no-progress"]) == 2
     assert "diverges" in capsys.readouterr().err
+    # By default (distill.parameterization = "auto") an eps teacher's students are v, which distil.
+    assert main(["distill", "--from", str(tmp_path / "teacher"), "--set", "distill.start_steps=2",
+                 "--set", "distill.updates_per_round=2", "--no-progress"]) == 0
+    from progdistill.build import load_denoiser
+
+    assert load_denoiser(tmp_path / "students" / "student_0001steps")[2].model.parameterization == "v"
 
 
 def test_demo_quick(tmp_path):

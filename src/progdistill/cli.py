@@ -343,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--no-ancestral", action="store_true", help="skip the teacher's ancestral sampler")
     p.add_argument("--samplers", help="images: comma-separated subset of teacher_ddim, teacher_ancestral, "
-                   "dpm_solver, student (default: all)")
+                   "dpm_solver, student, diffusers_ddim (default: all; diffusers_ddim, diffusers' own DDIM as the "
+                   "model's scheduler is configured, is added for imported teachers whenever teacher_ddim runs)")
     p.add_argument("--max-baseline-steps", type=int, help="images: largest step count for the ancestral and "
                    "DPM-Solver baselines (default: all of --steps)")
     p.add_argument("--inception-weights", metavar="FILE", help="images: torch-fidelity's Inception-v3 weights "

@@ -108,6 +108,18 @@ class DistillConfig:
     grad_accum: int = 1
     checkpoint_every: int = 1_000  # mid-round checkpoints (the newest 2 kept) for exact resume; 0: none
     log_samples: int = 16  # per round: samples for the logged grid and the student-vs-teacher gap (0: none)
+    # The students' output: "same" (the teacher's) or eps, x, v (a teacher of another one of these three hands its
+    # weights over, the output read the new way) or both (only from a "both" teacher); "auto": v for an eps
+    # teacher, else the teacher's own. docs/imported_teachers.md
+    parameterization: str = "auto"
+    # A student of another parameterization: warm-up updates onto the teacher's x_hat before the first round
+    # (-1, auto: 2 x updates_per_round when the parameterization changes, else 0).
+    convert_updates: int = -1
+    # Targets from clipped teacher DDIM steps (a deviation from the paper, for low terminal log-SNR teachers):
+    # none (the paper), noisy (student steps starting below log-SNR teacher_clip_logsnr), all, or auto (noisy for
+    # an eps teacher, else none).
+    teacher_clip: str = "auto"
+    teacher_clip_logsnr: float = 0.0
 
 
 @dataclass
@@ -173,6 +185,10 @@ class Config:
         _positive("diffusion.num_timesteps", self.diffusion.num_timesteps)
         _choice("diffusion.weighting", self.diffusion.weighting, WEIGHTINGS)
         _choice("distill.weighting", self.distill.weighting, WEIGHTINGS)
+        _choice("distill.parameterization", self.distill.parameterization, ["auto", "same", *PARAMETERIZATIONS])
+        _choice("distill.teacher_clip", self.distill.teacher_clip, ["auto", "none", "noisy", "all"])
+        if self.distill.convert_updates < -1:
+            raise ConfigError(f"distill.convert_updates must be >= 0 (or -1: auto), got {self.distill.convert_updates}")
         _choice("train.lr_decay", self.train.lr_decay, ["constant", "linear", "cosine"])
         _choice("sample.variance", self.sample.variance, VARIANCES)
         _choice("device", self.device, ["auto", "cpu", "cuda"])

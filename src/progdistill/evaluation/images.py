@@ -46,6 +46,9 @@ SAMPLER_KINDS = {
     "teacher_ancestral": "ancestral",
     "dpm_solver": "dpm_solver",
     "student": "ddim",
+    # An imported diffusers model only: diffusers' own DDIMScheduler as the model's scheduler config sets it up
+    # (interop.diffusers_io.diffusers_default_ddim), reported beside ours for every imported teacher.
+    "diffusers_ddim": "diffusers",
 }
 
 
@@ -205,6 +208,11 @@ def evaluate_images(
     max_steps = max_steps or {}
     teacher, record, cfg = load_denoiser(runfolder.teacher_stem(run), device)
     students = runfolder.saved_students(run) if "student" in samplers else {}
+    diffusers_scheduler = record.get("diffusers_scheduler")
+    if diffusers_scheduler is not None and "teacher_ddim" in samplers and "diffusers_ddim" not in samplers:
+        samplers = (*samplers, "diffusers_ddim")  # users of an imported model see diffusers' DDIM beside ours
+    elif diffusers_scheduler is None and "diffusers_ddim" in samplers:
+        raise ValueError("sampler 'diffusers_ddim' needs an imported teacher (progdistill import-diffusers)")
     shape = teacher.spec.data_shape
     schedule = schedule_of(teacher.spec)
     sampling = record["sampling"]
@@ -232,9 +240,15 @@ def evaluate_images(
         raise ValueError(f"reference_steps must be >= 1, got {ref_steps}")
 
     def sample(model, sampler: str, k: int) -> Tensor:
-        x = generate(model, schedule, k, num, shape, sampler=SAMPLER_KINDS[sampler], variance=sampling["variance"],
-                     clip=sampling["clip"], seed=seed, batch_size=batch_size, device=device, labels=labels,
-                     progress=progress)
+        if SAMPLER_KINDS[sampler] == "diffusers":
+            from ..interop.diffusers_io import diffusers_default_ddim
+
+            x = diffusers_default_ddim(model, diffusers_scheduler, k, num, shape, seed=seed, batch_size=batch_size,
+                                       device=device, labels=labels)
+        else:
+            x = generate(model, schedule, k, num, shape, sampler=SAMPLER_KINDS[sampler],
+                         variance=sampling["variance"], clip=sampling["clip"], seed=seed, batch_size=batch_size,
+                         device=device, labels=labels, progress=progress)
         if not torch.isfinite(x).all():
             raise FloatingPointError(f"{sampler} at {k} steps produced non-finite samples")
         return x

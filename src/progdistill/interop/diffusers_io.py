@@ -32,7 +32,7 @@ from ..checkpoint import CheckpointError, save_checkpoint
 
 PREDICTION_TYPES = {"eps": "epsilon", "x": "sample", "v": "v_prediction", "both": "v_prediction"}
 PARAMETERIZATIONS = {"epsilon": "eps", "sample": "x", "v_prediction": "v"}
-# The loss weighting each imported parameterization is distilled with (eps: the eps-MSE it was trained on).
+# The loss weighting a student of each parameterization is distilled with (eps: the eps-MSE of its training).
 DISTILL_WEIGHTINGS = {"eps": "snr", "x": "snr_trunc", "v": "snr_plus1"}
 
 
@@ -210,6 +210,12 @@ def import_diffusers(folder: str | Path, out: str | Path, base: Config) -> Path:
                           "embeddings can be evaluated between timesteps; learned and fourier ones cannot)")
     param = PARAMETERIZATIONS[prediction]
     ucfg = _plain_config(unet.config)
+    # The "auto" [distill] values made explicit for this teacher (v students, warm-up and clipped-teacher targets
+    # near t = 1 for eps; training.reparam.resolve_distill); a value the user set stays.
+    from ..training.reparam import resolve_distill
+
+    dc = resolve_distill(replace(base, model=replace(base.model, parameterization=param))).distill
+    student = param if dc.parameterization == "same" else dc.parameterization
     cfg = replace(
         base,
         model=replace(base.model, arch="diffusers", parameterization=param,
@@ -219,8 +225,10 @@ def import_diffusers(folder: str | Path, out: str | Path, base: Config) -> Path:
                           beta_schedule=sched.get("beta_schedule", "linear"),
                           beta_start=float(sched.get("beta_start", 1e-4)), beta_end=float(sched.get("beta_end", 0.02)),
                           weighting=DISTILL_WEIGHTINGS[param]),
-        distill=replace(base.distill, weighting=DISTILL_WEIGHTINGS[param]),
-        sample=replace(base.sample, clip=bool(sched.get("clip_sample", True))),
+        distill=replace(dc, weighting=DISTILL_WEIGHTINGS.get(student, dc.weighting)),
+        # Our best sampler for every imported model (data in [-1, 1]): DDIM with x_hat clipped and eps re-derived,
+        # whatever the scheduler's clip_sample says (diffusers' own DDIM is reported beside it by evaluate).
+        sample=replace(base.sample, clip=True),
     ).validate()
     size = ucfg["sample_size"]
     size = size if isinstance(size, int) else size[0]
@@ -241,4 +249,30 @@ def import_diffusers(folder: str | Path, out: str | Path, base: Config) -> Path:
     return save_checkpoint(out / "teacher", {"model": denoiser}, {
         "kind": "teacher", "config": cfg.to_dict(), **model_record(denoiser.spec, cfg, cfg.distill.start_steps),
         "sampling_weights": "model", "step": 0, "imported_from": str(Path(folder).resolve()),
+        "diffusers_scheduler": sched,
     })
+
+
+@torch.no_grad()
+def diffusers_default_ddim(denoiser, scheduler_config: dict, steps: int, num: int, data_shape, *, seed: int = 0,
+                           batch_size: int = 10_000, device="cpu", labels=None) -> torch.Tensor:
+    """`num` samples from an imported model with diffusers' own DDIMScheduler built from the model's scheduler
+    config as it stands (DDIMScheduler.from_config: its clip_sample, timestep_spacing, set_alpha_to_one and
+    prediction_type; eta = 0), i.e. what a user of the pipeline gets by swapping in DDIM. The starting noise is
+    `generate`'s for the same seed, so rows compare sample for sample."""
+    from diffusers import DDIMScheduler
+
+    unet = denoiser.net.unet
+    sched = DDIMScheduler.from_config({k: v for k, v in scheduler_config.items() if k != "_class_name"})
+    sched.set_timesteps(steps)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    for start in range(0, num, batch_size):
+        b = min(batch_size, num - start)
+        z = torch.randn((b, *data_shape), generator=gen, device=device)
+        lab = labels[start : start + b].to(device) if labels is not None else None
+        for t in sched.timesteps:
+            pred = unet(z, t.to(device), class_labels=lab).sample
+            z = sched.step(pred, t, z, eta=0.0).prev_sample
+        out.append(z.cpu())
+    return torch.cat(out)

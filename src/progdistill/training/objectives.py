@@ -5,12 +5,13 @@ Both return (z_t, logsnr_t, x_target); the loop and the loss are shared (ARCHITE
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..diffusion.distillation import distillation_target
+from ..diffusion.distillation import conversion_target, distillation_target
 from ..diffusion.samplers import DenoiserFn
 from ..diffusion.schedules import Schedule, alpha_sigma, broadcast
 
@@ -55,14 +56,26 @@ class TeacherObjective:
         return _noisy(x, logsnr, generator, n, rows), logsnr, x
 
 
+def teacher_clip_threshold(mode: str, logsnr: float) -> float:
+    """The log-SNR below which a student step's target is built from clipped teacher steps, for the
+    distill.teacher_clip mode: "none" (the paper: never), "noisy" (below `logsnr`), "all" (everywhere)."""
+    return {"none": -math.inf, "noisy": logsnr, "all": math.inf}[mode]
+
+
 @dataclass
 class DistillObjective:
     """Discrete time on the student's grid of M steps: i ~ U{1..M}, t = i/M, t' = t - 1/(2M), t'' = t - 1/M;
-    target x_tilde from two unclipped teacher DDIM steps (paper Algorithm 2)."""
+    target x_tilde from two unclipped teacher DDIM steps (paper Algorithm 2).
+
+    `clip_below`: student steps starting at a log-SNR below it take their target from two *clipped* teacher steps
+    (see diffusion.distillation; -inf, the default, is the paper). `substeps` = 1 is the warm-up of a student of
+    another parameterization: on the same M-step grid, the target is the teacher's own x_hat at t."""
 
     teacher: DenoiserFn
     schedule: Schedule
     student_steps: int
+    clip_below: float = -math.inf
+    substeps: int = 2
 
     def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator, shard: Shard = (0, 1)):
         """x, labels: this process's rows of the global batch (the sampler shards the data)."""
@@ -73,5 +86,8 @@ class DistillObjective:
         # Evaluated in float64 then cast, exactly as `step_grid` builds the sampler's grid.
         logsnr_t, logsnr_tp, logsnr_tpp = (self.schedule(s).to(x.dtype) for s in (t, t - 0.5 / m, t - 1.0 / m))
         z_t = _noisy(x, logsnr_t, generator, n, rows)
-        x_tilde = distillation_target(self.teacher, z_t, logsnr_t, logsnr_tp, logsnr_tpp, i == 1, labels)
+        clip = logsnr_t < self.clip_below
+        if self.substeps == 1:
+            return z_t, logsnr_t, conversion_target(self.teacher, z_t, logsnr_t, labels, clip)
+        x_tilde = distillation_target(self.teacher, z_t, logsnr_t, logsnr_tp, logsnr_tpp, i == 1, labels, clip)
         return z_t, logsnr_t, x_tilde

@@ -19,9 +19,10 @@ from ..data import make_batches
 from ..diffusion.weighting import check_combination
 from ..sampling import balanced_labels, generate
 from ..checkpoint import CheckpointError, checkpoint_paths, read_record, save_checkpoint
-from .objectives import DistillObjective
+from .objectives import DistillObjective, teacher_clip_threshold
 from .phase import Phase, optim_settings, run_phase
 from .resume import latest_loadable
+from .reparam import convert_student, student_config
 from .runlog import RunLog
 from .teacher import shard_of
 
@@ -80,17 +81,23 @@ def distill(
     if teacher_stem is None:
         raise CheckpointError(f"nothing to distil: {out} holds no teacher, student or mid-round checkpoint")
     teacher, record, ckpt_cfg = load_denoiser(teacher_stem)
-    spec = teacher.spec  # students are this network (with distill.dropout), whatever the presets say now
     cfg = (replace(ckpt_cfg, distill=cfg.distill, device=cfg.device, perf=cfg.perf,
                    mixed_precision=cfg.mixed_precision).validate() if cfg is not None else ckpt_cfg)
+    teacher_param = teacher.spec.parameterization
+    # The students' parameterization (distill.parameterization, its "auto" values resolved) from here on.
+    cfg = student_config(replace(cfg, model=replace(cfg.model, parameterization=teacher_param)))
+    # Students are the teacher's network (with distill.dropout, their own output), whatever the presets say now.
+    spec = replace(teacher.spec, parameterization=cfg.model.parameterization)
     dc = cfg.distill
     check_combination(spec.parameterization, dc.weighting)
+    clip_below = teacher_clip_threshold(dc.teacher_clip, dc.teacher_clip_logsnr)
     schedule = schedule_of(spec)
     if spec.parameterization == "eps" and schedule.logsnr_min < EPS_LOGSNR_FLOOR:
         raise ConfigError("model.parameterization 'eps' cannot be distilled on this schedule: x_hat = (z - sigma "
                           f"eps) / alpha amplifies errors by 1/alpha, and its log-SNR at t = 1 is "
                           f"{schedule.logsnr_min:.1f} < {EPS_LOGSNR_FLOOR} (paper section 2); train the "
-                          "teacher with x, v or both")
+                          "teacher with x, v or both, or give its students another output "
+                          "(distill.parameterization = \"v\")")
     start = int(record["sampling_steps"]) if record["kind"] == "student" else dc.start_steps
     check_distill_steps(start, dc.target_steps,
                         start_name="the checkpoint's step count" if record["kind"] == "student" else
@@ -116,6 +123,10 @@ def distill(
                    if dc.final_updates_per_round > 0 and m <= dc.long_round_max_steps else dc.updates_per_round)
         student = denoiser_from_spec(spec.with_dropout(dc.dropout), cfg.perf).to(accelerator.device)
         student.load_state_dict(teacher.state_dict())  # student starts from the teacher's (sampling) weights
+        if teacher_param != spec.parameterization and dc.convert_updates and partial is None:
+            convert_student(teacher, student, schedule, n, data, cfg, out, accelerator=accelerator, runlog=runlog,
+                            clip_below=clip_below, progress=progress)
+        teacher_param = spec.parameterization
         resume_from = None
         if partial is not None:
             if int(precord["round"]) != r or int(precord["sampling_steps"]) != m:
@@ -138,7 +149,7 @@ def distill(
                                 workers=cfg.data.workers, device=accelerator.device, state=data_state,
                                 start=start_batch)
 
-        result = run_phase(phase, student, batches_after, DistillObjective(teacher, schedule, m),
+        result = run_phase(phase, student, batches_after, DistillObjective(teacher, schedule, m, clip_below),
                            accelerator=accelerator, runlog=runlog, resume_from=resume_from, progress=progress,
                            perf=cfg.perf)
         sampling = result.sampling
