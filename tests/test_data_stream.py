@@ -177,7 +177,10 @@ def test_image_run_resumes_exactly_with_workers(tmp_path):
     for suffix in (".json", ".safetensors"):
         name = f"teacher_step00000004{suffix}"
         (resumed / "checkpoints" / name).write_bytes((full / "checkpoints" / name).read_bytes())
-    train_teacher(None, resumed, progress=False, resume=True)
+    # Resumed with another worker count (allowed: the sampler, not the workers, decides the batches).
+    train_teacher(load_config(None, [*sets, "data.workers=0"]), resumed, progress=False, resume=True)
+    with pytest.raises(ConfigError, match="only data.workers may differ"):
+        train_teacher(load_config(None, [*sets, "train.steps=7"]), resumed, progress=False, resume=True)
     a, b = load_file(full / "teacher.safetensors"), load_file(resumed / "teacher.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

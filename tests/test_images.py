@@ -251,3 +251,28 @@ def test_evaluate_on_folder_data_without_any_weights_file(tmp_path):
     assert {(s, k) for s, k, _ in v} >= {("student", 1), ("student", 2), ("teacher_ddim", 1), ("dpm_solver", 1)}
     for name in ("report.md", "teacher_psnr_vs_steps.png", "samples/steps_0001.png"):
         assert (run / "eval" / name).is_file(), name
+
+
+def test_reference_sets_read_only_the_rows_they_use(tmp_path, monkeypatch):
+    """evaluate's reference images: a data set larger than REFERENCE_MAX is sampled down, and the whole set is never
+    materialised as float32 (ExampleData.x would be 63 GB for ImageNet 64x64)."""
+    from PIL import Image
+
+    from progdistill.data.batches import ExampleData
+    from progdistill.evaluation import images as ev
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(30):
+        Image.fromarray(np.full((8, 8), 8 * i, np.uint8)).save(folder / f"{i:03d}.png")
+    cfg = load_config("fashion_mnist", ['data.name="folder"', f'data.root="{folder}"', "data.image_size=8",
+                                        "data.channels=1", "data.conditional=false"])
+    monkeypatch.setattr(ExampleData, "x", property(lambda self: pytest.fail("the whole data set was materialised")))
+    monkeypatch.setattr(ev, "REFERENCE_MAX", 12)
+    reference, floor = ev.reference_sets(cfg, 5, seed=3)
+    assert reference.shape == (12, 1, 8, 8) and floor.shape == (5, 1, 8, 8)
+    levels = lambda x: {round(v) for v in ((x[:, 0, 0, 0] + 1) * 127.5 / 8).tolist()}  # noqa: E731
+    assert len(levels(reference)) == 12 and levels(reference) <= set(range(30))  # distinct real images
+    assert levels(ev.reference_sets(cfg, 5, seed=3)[0]) == levels(reference)  # seeded
+    monkeypatch.setattr(ev, "REFERENCE_MAX", 50)
+    assert levels(ev.reference_sets(cfg, 5, seed=3)[0]) == set(range(30))  # small sets: all of them

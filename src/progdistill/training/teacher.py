@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -41,9 +42,15 @@ def train_teacher(cfg: Config | None, out: Path, *, progress: bool = True, resum
         if start is None:
             raise CheckpointError(f"nothing to resume in {out}: no loadable checkpoints/teacher_step*.json")
         saved = config_from_json(read_record(start)["config"])
-        if cfg is not None and cfg.to_dict() != saved.to_dict():
-            raise ConfigError(f"--resume continues with the config saved in {start}.json; drop --config/--set "
-                              "(start a new run to change settings)")
+        if cfg is not None:
+            workers = cfg.data.workers
+            # data.workers changes who decodes, not what is trained on (the sampler runs in this process): a resumed
+            # run may use another count; any other difference is refused.
+            cfg = replace(cfg, data=replace(cfg.data, workers=saved.data.workers))
+            if cfg.to_dict() != saved.to_dict():
+                raise ConfigError(f"--resume continues with the config saved in {start}.json; drop --config/--set "
+                                  "(start a new run to change settings; only data.workers may differ)")
+            saved = replace(saved, data=replace(saved.data, workers=workers))
         cfg = saved
     assert cfg is not None
     accelerator = make_accelerator(cfg)
