@@ -225,6 +225,15 @@ def test_real_fashion_mnist_test_split(monkeypatch):
     digest = hashlib.sha256(gzip.decompress((real / "t10k-labels-idx1-ubyte.gz").read_bytes())).hexdigest()
     assert digest == images.FASHION_MNIST_SHA256["t10k-labels-idx1-ubyte"]
 
+    # The shipped classifier's accuracy on the real test images (the class_accuracy metric of guided evaluation):
+    # high against the true labels, at chance against labels shifted by one class.
+    from progdistill.evaluation.classifier import class_accuracy, load_classifier
+
+    x, y = data.x[:2000], data.labels[:2000]
+    clf = load_classifier()
+    assert class_accuracy(x, y, clf) > 0.85
+    assert class_accuracy(x, (y + 1) % 10, clf) < 0.2
+
 
 # ---------------------------------------------------------------------------------------------------------- CIFAR-10
 

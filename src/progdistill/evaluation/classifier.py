@@ -94,3 +94,26 @@ def feature_stats(images: Tensor, classifier: FashionClassifier, batch_size: int
     finally:
         classifier.train(was_training)
     return gaussian_stats(torch.cat(feats))
+
+
+@torch.no_grad()
+def predict_classes(images: Tensor, classifier: FashionClassifier, batch_size: int = 1000) -> Tensor:
+    """The classifier's class (argmax of the logits) for each of [N, 1, 28, 28] images in [-1, 1]."""
+    if images.ndim != 4 or tuple(images.shape[1:]) != (1, 28, 28):
+        raise ValueError(f"expected [N, 1, 28, 28] images, got {tuple(images.shape)}")
+    was_training = classifier.training
+    classifier.eval()
+    try:
+        param = next(classifier.parameters())
+        return torch.cat([classifier(images[i : i + batch_size].to(param.device, param.dtype)).argmax(1).cpu()
+                          for i in range(0, images.shape[0], batch_size)])
+    finally:
+        classifier.train(was_training)
+
+
+def class_accuracy(images: Tensor, labels: Tensor, classifier: FashionClassifier) -> float:
+    """Share of `images` the classifier assigns to the class they were sampled for (`labels`): what guidance
+    buys a class-conditional model."""
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    return float((predict_classes(images, classifier) == labels.cpu()).double().mean())
