@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .data.images import IMAGE_DATASETS
-from .data.toy2d import TOY_DISTRIBUTIONS
+from .data.toy2d import TOY_DISTRIBUTIONS, TOY_LABELS
 from .diffusion.parameterization import PARAMETERIZATIONS
 from .diffusion.registry import VARIANCES
 from .diffusion.schedules import SCHEDULES
@@ -208,6 +208,11 @@ class Config:
         if self.distill.convert_updates < -1:
             raise ConfigError(f"distill.convert_updates must be >= 0 (or -1: auto), got {self.distill.convert_updates}")
         _choice("train.lr_decay", self.train.lr_decay, ["constant", "linear", "cosine"])
+        if self.train.label_dropout > 0 and not images and self.data.name not in TOY_LABELS:
+            raise ConfigError(f"train.label_dropout > 0 needs class labels, and data.name {self.data.name!r} has none "
+                              "(2-D data with classes: ring_classes)")
+        if self.train.label_dropout > 0 and not self.data.conditional:
+            raise ConfigError("train.label_dropout > 0 trains a class-conditional model: set data.conditional = true")
         _choice("guided.stage1_weighting", self.guided.stage1_weighting, ["auto", *WEIGHTINGS])
         if not self.guided.w_min < self.guided.w_max:
             raise ConfigError(f"guided.w_min ({self.guided.w_min}) must be below guided.w_max ({self.guided.w_max})")
