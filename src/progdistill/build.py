@@ -13,7 +13,7 @@ from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedType
 
 from .config import Config, ConfigError, PerfConfig, config_from_json, config_from_record
-from .data import ExampleData, sample_toy
+from .data import ExampleData, sample_toy_labelled
 from .data.images import IMAGE_DATASETS, load_image_dataset
 from .denoiser import Denoiser
 from .diffusion.parameterization import get_parameterization
@@ -30,7 +30,8 @@ def load_data(cfg: Config, split: str = "train", *, progress: bool = True) -> Ex
     d = cfg.data
     if d.name not in IMAGE_DATASETS:
         seed = d.seed if split == "train" else d.seed + 100_003
-        return ExampleData(sample_toy(d.name, d.size, seed), flip=d.flip)
+        x, labels = sample_toy_labelled(d.name, d.size, seed)
+        return ExampleData(x, labels if d.conditional else None, flip=d.flip)
     # Only once accelerate is set up (training): each machine's first process builds a folder cache, then the rest.
     state = PartialState() if PartialState._shared_state else None
     first = state.local_main_process_first() if state is not None else contextlib.nullcontext()
@@ -58,23 +59,31 @@ def spec_from_config(cfg: Config, data_shape: tuple[int, ...], num_classes: int 
     with every argument resolved (presets looked up, library defaults filled in): what checkpoints record."""
     m, d = cfg.model, cfg.diffusion
     data_shape = tuple(int(s) for s in data_shape)
+    null_class = cfg.train.label_dropout > 0
+    if null_class and num_classes == 0:
+        raise ConfigError("train.label_dropout > 0 needs class labels: a labelled data set (fashion-mnist, cifar10, "
+                          "ring_classes, a folder of class folders) with data.conditional = true")
+    rows = num_classes + int(null_class)  # the null class ("no label") is one more class-embedding row
     factor = get_parameterization(m.parameterization).channel_factor
     drop = m.dropout if dropout is None else dropout
     if m.arch == "mlp":
         if len(data_shape) != 1:
             raise ValueError(f"model.arch 'mlp' needs flat data, got examples of shape {tuple(data_shape)}")
         args = dict(data_dim=data_shape[0], out_dim=factor * data_shape[0], hidden=m.hidden, depth=m.depth,
-                    emb_dim=m.emb_dim, dropout=drop, num_classes=num_classes)
+                    emb_dim=m.emb_dim, dropout=drop, num_classes=rows)
         args = resolve_args(MLPNet.__init__, args, "MLPNet")
     elif m.arch == "unet":
         if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
             raise ValueError(f"model.arch 'unet' needs square images [C, H, W], got examples of shape "
                              f"{tuple(data_shape)}")
         channels = data_shape[0]
-        args = unet_config(UNET_PRESETS[m.unet], data_shape[1], channels, factor * channels, drop, num_classes)
+        args = unet_config(UNET_PRESETS[m.unet], data_shape[1], channels, factor * channels, drop, rows)
     elif m.arch == "diffusers":
         if d.schedule != "discrete":
             raise ConfigError("model.arch 'diffusers' is a discrete-time model: set diffusion.schedule = \"discrete\"")
+        if null_class:
+            raise ConfigError("train.label_dropout is for teachers trained here (model.arch unet or mlp), not for "
+                              "imported diffusers models")
         config = json.loads(m.diffusers_unet)
         if dropout is not None:
             config["dropout"] = dropout
@@ -83,7 +92,7 @@ def spec_from_config(cfg: Config, data_shape: tuple[int, ...], num_classes: int 
         raise ValueError(f"unknown model.arch {m.arch!r}")
     schedule = schedule_spec(d.schedule, d.logsnr_min, d.logsnr_max, num_timesteps=d.num_timesteps,
                              beta_schedule=d.beta_schedule, beta_start=d.beta_start, beta_end=d.beta_end)
-    return ModelSpec(m.arch, args, m.parameterization, schedule, data_shape, int(num_classes))
+    return ModelSpec(m.arch, args, m.parameterization, schedule, data_shape, int(num_classes), null_class)
 
 
 def denoiser_from_spec(spec: ModelSpec, perf: PerfConfig | None = None) -> Denoiser:

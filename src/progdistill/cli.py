@@ -59,13 +59,15 @@ def cmd_train(a: argparse.Namespace) -> None:
 
     out = Path(a.out)
     if a.resume:
-        if a.config or a.overrides:
-            raise ConfigError("--resume continues with the config saved in the run's checkpoint; drop --config/--set")
+        if a.config or a.overrides or a.label_dropout is not None:
+            raise ConfigError("--resume continues with the config saved in the run's checkpoint; drop "
+                              "--config/--set/--label-dropout")
         if (out / "teacher.json").is_file():
             raise ConfigError(f"{out} already holds a finished teacher (teacher.json); nothing to resume")
         stem = train_teacher(None, out, progress=not a.no_progress, resume=True)
     else:
-        cfg = load_config(a.config or "toy2d", a.overrides)
+        extra = [f"train.label_dropout={float(a.label_dropout)!r}"] if a.label_dropout is not None else []
+        cfg = load_config(a.config or "toy2d", a.overrides + extra)
         _check_fresh_out(out, "teacher.json", a.force)
         if (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("teacher_step*.json")) and not a.force:
             raise ConfigError(f"--out {out} holds checkpoints of an unfinished run: continue it with --resume, or "
@@ -76,18 +78,35 @@ def cmd_train(a: argparse.Namespace) -> None:
     print(f"teacher saved: {stem}.safetensors")
 
 
+def _guided_overrides(a: argparse.Namespace) -> list[str]:
+    """--w-min/--w-max/--stage1-updates as [guided] overrides; they need --guided."""
+    given = {"w_min": a.w_min, "w_max": a.w_max, "stage1_updates": a.stage1_updates}
+    given = {k: v for k, v in given.items() if v is not None}
+    if given and not a.guided:
+        names = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ConfigError(f"{names} set up guided distillation: add --guided")
+    return [f"guided.{k}={v!r}" for k, v in given.items()]
+
+
 def cmd_distill(a: argparse.Namespace) -> None:
+    from . import runfolder
     from .config import config_from_record
     from .checkpoint import read_record
+    from .training.guided import distill_guided
     from .training.rounds import distill
 
+    progress = not a.no_progress
     if a.resume:
         if not a.out:
             raise ConfigError("--resume needs --out RUN (the run folder whose distillation to continue)")
-        cfg = None
-        if a.config or a.overrides:
-            raise ConfigError("--resume continues with the saved settings; drop --config/--set")
-        stems = distill(a.from_ckpt, Path(a.out), cfg, progress=not a.no_progress, resume=True)
+        if a.config or a.overrides or _guided_overrides(a):
+            raise ConfigError("--resume continues with the saved settings; drop --config/--set/--w-min/--w-max/"
+                              "--stage1-updates")
+        out = Path(a.out)
+        if a.guided or runfolder.is_guided_run(out):
+            stems = distill_guided(a.from_ckpt, out, None, progress=progress, resume=True)
+        else:
+            stems = distill(a.from_ckpt, out, None, progress=progress, resume=True)
     else:
         if not a.from_ckpt:
             raise ConfigError("give --from CKPT (a teacher or student checkpoint), or --resume --out RUN")
@@ -95,10 +114,16 @@ def cmd_distill(a: argparse.Namespace) -> None:
         if not isinstance(record.get("config"), dict):
             raise ConfigError(f"checkpoint {a.from_ckpt} records no config")
         # The checkpoint's config is provenance, read leniently (fields this version does not know are skipped).
-        cfg = load_config(a.config, a.overrides, base=config_from_record(record["config"])[0].to_dict())
+        cfg = load_config(a.config, a.overrides + _guided_overrides(a),
+                          base=config_from_record(record["config"])[0].to_dict())
         ckpt_dir = Path(a.from_ckpt).resolve().parent
-        out = Path(a.out) if a.out else (ckpt_dir.parent if record.get("kind") == "student" else ckpt_dir)
-        stems = distill(a.from_ckpt, out, cfg, progress=not a.no_progress)
+        if a.guided:
+            out = Path(a.out) if a.out else runfolder.guided_dir(ckpt_dir)
+            stems = distill_guided(a.from_ckpt, out, cfg, progress=progress)
+            print(f"guided stage-1 model saved: {runfolder.stage1_stem(out)}.safetensors")
+        else:
+            out = Path(a.out) if a.out else (ckpt_dir.parent if record.get("kind") == "student" else ckpt_dir)
+            stems = distill(a.from_ckpt, out, cfg, progress=progress)
     for stem in stems:
         print(f"student saved: {stem}.safetensors")
 
@@ -108,6 +133,7 @@ def cmd_sample(a: argparse.Namespace) -> None:
 
     from .build import load_checkpoint, schedule_of
     from .evaluation.images import balanced_labels, save_grid
+    from .guidance import check_guidance
     from .evaluation.plots import scatter_panels
     from .sampling import generate
 
@@ -116,7 +142,9 @@ def cmd_sample(a: argparse.Namespace) -> None:
     loaded = load_checkpoint(a.ckpt, a.device)
     denoiser, record = loaded.denoiser, loaded.record
     steps = a.steps if a.steps is not None else int(loaded.sampling["steps"])
-    _warn_off_student(record, steps, a.sampler)
+    check_guidance(loaded.spec, a.guidance)  # before any sampling: what the model lacks, or its trained w range
+    # A guided student's stochastic sampler is one of its own (Meng et al.), no warning for it.
+    _warn_off_student(record, steps, "ddim" if a.sampler == "stochastic" and loaded.spec.guidance else a.sampler)
     shape, num_classes = loaded.spec.data_shape, loaded.spec.num_classes
     if a.label is not None:
         if not 0 <= a.label < max(num_classes, 1) or num_classes == 0:
@@ -127,9 +155,9 @@ def cmd_sample(a: argparse.Namespace) -> None:
         labels = balanced_labels(a.num, num_classes)
     x = generate(denoiser, schedule_of(loaded.spec), steps, a.num, shape, sampler=a.sampler,
                  variance=a.variance or loaded.sampling["variance"], clip=loaded.sampling["clip"] and not a.no_clip,
-                 seed=a.seed, labels=labels, device=a.device, progress=not a.no_progress)
+                 seed=a.seed, labels=labels, device=a.device, progress=not a.no_progress, guidance=a.guidance)
     out = Path(a.out)
-    title = f"{record['kind']} {a.sampler} {steps} steps"
+    title = f"{record['kind']} {a.sampler} {steps} steps" + (f" w={a.guidance:g}" if a.guidance is not None else "")
     if out.suffix == ".pt":
         out.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"samples": x, "labels": labels}, out)
@@ -138,7 +166,8 @@ def cmd_sample(a: argparse.Namespace) -> None:
         save_grid([(f"{title}" if i == 0 else "", x[i : i + ncols]) for i in range(0, a.num, ncols)], out, ncols)
     else:
         scatter_panels([(title, x)], out, ncols=1)
-    print(f"{a.num} samples ({a.sampler}, {steps} steps) written to {out}")
+    guided = f", guidance w = {a.guidance:g}" if a.guidance is not None else ""
+    print(f"{a.num} samples ({a.sampler}, {steps} steps{guided}) written to {out}")
 
 
 def _print_report(rows: list[dict]) -> None:
@@ -300,18 +329,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the unfinished run in --out from its newest checkpoint, exactly")
     p.add_argument("--out", required=True, help="run folder to create (teacher.safetensors/.json, checkpoints/)")
     p.add_argument("--force", action="store_true", help="write into a folder that already holds a run")
+    p.add_argument("--label-dropout", type=float, metavar="P",
+                   help="classifier-free guidance: replace each label by the null class with probability P, so the "
+                        "teacher also learns the unconditional model (= --set train.label_dropout=P; e.g. 0.1)")
     _progress_arg(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("distill", help="progressively distil a teacher (or continue from a saved student)",
                        epilog="The checkpoint's own config is the base; --config/--set change its [distill] "
-                              "and [perf] sections, device and mixed_precision.")
+                              "(with --guided also [guided]) and [perf] sections, device and mixed_precision.")
     p.add_argument("--from", dest="from_ckpt", metavar="CKPT",
                    help="teacher or student checkpoint (path without suffix, or the .json/.safetensors file)")
     p.add_argument("--resume", action="store_true",
                    help="continue the distillation in --out from its newest mid-round checkpoint (or last round)")
     _config_args(p, default=None)
-    p.add_argument("--out", help="run folder for students/ (default: the checkpoint's run folder)")
+    p.add_argument("--out", help="run folder for students/ (default: the checkpoint's run folder; with --guided, "
+                   "RUN/guided)")
+    g = p.add_argument_group("guided distillation (Meng et al. 2023; docs/guided.md)")
+    g.add_argument("--guided", action="store_true",
+                   help="from a teacher trained with label dropout: stage 1 trains a student conditioned on the "
+                        "guidance weight w (OUT/stage1), stage 2 distils it round by round with w as an input")
+    g.add_argument("--w-min", type=float, metavar="W", help="lowest w trained for (= --set guided.w_min; default 0)")
+    g.add_argument("--w-max", type=float, metavar="W", help="highest w trained for (= --set guided.w_max; default 4); "
+                   "diffusers' guidance_scale is 1 + w")
+    g.add_argument("--stage1-updates", type=int, metavar="N", help="stage-1 optimizer steps (= --set guided.stage1_updates)")
     _progress_arg(p)
     p.set_defaults(func=cmd_distill)
 
@@ -327,6 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not clip x_hat to [-1, 1] (default: as the checkpoint records)")
     p.add_argument("--num", type=int, default=5000, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, metavar="W",
+                   help="classifier-free guidance weight w (diffusers' guidance_scale = 1 + w; 0: the conditional "
+                        "model): a label-dropout teacher costs 2 network evaluations per step, a guided student 1 "
+                        "(and needs a w within its trained range)")
     p.add_argument("--label", type=int, help="class label for every sample (class-conditional models; "
                    "default: all classes in turn)")
     p.add_argument("--device", default="cpu", help="torch device for sampling, e.g. cpu or cuda")

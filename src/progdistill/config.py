@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .data.images import IMAGE_DATASETS
-from .data.toy2d import TOY_DISTRIBUTIONS
+from .data.toy2d import TOY_DISTRIBUTIONS, TOY_LABELS
 from .diffusion.parameterization import PARAMETERIZATIONS
 from .diffusion.registry import VARIANCES
 from .diffusion.schedules import SCHEDULES
@@ -33,7 +33,8 @@ def is_power_of_two(n: int) -> bool:
 
 @dataclass
 class DataConfig:
-    name: str = "ring"  # 2-D: ring, checkerboard, moons, swissroll; images: fashion-mnist, cifar10, folder
+    name: str = "ring"  # 2-D: ring, checkerboard, moons, swissroll, ring_classes (labelled); images: fashion-mnist,
+    # cifar10, folder
     size: int = 100_000  # training examples drawn for 2-D data
     seed: int = 0
     flip: bool = False  # random horizontal flips
@@ -86,6 +87,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     seed: int = 0
     grad_accum: int = 1  # micro-batches per optimizer step (batch_size is the micro-batch)
+    # Classifier-free guidance: the share of training examples whose label is replaced by the null class (index
+    # num_classes, an extra class-embedding row), so the network also learns the unconditional x_hat (0: off).
+    label_dropout: float = 0.0
 
 
 @dataclass
@@ -123,6 +127,19 @@ class DistillConfig:
 
 
 @dataclass
+class GuidedConfig:
+    """Guided distillation (docs/guided.md): stage 1 trains a w-conditioned student on the label-dropout teacher's
+    guided x_hat_w, w ~ U[w_min, w_max] per example; stage 2 is progressive distillation ([distill]) with w."""
+
+    w_min: float = 0.0  # the trained range of the guidance weight w (guidance_scale = 1 + w); paper: [0, 4]
+    w_max: float = 4.0
+    stage1_updates: int = 2_000  # stage-1 optimizer steps (its other settings: lr, batch size, ... of [distill])
+    stage1_weighting: str = "auto"  # the stage-1 loss weighting; auto: the teacher's (diffusion.weighting)
+    embed_dim: int = 64  # sinusoidal features of w, before the small MLP into the noise embedding
+    checkpoint_every: int = 500  # stage-1 checkpoints (the newest 2 kept) for exact resume; 0: none
+
+
+@dataclass
 class SampleConfig:
     variance: str = "small"  # ancestral: small, large or interp
     clip: bool = True  # clip x_hat to [-1, 1] while sampling (never during distillation)
@@ -148,6 +165,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    guided: GuidedConfig = field(default_factory=GuidedConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
     device: str = "auto"  # auto, cpu or cuda
     mixed_precision: str = "no"  # no, fp16 or bf16 (accelerate autocast; fp16 only on CUDA)
@@ -190,6 +208,21 @@ class Config:
         if self.distill.convert_updates < -1:
             raise ConfigError(f"distill.convert_updates must be >= 0 (or -1: auto), got {self.distill.convert_updates}")
         _choice("train.lr_decay", self.train.lr_decay, ["constant", "linear", "cosine"])
+        if self.train.label_dropout > 0 and not images and self.data.name not in TOY_LABELS:
+            raise ConfigError(f"train.label_dropout > 0 needs class labels, and data.name {self.data.name!r} has none "
+                              "(2-D data with classes: ring_classes)")
+        if self.train.label_dropout > 0 and not self.data.conditional:
+            raise ConfigError("train.label_dropout > 0 trains a class-conditional model: set data.conditional = true")
+        _choice("guided.stage1_weighting", self.guided.stage1_weighting, ["auto", *WEIGHTINGS])
+        if not self.guided.w_min < self.guided.w_max:
+            raise ConfigError(f"guided.w_min ({self.guided.w_min}) must be below guided.w_max ({self.guided.w_max})")
+        if self.guided.w_min < 0:
+            raise ConfigError(f"guided.w_min must be >= 0 (w = 0 is the conditional model), got {self.guided.w_min}")
+        _positive("guided.stage1_updates", self.guided.stage1_updates)
+        if self.guided.embed_dim < 4 or self.guided.embed_dim % 2:
+            raise ConfigError(f"guided.embed_dim must be even and >= 4, got {self.guided.embed_dim}")
+        if self.guided.checkpoint_every < 0:
+            raise ConfigError(f"guided.checkpoint_every must be >= 0, got {self.guided.checkpoint_every}")
         _choice("sample.variance", self.sample.variance, VARIANCES)
         _choice("device", self.device, ["auto", "cpu", "cuda"])
         # distill.weighting is checked against the parameterization when distillation starts (an eps teacher
@@ -212,7 +245,7 @@ class Config:
                      "distill.grad_clip"):
             if self._get(name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {self._get(name)}")
-        for name in ("model.dropout", "distill.dropout", "train.ema_decay", "distill.ema_decay",
+        for name in ("model.dropout", "distill.dropout", "train.label_dropout", "train.ema_decay", "distill.ema_decay",
                      "train.adam_beta1", "train.adam_beta2", "distill.adam_beta1", "distill.adam_beta2"):
             if not 0.0 <= self._get(name) < 1.0:
                 raise ConfigError(f"{name} must lie in [0, 1), got {self._get(name)}")

@@ -25,15 +25,19 @@ class Denoiser(nn.Module):
         self.net = net
         self.parameterization = get_parameterization(parameterization)
 
-    def forward(self, z: Tensor, logsnr: Tensor, labels: Tensor | None = None) -> Tensor:
+    def forward(self, z: Tensor, logsnr: Tensor, labels: Tensor | None = None, w: Tensor | float | None = None
+                ) -> Tensor:
+        """x_hat(z, lambda, labels) and, for a w-conditioned network (a guided student), at guidance weight w
+        (a number or one per example; see `guidance.py` for guided sampling of either kind of model)."""
         # Under mixed precision the network may answer in bf16/fp16; the parameterization runs in z's dtype.
         # Networks of discrete-time models (imported ones) bring their own map from log-SNR to their timestep.
         cond = self.net.condition(logsnr) if hasattr(self.net, "condition") else noise_condition(logsnr)
-        out = self.net(z, cond, labels).to(z.dtype)
+        out = (self.net(z, cond, labels) if w is None else self.net(z, cond, labels, w)).to(z.dtype)
         alpha, sigma = alpha_sigma(broadcast(logsnr.to(z.dtype), z))
         return self.parameterization.to_x(out, z, alpha, sigma)
 
-    def eps(self, z: Tensor, logsnr: Tensor, labels: Tensor | None = None) -> Tensor:
+    def eps(self, z: Tensor, logsnr: Tensor, labels: Tensor | None = None, w: Tensor | float | None = None
+            ) -> Tensor:
         """eps_hat = (z - alpha x_hat) / sigma."""
         alpha, sigma = alpha_sigma(broadcast(logsnr, z))
-        return eps_from_x(z, self(z, logsnr, labels), alpha, sigma)
+        return eps_from_x(z, self(z, logsnr, labels, w), alpha, sigma)

@@ -8,6 +8,12 @@
     RUN/students/samples/roundRR_NNNNsteps.png        a sample grid per round
     RUN/log.jsonl, RUN/tensorboard/          scalars (and images) logged while the run works
     RUN/eval/                                `progdistill evaluate`'s default report folder
+
+A guided distillation (docs/guided.md) writes a run folder of its own (default RUN/guided for the teacher RUN/teacher):
+
+    GUIDED/stage1.{safetensors,json}         the w-conditioned stage-1 model (the first teacher of stage 2)
+    GUIDED/checkpoints/stage1_stepNNNNNNNN.* stage-1 checkpoints (the newest 2)
+    GUIDED/students/...                      stage 2: the rounds' students, as in any run folder
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 TEACHER_PREFIX = "teacher_step"
+STAGE1_PREFIX = "stage1_step"
 
 
 def config_path(run: str | Path) -> Path:
@@ -82,3 +89,25 @@ def tensorboard_dir(run: str | Path) -> Path:
 
 def eval_dir(run: str | Path) -> Path:
     return Path(run) / "eval"
+
+
+def guided_dir(run: str | Path) -> Path:
+    """The default folder of a guided distillation of RUN's teacher."""
+    return Path(run) / "guided"
+
+
+def stage1_stem(run: str | Path) -> Path:
+    return Path(run) / "stage1"
+
+
+def has_stage1(run: str | Path) -> bool:
+    return stage1_stem(run).with_suffix(".json").is_file()
+
+
+def stage1_checkpoints(run: str | Path) -> Path:
+    return Path(run) / "checkpoints"
+
+
+def is_guided_run(run: str | Path) -> bool:
+    """A folder holding a guided distillation: a stage-1 model or stage-1 checkpoints."""
+    return has_stage1(run) or any(stage1_checkpoints(run).glob(STAGE1_PREFIX + "*.json"))

@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from .diffusion.registry import SAMPLERS, get_sampler
 from .diffusion.schedules import Schedule, step_grid
+from .guidance import check_guidance, guided
 
 __all__ = ["SAMPLERS", "balanced_labels", "generate"]
 
@@ -34,9 +35,18 @@ def generate(
     device: torch.device | str = "cpu",
     labels: Tensor | None = None,
     progress: bool = False,
+    guidance: float | None = None,
 ) -> Tensor:
-    """`num` samples on the `steps`-step grid; z_1 ~ N(0, I) from `seed`, so equal seeds give equal noise."""
+    """`num` samples on the `steps`-step grid; z_1 ~ N(0, I) from `seed`, so equal seeds give equal noise.
+
+    `guidance`: the guidance weight w (diffusers' guidance_scale - 1) for a label-dropout teacher (two network
+    evaluations per step) or a w-conditioned student (one); None samples unguided, which a w-conditioned student
+    refuses (see `guidance.guided`)."""
     run = get_sampler(sampler).run
+    if guidance is not None:
+        denoiser = guided(denoiser, guidance)
+    else:
+        check_guidance(getattr(denoiser, "spec", None), None)
     grid = step_grid(schedule, steps, device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
     out = []

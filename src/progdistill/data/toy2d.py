@@ -8,12 +8,18 @@ import torch
 from torch import Tensor
 
 
-def ring(n: int, generator: torch.Generator, modes: int = 8, radius: float = 0.8, std: float = 0.05) -> Tensor:
-    """A ring of `modes` Gaussians of standard deviation `std` at `radius`."""
+def ring_with_modes(n: int, generator: torch.Generator, modes: int = 8, radius: float = 0.8, std: float = 0.05
+                    ) -> tuple[Tensor, Tensor]:
+    """A ring of `modes` Gaussians of standard deviation `std` at `radius`: the points and their mode (0..modes-1)."""
     k = torch.randint(modes, (n,), generator=generator)
     angle = 2 * math.pi * k.double() / modes
     centres = radius * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
-    return (centres + std * torch.randn(n, 2, generator=generator, dtype=torch.float64)).float()
+    return (centres + std * torch.randn(n, 2, generator=generator, dtype=torch.float64)).float(), k
+
+
+def ring(n: int, generator: torch.Generator, modes: int = 8, radius: float = 0.8, std: float = 0.05) -> Tensor:
+    """A ring of `modes` Gaussians of standard deviation `std` at `radius`."""
+    return ring_with_modes(n, generator, modes, radius, std)[0]
 
 
 def checkerboard(n: int, generator: torch.Generator, cells: int = 4) -> Tensor:
@@ -42,7 +48,10 @@ def swissroll(n: int, generator: torch.Generator, noise: float = 0.03) -> Tensor
     return (pts + noise * torch.randn(n, 2, generator=generator, dtype=torch.float64)).float()
 
 
-TOY_DISTRIBUTIONS = {"ring": ring, "checkerboard": checkerboard, "moons": moons, "swissroll": swissroll}
+# "ring_classes": the ring with its 8 modes as class labels (0..7), for class-conditional and guided 2-D runs.
+TOY_DISTRIBUTIONS = {"ring": ring, "checkerboard": checkerboard, "moons": moons, "swissroll": swissroll,
+                     "ring_classes": ring}
+TOY_LABELS = {"ring_classes": ring_with_modes}  # distributions with class labels: (points, labels)
 
 
 def sample_toy(name: str, n: int, seed: int) -> Tensor:
@@ -52,3 +61,10 @@ def sample_toy(name: str, n: int, seed: int) -> Tensor:
     except KeyError:
         raise ValueError(f"unknown 2-D distribution {name!r}: choose one of {', '.join(TOY_DISTRIBUTIONS)}") from None
     return fn(n, torch.Generator().manual_seed(seed))
+
+
+def sample_toy_labelled(name: str, n: int, seed: int) -> tuple[Tensor, Tensor | None]:
+    """n points of `name` and their class labels (None for a distribution without classes), from `seed`."""
+    if name not in TOY_LABELS:
+        return sample_toy(name, n, seed), None
+    return TOY_LABELS[name](n, torch.Generator().manual_seed(seed))

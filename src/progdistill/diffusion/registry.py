@@ -8,7 +8,7 @@ from typing import Callable
 from torch import Tensor
 
 from .dpm_solver import dpm_solver_pp_2m
-from .samplers import VARIANCES, ancestral, ddim
+from .samplers import VARIANCES, ancestral, ddim, stochastic
 
 __all__ = ["SAMPLERS", "SamplerInfo", "VARIANCES", "get_sampler"]
 
@@ -34,10 +34,16 @@ def _dpm_solver(denoiser, z, grid, *, labels=None, clip=False, variance="small",
     return dpm_solver_pp_2m(denoiser, z, grid, labels=labels, clip=clip)
 
 
+def _stochastic(denoiser, z, grid, *, labels=None, clip=False, variance="small", generator=None) -> Tensor:
+    return stochastic(denoiser, z, grid, labels=labels, clip=clip, generator=generator)
+
+
 SAMPLERS: dict[str, SamplerInfo] = {
     "ddim": SamplerInfo(_ddim, "deterministic DDIM (the sampler students are distilled for)"),
     "ancestral": SamplerInfo(_ancestral, "stochastic ancestral sampling (variance small, large or interp)"),
     "dpm_solver": SamplerInfo(_dpm_solver, "DPM-Solver++(2M), one network evaluation per step"),
+    "stochastic": SamplerInfo(_stochastic, "guided distillation's stochastic N-step sampler: a DDIM step of twice "
+                              "the length, then noise back to the next grid point; the last step deterministic"),
 }
 
 

@@ -125,4 +125,47 @@ def ancestral(
     return run_sampler(denoiser, z, grid, update, labels=labels, clip=clip, callback=callback)
 
 
+def stochastic_step(
+    z_t: Tensor,
+    x_hat: Tensor,
+    logsnr_t: Tensor,
+    logsnr_k: Tensor,
+    logsnr_s: Tensor,
+    noise: Tensor,
+) -> Tensor:
+    """The stochastic N-step sampler's step (Meng et al. 2023): a deterministic DDIM step of twice the length, from t
+    to k = t - 2/N, then forward noise back up to s = t - 1/N:
+
+    z_s = (alpha_s / alpha_k) z_k + sigma_{s|k} noise,  sigma_{s|k}^2 = (1 - exp(lambda_s - lambda_k)) sigma_s^2.
+    """
+    z_k = ddim_step(z_t, x_hat, logsnr_t, logsnr_k)
+    lk, ls = broadcast(logsnr_k, z_t), broadcast(logsnr_s, z_t)
+    alpha_k, _ = alpha_sigma(lk)
+    alpha_s, sigma_s = alpha_sigma(ls)
+    var = -torch.expm1(ls - lk) * sigma_s**2  # 1 - exp(lambda_s - lambda_k), without cancellation
+    return (alpha_s / alpha_k) * z_k + var.sqrt() * noise
+
+
+@torch.no_grad()
+def stochastic(
+    denoiser: DenoiserFn,
+    z: Tensor,
+    grid: Tensor,
+    *,
+    labels: Tensor | None = None,
+    clip: bool = False,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """The stochastic N-step sampler of guided distillation over an N-step grid, one network evaluation per step:
+    every step but the last is `stochastic_step` (to grid[i + 2], noised back to grid[i + 1]); the last step (from
+    t = 1/N) returns x_hat, deterministically. With N = 1 it is one DDIM step."""
+
+    def update(i: int, z: Tensor, x_hat: Tensor) -> Tensor:
+        noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        return stochastic_step(z, x_hat, grid[i], grid[i + 2], grid[i + 1], noise)
+
+    return run_sampler(denoiser, z, grid, update, labels=labels, clip=clip, callback=callback)
+
+
 # ------------------------------------------------------------------------------------------------ the registry

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 
 from diffusers import UNet2DModel
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..diffusion.schedules import DiscreteSchedule
-from .unet import resolve_unet2d_config
+from .unet import WConditioned, resolve_unet2d_config
 
 
-class DiffusersUNet(nn.Module):
+class DiffusersUNet(WConditioned):
     def __init__(self, unet_config: dict | str, schedule: DiscreteSchedule, dropout: float | None = None):
         super().__init__()
         config = json.loads(unet_config) if isinstance(unet_config, str) else dict(unet_config)
@@ -29,7 +29,5 @@ class DiffusersUNet(nn.Module):
     def condition(self, logsnr: Tensor) -> Tensor:
         return self.schedule.timestep(logsnr)
 
-    def forward(self, z: Tensor, cond: Tensor, labels: Tensor | None = None) -> Tensor:
-        if self.num_classes and labels is None:
-            raise ValueError("this U-Net is class-conditional: pass labels")
-        return self.unet(z, cond, class_labels=labels if self.num_classes else None).sample
+    def forward(self, z: Tensor, cond: Tensor, labels: Tensor | None = None, w: Tensor | None = None) -> Tensor:
+        return self.run_unet(z, cond, labels, w)

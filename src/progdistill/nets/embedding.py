@@ -1,4 +1,4 @@
-"""Sinusoidal embedding of the noise condition (as in DDPM / the paper's U-Net)."""
+"""Sinusoidal embeddings of the noise condition (as in DDPM / the paper's U-Net) and of the guidance weight."""
 
 from __future__ import annotations
 
@@ -23,3 +23,27 @@ class SinusoidalEmbedding(nn.Module):
     def forward(self, cond: Tensor) -> Tensor:
         args = (self.scale * cond.float())[:, None] * self.freqs[None]
         return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+
+
+class GuidanceEmbedding(nn.Module):
+    """The guidance weight's embedding (guided distillation, stage 1): MLP(sinusoidal(w)), [B] -> [B, out_dim], added
+    to a network's noise-level embedding. Its output layer starts at zero, so a network given one answers exactly
+    as before, whatever w, until it is trained."""
+
+    def __init__(self, out_dim: int, dim: int = 64, scale: float = 1000.0):
+        super().__init__()
+        self.embed = SinusoidalEmbedding(dim, scale)
+        self.mlp = nn.Sequential(nn.Linear(dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, w: Tensor) -> Tensor:
+        return self.mlp(self.embed(w))
+
+
+def guidance_input(w: Tensor | float | None, z: Tensor) -> Tensor:
+    """w per example ([B] float32, from a number or [B]) for a w-conditioned network, which cannot run without it."""
+    if w is None:
+        raise ValueError("this network is conditioned on the guidance weight w (a guided student): pass w")
+    w = torch.as_tensor(w, dtype=torch.float32, device=z.device)
+    return w.expand(z.shape[0]) if w.ndim == 0 else w

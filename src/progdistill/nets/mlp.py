@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .embedding import SinusoidalEmbedding
+from .embedding import GuidanceEmbedding, SinusoidalEmbedding, guidance_input
 
 
 class _Block(nn.Module):
@@ -47,9 +47,16 @@ class MLPNet(nn.Module):
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, out_dim))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
+        self.w_embed: GuidanceEmbedding | None = None
 
-    def forward(self, z: Tensor, cond: Tensor, labels: Tensor | None = None) -> Tensor:
+    def condition_on_w(self, dim: int, scale: float) -> None:
+        """Add the guidance weight w as an input (nets.spec: a w-conditioned network), zero at the start."""
+        self.w_embed = GuidanceEmbedding(self.emb_mlp[-1].out_features, dim, scale)
+
+    def forward(self, z: Tensor, cond: Tensor, labels: Tensor | None = None, w: Tensor | None = None) -> Tensor:
         emb = self.emb_mlp(self.embed(cond))
+        if self.w_embed is not None:
+            emb = emb + self.w_embed(guidance_input(w, z))
         if self.label_emb is not None:
             if labels is None:
                 raise ValueError("this network is class-conditional: pass labels")

@@ -6,6 +6,11 @@ Kinds: "mlp" (MLPNet's arguments), "unet" (the paper's U-Net: the full diffusers
 on 1000 x the noise level) and "diffusers" (an imported UNet2DModel config, conditioned on its own timesteps of
 the discrete schedule). Arguments a record lacks take the constructor's defaults, so a constructor may gain
 arguments whose defaults keep the old behaviour; an argument the installed code does not know is an error.
+
+Classifier-free guidance (docs/guided.md) adds two optional fields, written only when set, so older records read
+as before: `null_class` (the network has one class-embedding row more than `num_classes`, the "no label" class at
+index num_classes, learnt with label dropout) and `guidance` (the network takes the guidance weight w as an input:
+{"w_min", "w_max"} the range it was trained for, {"embed_dim", "embed_scale"} its w embedding).
 """
 
 from __future__ import annotations
@@ -28,11 +33,28 @@ class ModelSpec:
     schedule: dict = field(hash=False)  # {"name": ..., parameters} for diffusion.schedules.make_schedule
     data_shape: tuple[int, ...]  # one example, without the batch dimension
     num_classes: int = 0
+    null_class: bool = False  # class-embedding row num_classes is "no label" (label dropout; guided sampling)
+    guidance: dict | None = field(default=None, hash=False)  # a w-conditioned network: GUIDANCE_KEYS
+
+    @property
+    def class_rows(self) -> int:
+        """Rows of the network's class embedding: the classes, plus the null class when there is one."""
+        return self.num_classes + int(self.null_class)
+
+    @property
+    def w_range(self) -> tuple[float, float] | None:
+        """(w_min, w_max) a w-conditioned network was trained for; None for any other network."""
+        return (self.guidance["w_min"], self.guidance["w_max"]) if self.guidance else None
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "args": _jsonable(self.args), "parameterization": self.parameterization,
-                "schedule": _jsonable(self.schedule), "data_shape": list(self.data_shape),
-                "num_classes": self.num_classes}
+        out = {"kind": self.kind, "args": _jsonable(self.args), "parameterization": self.parameterization,
+               "schedule": _jsonable(self.schedule), "data_shape": list(self.data_shape),
+               "num_classes": self.num_classes}
+        if self.null_class:
+            out["null_class"] = True
+        if self.guidance is not None:
+            out["guidance"] = _jsonable(self.guidance)
+        return out
 
     @classmethod
     def from_dict(cls, data: Any) -> "ModelSpec":
@@ -57,11 +79,37 @@ class ModelSpec:
             raise SpecError(f"model.num_classes must be an integer >= 0, got {num_classes!r}")
         if not isinstance(data["parameterization"], str):
             raise SpecError("model.parameterization must be a string")
-        return cls(kind, dict(args), data["parameterization"], dict(schedule), tuple(shape), num_classes)
+        null_class = data.get("null_class", False)
+        if not isinstance(null_class, bool) or (null_class and num_classes == 0):
+            raise SpecError(f"model.null_class must be true or false (true only with num_classes > 0), got "
+                            f"{null_class!r}")
+        return cls(kind, dict(args), data["parameterization"], dict(schedule), tuple(shape), num_classes,
+                   null_class, check_guidance_block(data.get("guidance")))
 
     def with_dropout(self, dropout: float) -> "ModelSpec":
         """The same network with another dropout rate (students may train with their own)."""
         return replace(self, args=self.args | {"dropout": float(dropout)})
+
+
+GUIDANCE_KEYS = ("w_min", "w_max", "embed_dim", "embed_scale")
+
+
+def guidance_block(w_min: float, w_max: float, embed_dim: int = 64, embed_scale: float = 1000.0) -> dict:
+    """The `guidance` field of a w-conditioned network's spec."""
+    return check_guidance_block({"w_min": float(w_min), "w_max": float(w_max), "embed_dim": int(embed_dim),
+                                 "embed_scale": float(embed_scale)})
+
+
+def check_guidance_block(block: Any) -> dict | None:
+    if block is None:
+        return None
+    if not isinstance(block, dict) or sorted(block) != sorted(GUIDANCE_KEYS):
+        raise SpecError(f"model.guidance must be an object with exactly {', '.join(GUIDANCE_KEYS)}, got {block!r}")
+    numbers = all(isinstance(block[k], (int, float)) and not isinstance(block[k], bool) for k in GUIDANCE_KEYS)
+    if not numbers or not block["w_min"] < block["w_max"] or block["embed_dim"] < 4 or block["embed_dim"] % 2:
+        raise SpecError(f"model.guidance needs numbers with w_min < w_max and an even embed_dim >= 4, got {block!r}")
+    return {"w_min": float(block["w_min"]), "w_max": float(block["w_max"]), "embed_dim": int(block["embed_dim"]),
+            "embed_scale": float(block["embed_scale"])}
 
 
 def build_net(spec: ModelSpec) -> nn.Module:
@@ -79,6 +127,11 @@ def build_net(spec: ModelSpec) -> nn.Module:
         net = DiffusersUNet(spec.args, schedule_from_spec(spec.schedule))
     else:
         raise SpecError(f"unknown network kind {spec.kind!r}; known: {', '.join(NET_KINDS)}")
-    if int(getattr(net, "num_classes", 0)) != spec.num_classes:
-        raise SpecError(f"the network's arguments make {net.num_classes} classes, the spec says {spec.num_classes}")
+    if int(getattr(net, "num_classes", 0)) != spec.class_rows:
+        raise SpecError(f"the network's arguments make {net.num_classes} class rows, the spec says "
+                        f"{spec.num_classes} classes" + (" plus the null class" if spec.null_class else ""))
+    if spec.guidance is not None:
+        if not hasattr(net, "condition_on_w"):
+            raise SpecError(f"a {spec.kind!r} network cannot be conditioned on the guidance weight")
+        net.condition_on_w(spec.guidance["embed_dim"], spec.guidance["embed_scale"])
     return net

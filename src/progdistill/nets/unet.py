@@ -14,6 +14,7 @@ from diffusers import UNet2DModel
 from torch import Tensor, nn
 
 from .args import resolve_args
+from .embedding import GuidanceEmbedding, guidance_input
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,38 @@ def resolve_unet2d_config(config: dict) -> dict:
                         "diffusers' UNet2DModel")
 
 
-class UNet(nn.Module):
+class WConditioned(nn.Module):
+    """A UNet2DModel (`self.unet`) with the guidance weight w as an optional extra input: its embedding is added to
+    the output of `unet.time_embedding` by a forward hook (where diffusers then adds the class embedding), so the
+    UNet2DModel's own parameters and state-dict keys stay those of the unguided network."""
+
+    unet: UNet2DModel
+
+    def __init__(self):
+        super().__init__()
+        self.w_embed: GuidanceEmbedding | None = None
+        self._w: Tensor | None = None  # this call's w, read by the hook
+
+    def condition_on_w(self, dim: int, scale: float) -> None:
+        """Add w as an input (nets.spec: a w-conditioned network); its embedding starts at zero."""
+        self.w_embed = GuidanceEmbedding(self.unet.time_embedding.linear_2.out_features, dim, scale)
+        self.unet.time_embedding.register_forward_hook(self._add_w)
+
+    def _add_w(self, module: nn.Module, args, emb: Tensor) -> Tensor:
+        return emb + self.w_embed(self._w).to(emb.dtype)
+
+    def run_unet(self, z: Tensor, timestep: Tensor, labels: Tensor | None, w: Tensor | float | None) -> Tensor:
+        if self.num_classes and labels is None:
+            raise ValueError("this U-Net is class-conditional: pass labels")
+        if self.w_embed is not None:
+            self._w = guidance_input(w, z)
+        try:
+            return self.unet(z, timestep, class_labels=labels if self.num_classes else None).sample
+        finally:
+            self._w = None
+
+
+class UNet(WConditioned):
     """net(z, cond, labels) -> out_channels maps: a UNet2DModel built from its full `config` (see `unet_config`),
     or, for convenience, from a U-Net shape and the image size and channels."""
 
@@ -78,10 +110,8 @@ class UNet(nn.Module):
         nn.init.zeros_(self.unet.conv_out.bias)
         self.num_classes = int(self.unet.config.num_class_embeds or 0)
 
-    def forward(self, z: Tensor, cond: Tensor, labels: Tensor | None = None) -> Tensor:
-        if self.num_classes and labels is None:
-            raise ValueError("this U-Net is class-conditional: pass labels")
-        return self.unet(z, 1000.0 * cond, class_labels=labels if self.num_classes else None).sample
+    def forward(self, z: Tensor, cond: Tensor, labels: Tensor | None = None, w: Tensor | None = None) -> Tensor:
+        return self.run_unet(z, 1000.0 * cond, labels, w)
 
 
 def count_parameters(module: nn.Module) -> int:

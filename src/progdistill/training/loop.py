@@ -55,8 +55,9 @@ def make_ema(model: torch.nn.Module, decay: float) -> AveragedModel | None:
 
 
 # objective(this process's rows x of the global batch, their labels, generator, (rank, world))
-#   -> (z_t, logsnr_t, x_target) for those rows (noise and times drawn for the whole global batch)
-Objective = Callable[[Tensor, Tensor | None, torch.Generator, tuple[int, int]], tuple[Tensor, Tensor, Tensor]]
+#   -> (z_t, logsnr_t, x_target) for those rows (noise and times drawn for the whole global batch), optionally with
+#   a fourth item: keyword inputs of the model's call that replace or add to {"labels": labels} (e.g. "w")
+Objective = Callable[[Tensor, Tensor | None, torch.Generator, tuple[int, int]], tuple]
 
 
 def fit(
@@ -137,14 +138,15 @@ def fit(
             x = x.to(device, non_blocking=True)
             labels = labels.to(device) if labels is not None else None
             with accelerator.autocast():  # distillation: the teacher evaluates in the student's precision
-                z_t, logsnr, x_target = objective(x, labels, generator, shard)
+                z_t, logsnr, x_target, *extra = objective(x, labels, generator, shard)
+            inputs = {"labels": labels} | (extra[0] if extra else {})  # e.g. dropped labels, guidance weight w
             if channels_last and z_t.ndim == 4:
                 z_t = z_t.contiguous(memory_format=torch.channels_last)
             # Gradients are only all-reduced on the last micro-batch of a step.
             sync = contextlib.nullcontext() if micro == grad_accum - 1 else accelerator.no_sync(model)
             with sync:
                 with accelerator.autocast():
-                    x_hat = forward(z_t, logsnr, labels)
+                    x_hat = forward(z_t, logsnr, **inputs)
                 loss = weighted_loss(x_hat, x_target, logsnr, weighting) / grad_accum
                 accelerator.backward(loss)
             # The loss of the global batch (mean over processes): every process logs and checks the same value.

@@ -1,6 +1,10 @@
-"""What a training step regresses x_hat onto: the data (teacher) or the two-teacher-step target (distillation).
+"""What a training step regresses x_hat onto: the data (teacher), the guided teacher's x_hat_w (guided
+distillation, stage 1) or the two-teacher-step target (distillation).
 
-Both return (z_t, logsnr_t, x_target); the loop and the loss are shared (ARCHITECTURE point 4).
+Each returns (z_t, logsnr_t, x_target), and, when the student's inputs differ from the batch's, a fourth item: the
+keyword inputs of the student's call ({"labels": labels with some dropped to the null class}, {"w": w}); the loop
+and the loss are shared (ARCHITECTURE point 4). Every random draw is made for the whole global batch from the
+generator, so results do not depend on the process count.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from torch import Tensor
 from ..diffusion.distillation import conversion_target, distillation_target
 from ..diffusion.samplers import DenoiserFn
 from ..diffusion.schedules import Schedule, alpha_sigma, broadcast
+from ..guidance import ClassifierFreeGuidance
 
 
 Shard = tuple[int, int]  # (this process's rank, number of processes)
@@ -42,18 +47,55 @@ def _noisy(x: Tensor, logsnr: Tensor, generator: torch.Generator, n: int, rows: 
     return alpha * x + sigma * eps
 
 
+def _uniform(lo: float, hi: float, generator: torch.Generator, n: int, rows: slice, like: Tensor) -> Tensor:
+    """U[lo, hi] per example, drawn for the global batch of n; this process's rows."""
+    u = torch.rand(n, generator=generator, device=like.device, dtype=torch.float64)[rows]
+    return (lo + (hi - lo) * u).to(torch.float32)
+
+
 @dataclass
 class TeacherObjective:
-    """Continuous time: t ~ U(0, 1), target x."""
+    """Continuous time: t ~ U(0, 1), target x. With `label_dropout` > 0, each example's label is replaced by the
+    null class `null_label` with that probability (classifier-free guidance's unconditional model)."""
 
     schedule: Schedule
+    label_dropout: float = 0.0
+    null_label: int = 0
 
     def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator, shard: Shard = (0, 1)):
         """x, labels: this process's rows of the global batch (the sampler shards the data)."""
         n, rows = global_rows(x.shape[0], shard)
         t = torch.rand(n, generator=generator, device=x.device, dtype=torch.float64)[rows]
         logsnr = self.schedule(t).to(x.dtype)
-        return _noisy(x, logsnr, generator, n, rows), logsnr, x
+        z_t = _noisy(x, logsnr, generator, n, rows)
+        if self.label_dropout <= 0 or labels is None:  # draws nothing more: unguided runs are as before
+            return z_t, logsnr, x
+        drop = torch.rand(n, generator=generator, device=x.device, dtype=torch.float64)[rows] < self.label_dropout
+        return z_t, logsnr, x, {"labels": torch.where(drop, torch.full_like(labels, self.null_label), labels)}
+
+
+@dataclass
+class GuidedObjective:
+    """Guided distillation, stage 1 (Meng et al. 2023): t ~ U(0, 1) and w ~ U[w_min, w_max] per example; the
+    target is the label-dropout teacher's guided x_hat_w(z_t) = (1 + w) x_hat(z_t, c) - w x_hat(z_t, null), and
+    the student is called with that w."""
+
+    teacher: DenoiserFn
+    schedule: Schedule
+    w_min: float
+    w_max: float
+    null_label: int
+
+    def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator, shard: Shard = (0, 1)):
+        """x, labels: this process's rows of the global batch (the sampler shards the data)."""
+        n, rows = global_rows(x.shape[0], shard)
+        t = torch.rand(n, generator=generator, device=x.device, dtype=torch.float64)[rows]
+        logsnr = self.schedule(t).to(x.dtype)
+        z_t = _noisy(x, logsnr, generator, n, rows)
+        w = _uniform(self.w_min, self.w_max, generator, n, rows, x)
+        with torch.no_grad():  # both branches in one teacher call on the doubled batch
+            x_w = ClassifierFreeGuidance(self.teacher, w, self.null_label)(z_t, logsnr, labels)
+        return z_t, logsnr, x_w, {"w": w}
 
 
 def teacher_clip_threshold(mode: str, logsnr: float) -> float:
@@ -69,13 +111,17 @@ class DistillObjective:
 
     `clip_below`: student steps starting at a log-SNR below it take their target from two *clipped* teacher steps
     (see diffusion.distillation; -inf, the default, is the paper). `substeps` = 1 is the warm-up of a student of
-    another parameterization: on the same M-step grid, the target is the teacher's own x_hat at t."""
+    another parameterization: on the same M-step grid, the target is the teacher's own x_hat at t.
+
+    `w_range` (guided distillation, stage 2): w ~ U[w_min, w_max] per example; the w-conditioned teacher takes its
+    two steps at that w, and the student is called with it."""
 
     teacher: DenoiserFn
     schedule: Schedule
     student_steps: int
     clip_below: float = -math.inf
     substeps: int = 2
+    w_range: tuple[float, float] | None = None
 
     def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator, shard: Shard = (0, 1)):
         """x, labels: this process's rows of the global batch (the sampler shards the data)."""
@@ -87,7 +133,11 @@ class DistillObjective:
         logsnr_t, logsnr_tp, logsnr_tpp = (self.schedule(s).to(x.dtype) for s in (t, t - 0.5 / m, t - 1.0 / m))
         z_t = _noisy(x, logsnr_t, generator, n, rows)
         clip = logsnr_t < self.clip_below
+        teacher, extra = self.teacher, ()
+        if self.w_range is not None:
+            w = _uniform(*self.w_range, generator, n, rows, x)
+            teacher, extra = (lambda z, logsnr, lab: self.teacher(z, logsnr, lab, w=w)), ({"w": w},)
         if self.substeps == 1:
-            return z_t, logsnr_t, conversion_target(self.teacher, z_t, logsnr_t, labels, clip)
-        x_tilde = distillation_target(self.teacher, z_t, logsnr_t, logsnr_tp, logsnr_tpp, i == 1, labels, clip)
-        return z_t, logsnr_t, x_tilde
+            return z_t, logsnr_t, conversion_target(teacher, z_t, logsnr_t, labels, clip), *extra
+        x_tilde = distillation_target(teacher, z_t, logsnr_t, logsnr_tp, logsnr_tpp, i == 1, labels, clip)
+        return z_t, logsnr_t, x_tilde, *extra

@@ -1,4 +1,6 @@
-"""The round loop of progressive distillation: halve N, the student becomes the teacher, fresh optimizer.
+"""The round loop of progressive distillation: halve N, the student becomes the teacher, fresh optimizer. A
+w-conditioned teacher (guided distillation's stage-1 model, training/guided.py) makes every round guided: w is
+drawn per example from its trained range and is an input of both the teacher's two steps and the student.
 
 Mid-round checkpoints (every distill.checkpoint_every updates) let a killed run resume exactly; a finished round
 leaves students/student_NNNNsteps, from which distillation can also continue."""
@@ -89,6 +91,10 @@ def distill(
     # Students are the teacher's network (with distill.dropout, their own output), whatever the presets say now.
     spec = replace(teacher.spec, parameterization=cfg.model.parameterization)
     dc = cfg.distill
+    w_range = spec.w_range  # a w-conditioned (guided) teacher: w drawn per example, both steps at that w
+    if w_range is not None and spec.parameterization != teacher_param:
+        raise ConfigError(f"guided distillation keeps the teacher's parameterization ({teacher_param}); set "
+                          "distill.parameterization = \"same\"")
     check_combination(spec.parameterization, dc.weighting)
     clip_below = teacher_clip_threshold(dc.teacher_clip, dc.teacher_clip_logsnr)
     schedule = schedule_of(spec)
@@ -149,7 +155,7 @@ def distill(
                                 workers=cfg.data.workers, device=accelerator.device, state=data_state,
                                 start=start_batch)
 
-        result = run_phase(phase, student, batches_after, DistillObjective(teacher, schedule, m, clip_below),
+        result = run_phase(phase, student, batches_after, DistillObjective(teacher, schedule, m, clip_below, w_range=w_range),
                            accelerator=accelerator, runlog=runlog, resume_from=resume_from, progress=progress,
                            perf=cfg.perf)
         sampling = result.sampling
@@ -166,7 +172,8 @@ def distill(
             summary = {"student_steps": m, **({"final_loss": result.history[-1][1]} if result.history else {})}
             if dc.log_samples:
                 summary |= round_sample_gaps(runlog, teacher, sampling, schedule, n, m, r, data_shape, num_classes,
-                                             dc.log_samples, accelerator.device, out)
+                                             dc.log_samples, accelerator.device, out,
+                                             w=None if w_range is None else 0.5 * (w_range[0] + w_range[1]))
             runlog.scalars("round", r, summary)
         accelerator.wait_for_everyone()
         stems.append(stem)
@@ -182,11 +189,12 @@ def distill(
 
 
 def round_sample_gaps(runlog: RunLog, teacher, student, schedule, n: int, m: int, r: int, data_shape,
-                      num_classes: int, num: int, device, out: Path) -> dict[str, float]:
+                      num_classes: int, num: int, device, out: Path, w: float | None = None) -> dict[str, float]:
     """Per round: how far the m-step student lands from its n-step teacher (RMS over `num` samples from the same
     noise), beside the teacher's own m-step distance (what distillation should beat); images get a grid of the
-    student's samples in RUN/students/samples/ and TensorBoard."""
-    kw = dict(seed=4321, labels=balanced_labels(num, num_classes), device=device)
+    student's samples in RUN/students/samples/ and TensorBoard. `w`: the guidance weight of guided students (the
+    middle of their range)."""
+    kw = dict(seed=4321, labels=balanced_labels(num, num_classes), device=device, guidance=w)
     target = generate(teacher, schedule, n, num, data_shape, **kw)
     fast = generate(student.eval(), schedule, m, num, data_shape, **kw)  # it is the next round's (eval) teacher
     short = generate(teacher, schedule, m, num, data_shape, **kw)

@@ -75,8 +75,10 @@ def train_teacher(cfg: Config | None, out: Path, *, progress: bool = True, resum
         return make_batches(data, tc.batch_size, tc.seed, shard=shard_of(accelerator), workers=cfg.data.workers,
                             device=accelerator.device, state=data_state, start=start_batch)
 
+    # Label dropout (classifier-free guidance) replaces labels by the null class, the embedding row after the classes.
+    objective = TeacherObjective(schedule_of(cfg), tc.label_dropout, null_label=denoiser.spec.num_classes)
     runlog = RunLog(out, enabled=accelerator.is_main_process)
-    result = run_phase(phase, denoiser, batches_after, TeacherObjective(schedule_of(cfg)), accelerator=accelerator,
+    result = run_phase(phase, denoiser, batches_after, objective, accelerator=accelerator,
                        runlog=runlog, resume_from=start, progress=progress, perf=cfg.perf)
     runlog.close()
     stem = runfolder.teacher_stem(out)

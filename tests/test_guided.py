@@ -1,0 +1,389 @@
+"""Guided distillation (Meng et al. 2023): label-dropout teachers, guided sampling, the w-conditioned student's
+initialisation, the stage-1 and stage-2 targets, the stochastic sampler, exact resume and the refusals."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from progdistill.build import build_denoiser, denoiser_from_spec, load_denoiser
+from progdistill.cli import main
+from progdistill.config import ConfigError, load_config
+from progdistill.diffusion.dpm_solver import dpm_solver_pp_2m
+from progdistill.diffusion.samplers import ancestral, ddim_step, stochastic, stochastic_step
+from progdistill.diffusion.schedules import CosineSchedule, alpha_sigma, step_grid
+from progdistill.guidance import GuidanceError, guided
+from progdistill.nets.spec import ModelSpec, SpecError, guidance_block
+from progdistill.sampling import generate
+from progdistill.training.objectives import DistillObjective, GuidedObjective, TeacherObjective
+
+TOY = ['data.name="ring_classes"', "model.hidden=32", "model.depth=2", "model.emb_dim=16"]
+
+
+def _mlp(label_dropout=0.1, seed=0, classes=8):
+    """A class-conditional MLP denoiser (with the null class when label_dropout > 0) whose every parameter is
+    random, so outputs depend on z, the noise level, the label and (once conditioned) w."""
+    cfg = load_config("toy2d", TOY + [f"train.label_dropout={label_dropout}"])
+    torch.manual_seed(seed)
+    d = build_denoiser(cfg, (2,), classes)
+    _randomise(d)
+    return d.eval()
+
+
+def _randomise(module, scale=0.3):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0, scale)
+
+
+def _w_student(teacher, w_min=0.0, w_max=4.0):
+    student = denoiser_from_spec(replace(teacher.spec, guidance=guidance_block(w_min, w_max, 16)))
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("net.w_embed.") for k in missing)
+    return student.eval()
+
+
+# ------------------------------------------------------------------------------------------ label dropout
+
+
+def test_label_dropout_replaces_labels_by_the_null_class_at_its_rate():
+    x, labels = torch.randn(4000, 2), torch.arange(4000) % 8
+    plain = TeacherObjective(CosineSchedule())(x, labels, torch.Generator().manual_seed(0))
+    assert len(plain) == 3  # no dropout: no extra draws, nothing changed for unguided runs
+    z, logsnr, target, extra = TeacherObjective(CosineSchedule(), 0.25, null_label=8)(
+        x, labels, torch.Generator().manual_seed(0))
+    assert torch.equal(z, plain[0]) and torch.equal(logsnr, plain[1]) and torch.equal(target, x)
+    dropped = extra["labels"] == 8
+    assert abs(dropped.float().mean().item() - 0.25) < 0.03
+    assert torch.equal(extra["labels"][~dropped], labels[~dropped])
+
+
+def test_label_dropout_needs_labels():
+    with pytest.raises(ConfigError, match="ring_classes"):
+        load_config("toy2d", ["train.label_dropout=0.1"])  # the plain ring has no classes
+    spec = _mlp().spec
+    assert spec.null_class and spec.num_classes == 8 and spec.args["num_classes"] == 9  # one more embedding row
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_records_without_the_guidance_fields_read_as_before():
+    plain = _mlp(label_dropout=0.0).spec
+    data = plain.to_dict()
+    assert "null_class" not in data and "guidance" not in data  # unguided records are written as before
+    assert ModelSpec.from_dict(data) == plain and not plain.null_class and plain.guidance is None
+    with pytest.raises(SpecError, match="null_class"):
+        ModelSpec.from_dict(data | {"null_class": "yes"})
+    with pytest.raises(SpecError, match="w_min < w_max"):
+        ModelSpec.from_dict(data | {"guidance": {"w_min": 4, "w_max": 0, "embed_dim": 16, "embed_scale": 1000}})
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    """A label-dropout teacher on the 8-class ring, trained through the CLI (a few seconds)."""
+    out = tmp_path_factory.mktemp("teacher")
+    _run("train", "--out", str(out), "--no-progress", *_sets(TEACHER), "--label-dropout", "0.2")
+    return out
+
+
+def test_label_dropout_trains_a_working_unconditional_branch(teacher_run):
+    """At high noise x_hat is the mean of what the label allows: the class's ring mode for a label, the centre of
+    the ring (the mean over all classes) for the null class."""
+    teacher = load_denoiser(teacher_run / "teacher")[0]
+    assert teacher.spec.null_class
+    z = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    logsnr = torch.full((8,), -6.0)
+    angle = 2 * torch.pi * torch.arange(8) / 8
+    modes = 0.8 * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+    x_cond = teacher(z, logsnr, torch.arange(8))
+    x_null = teacher(z, logsnr, torch.full((8,), 8))
+    assert torch.equal(torch.cdist(x_cond, modes).argmin(dim=1), torch.arange(8))  # nearest to its own mode
+    assert (x_cond - modes).norm(dim=1).max() < 0.4, x_cond
+    assert x_null.norm(dim=1).max() < 0.3, x_null  # the ring's centre, 0.8 from every mode
+    assert (x_cond - x_null).norm(dim=1).min() > 0.5
+
+
+# ------------------------------------------------------------------------------------------ guided sampling
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ancestral", "dpm_solver"])
+def test_guided_teacher_sampler_is_the_combination_of_two_network_calls(sampler):
+    teacher, w, steps = _mlp(), 2.5, 6
+    schedule, labels = CosineSchedule(), torch.arange(10) % 8
+    calls = []
+    teacher.net.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    x = generate(teacher, schedule, steps, 10, (2,), sampler=sampler, seed=3, labels=labels, guidance=w,
+                 variance="large")
+    assert calls == [20] * steps  # both branches in one doubled batch: 2 network evaluations per step
+
+    def by_hand(z, logsnr, lab):  # two separate network calls, combined in x space
+        return (1 + w) * teacher(z, logsnr, lab) - w * teacher(z, logsnr, torch.full_like(lab, 8))
+
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn((10, 2), generator=gen)
+    grid = step_grid(schedule, steps)
+    if sampler == "ddim":
+        for i in range(steps):
+            x_hat = by_hand(z, grid[i].expand(10), labels).clamp(-1, 1)
+            z = x_hat if i == steps - 1 else ddim_step(z, x_hat, grid[i], grid[i + 1])
+        expected = z
+    elif sampler == "ancestral":
+        expected = ancestral(by_hand, z, grid, labels=labels, clip=True, variance="large", generator=gen)
+    else:
+        expected = dpm_solver_pp_2m(by_hand, z, grid, labels=labels, clip=True)
+    torch.testing.assert_close(x, expected, rtol=1e-5, atol=1e-6)
+    unguided = generate(teacher, schedule, steps, 10, (2,), sampler=sampler, seed=3, labels=labels,
+                        variance="large")
+    assert (x - unguided).abs().max() > 1e-2  # guidance changes the samples
+    at_zero = generate(teacher, schedule, steps, 10, (2,), sampler=sampler, seed=3, labels=labels, guidance=0.0,
+                       variance="large")
+    torch.testing.assert_close(at_zero, unguided, rtol=1e-5, atol=1e-6)  # w = 0: the conditional model
+
+
+# ------------------------------------------------------------------------------------------ stage 1
+
+
+def test_zero_initialised_w_embedding_makes_the_student_its_teacher():
+    teacher = _mlp()
+    student = _w_student(teacher)
+    z, logsnr, labels = torch.randn(6, 2), torch.linspace(-8, 8, 6), torch.tensor([0, 1, 2, 3, 8, 5])
+    for w in (0.0, 1.0, torch.linspace(0, 4, 6)):
+        assert torch.equal(student(z, logsnr, labels, w=w), teacher(z, logsnr, labels))
+    # The w layers are trainable: the zero output layer gets a gradient, after which w matters.
+    student.train()
+    student(z, logsnr, labels, w=torch.linspace(0, 4, 6)).pow(2).sum().backward()
+    assert student.net.w_embed.mlp[-1].weight.grad.abs().max() > 0
+
+
+def test_zero_initialised_w_embedding_on_the_unet():
+    cfg = load_config("fashion_mnist", ["train.label_dropout=0.1"])
+    torch.manual_seed(0)
+    teacher = build_denoiser(cfg, (1, 28, 28), 10).eval()
+    with torch.no_grad():
+        teacher.net.unet.conv_out.weight.normal_(0, 0.05)
+    student = _w_student(teacher)
+    extra = {k for k in student.state_dict() if k.startswith("net.w_embed.")}
+    assert set(student.state_dict()) - extra == set(teacher.state_dict())  # the UNet2DModel part is the teacher's
+    z, logsnr, labels = torch.randn(3, 1, 28, 28), torch.tensor([-5.0, 0.0, 5.0]), torch.tensor([0, 10, 4])
+    assert torch.equal(student(z, logsnr, labels, w=torch.tensor([0.0, 2.0, 4.0])), teacher(z, logsnr, labels))
+    with torch.no_grad():
+        student.net.w_embed.mlp[-1].weight.normal_(0, 0.1)
+    assert not torch.equal(student(z, logsnr, labels, w=4.0), student(z, logsnr, labels, w=0.0))
+    with pytest.raises(ValueError, match="pass w"):
+        student(z, logsnr, labels)
+
+
+def _stage1_draws(n, seed, schedule, w_min, w_max):
+    """The objective's draws, redone by hand: t, the noise, then w, all for the whole batch."""
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.rand(n, generator=gen, dtype=torch.float64)
+    eps = torch.randn((n, 2), generator=gen)
+    w = (w_min + (w_max - w_min) * torch.rand(n, generator=gen, dtype=torch.float64)).float()
+    return schedule(t).float(), eps, w
+
+
+def test_stage1_target_is_the_guided_teacher_x_hat():
+    teacher, schedule = _mlp(), CosineSchedule()
+    x, labels = torch.rand(12, 2) * 2 - 1, torch.arange(12) % 8
+    objective = GuidedObjective(teacher, schedule, 0.5, 3.0, null_label=8)
+    z, logsnr, target, extra = objective(x, labels, torch.Generator().manual_seed(5))
+    logsnr_ref, eps, w = _stage1_draws(12, 5, schedule, 0.5, 3.0)
+    alpha, sigma = alpha_sigma(logsnr_ref[:, None])
+    z_ref = alpha * x + sigma * eps
+    direct = (1 + w[:, None]) * teacher(z_ref, logsnr_ref, labels) - w[:, None] * teacher(z_ref, logsnr_ref,
+                                                                                          torch.full_like(labels, 8))
+    torch.testing.assert_close(z, z_ref)
+    torch.testing.assert_close(extra["w"], w)
+    torch.testing.assert_close(target, direct, rtol=1e-5, atol=1e-6)
+    assert 0.5 <= w.min() and w.max() <= 3.0 and w.std() > 0.3  # per example
+    # Two processes, each with half the batch, draw the same noise and w per example as one process.
+    halves = [objective(x[r * 6:(r + 1) * 6], labels[r * 6:(r + 1) * 6], torch.Generator().manual_seed(5), (r, 2))
+              for r in range(2)]
+    torch.testing.assert_close(torch.cat([h[2] for h in halves]), target)
+    torch.testing.assert_close(torch.cat([h[3]["w"] for h in halves]), extra["w"])
+
+
+def test_stage1_target_at_w_zero_is_the_conditional_teacher():
+    teacher = _mlp()
+    x, labels = torch.rand(10, 2) * 2 - 1, torch.arange(10) % 8
+    z, logsnr, target, extra = GuidedObjective(teacher, CosineSchedule(), 0.0, 0.0, null_label=8)(
+        x, labels, torch.Generator().manual_seed(1))
+    assert torch.equal(extra["w"], torch.zeros(10))
+    torch.testing.assert_close(target, teacher(z, logsnr, labels), rtol=0, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------------------ stage 2
+
+
+def test_stage2_target_lands_on_two_guided_teacher_steps_at_the_same_w():
+    torch.manual_seed(0)
+    teacher = _w_student(_mlp())
+    _randomise(teacher.net.w_embed)  # a trained-looking w-conditioned teacher: w matters
+    schedule, m, n = CosineSchedule(), 4, 64
+    x, labels = torch.rand(n, 2) * 2 - 1, torch.arange(n) % 8
+    z_t, logsnr_t, x_tilde, extra = DistillObjective(teacher, schedule, m, w_range=(0.0, 4.0))(
+        x, labels, torch.Generator().manual_seed(2))
+    w = extra["w"]
+    assert w.min() >= 0 and w.max() <= 4 and w.std() > 0.5
+    gen = torch.Generator().manual_seed(2)  # the objective's draws: i, the noise, then w
+    i = torch.randint(1, m + 1, (n,), generator=gen)
+    t = i.double() / m
+    lt, ltp, ltpp = (schedule(s).float() for s in (t, t - 0.5 / m, t - 1.0 / m))
+    assert torch.equal(lt, logsnr_t)
+
+    def two_steps(w_):
+        x1 = teacher(z_t, lt, labels, w=w_)
+        z_tp = ddim_step(z_t, x1, lt, ltp)
+        x2 = teacher(z_tp, ltp, labels, w=w_)
+        return ddim_step(z_tp, x2, ltp, ltpp), x2
+
+    z_tpp, x_mid = two_steps(w)
+    inner = i > 1
+    one_step = ddim_step(z_t, x_tilde, lt, ltpp)
+    torch.testing.assert_close(one_step[inner], z_tpp[inner], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(x_tilde[~inner], x_mid[~inner])  # the last step's target: x_hat at the midpoint
+    other, _ = two_steps(4.0 - w)  # at another w the teacher lands elsewhere
+    assert (other[inner] - z_tpp[inner]).abs().max() > 1e-3
+
+
+# ------------------------------------------------------------------------------------------ stochastic sampler
+
+
+def test_stochastic_step_adds_the_forward_noise_of_its_formula():
+    schedule = CosineSchedule()
+    lt, ls, lk = (schedule(torch.tensor(s, dtype=torch.float64)).float() for s in (0.75, 0.5, 0.25))
+    z_t, x_hat = torch.randn(1, 3).expand(200_000, 3), torch.rand(1, 3).expand(200_000, 3)
+    noise = torch.randn(200_000, 3, generator=torch.Generator().manual_seed(0))
+    z_s = stochastic_step(z_t, x_hat, lt, lk, ls, noise)
+    alpha_k, sigma_k = alpha_sigma(lk)
+    alpha_s, sigma_s = alpha_sigma(ls)
+    formula = (1 - torch.exp(ls - lk)) * sigma_s**2
+    # The forward process from k to s: z_s's variance given z_k is sigma_s^2 - (alpha_s / alpha_k)^2 sigma_k^2.
+    torch.testing.assert_close(formula, sigma_s**2 - (alpha_s / alpha_k) ** 2 * sigma_k**2, rtol=1e-5, atol=1e-7)
+    var = z_s.var(dim=0)
+    assert ((var / formula) - 1).abs().max() < 0.02
+    mean = (alpha_s / alpha_k) * ddim_step(z_t[:1], x_hat[:1], lt, lk)
+    assert (z_s.mean(dim=0) - mean[0]).abs().max() < 4 * formula.sqrt() / 200_000**0.5
+
+
+def test_stochastic_sampler_runs_one_evaluation_per_step_and_ends_deterministically():
+    teacher = _w_student(_mlp())
+    calls = []
+    teacher.net.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    labels = torch.arange(5)
+    x = generate(teacher, CosineSchedule(), 4, 5, (2,), sampler="stochastic", seed=1, labels=labels, guidance=1.0)
+    assert calls == [5] * 4  # a student: one network evaluation per step
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn((5, 2), generator=gen)
+    grid = step_grid(CosineSchedule(), 4)
+    fixed = guided(teacher, 1.0)
+    torch.testing.assert_close(x, stochastic(fixed, z, grid, labels=labels, clip=True, generator=gen))
+    # The generator was drawn from for the noise of every step but the last: 1 + 3 draws of (5, 2) after z.
+    gen2 = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        torch.randn((5, 2), generator=gen2)
+    assert torch.equal(gen.get_state(), gen2.get_state())
+
+
+# ------------------------------------------------------------------------------------------ refusals
+
+
+def test_guidance_refused_where_the_model_cannot_give_it():
+    with pytest.raises(GuidanceError, match="unconditional"):
+        guided(_mlp(label_dropout=0.0, classes=0), 1.0)
+    with pytest.raises(GuidanceError, match="without label dropout"):
+        guided(_mlp(label_dropout=0.0), 1.0)
+    student = _w_student(_mlp(), 0.0, 3.0)
+    with pytest.raises(GuidanceError, match=r"\[0, 3\]"):
+        generate(student, CosineSchedule(), 2, 4, (2,), labels=torch.arange(4), guidance=3.5)
+    with pytest.raises(GuidanceError, match="give one"):
+        generate(student, CosineSchedule(), 2, 4, (2,), labels=torch.arange(4))
+
+
+# ------------------------------------------------------------------------------------------ CLI and resume
+
+TEACHER = TOY + ["data.size=2000", "train.batch_size=64", "train.steps=600", "train.checkpoint_every=300",
+                 "train.warmup=20", "train.lr=3e-3", "train.ema_decay=0.9"]
+DISTILL = ["distill.start_steps=4", "distill.batch_size=64", "distill.updates_per_round=150",
+           "distill.final_updates_per_round=150", "distill.checkpoint_every=25", "distill.log_samples=4",
+           "guided.checkpoint_every=25"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-c", "import sys; from progdistill.cli import main; sys.exit(main())", *args]
+
+
+def _run(*args: str) -> None:
+    subprocess.run(_cli(*args), check=True, env=ENV, capture_output=True, timeout=600)
+
+
+def _sets(items: list[str]) -> list[str]:
+    return [x for s in items for x in ("--set", s)]
+
+
+def _kill_when(args: list[str], ready) -> None:
+    proc = subprocess.Popen(_cli(*args), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed; lengthen it"
+
+
+def _same_tensors(a: Path, b: Path) -> None:
+    ta, tb = load_file(a), load_file(b)
+    assert ta.keys() == tb.keys()
+    for key in ta:
+        assert torch.equal(ta[key], tb[key]), key
+
+
+def test_guided_distillation_resumes_exactly_after_kills_in_stage1_and_stage2(teacher_run, tmp_path):
+    args = ["distill", "--from", str(teacher_run / "teacher"), "--guided", "--w-max", "3",
+            "--stage1-updates", "200", "--no-progress", *_sets(DISTILL)]
+    ref = tmp_path / "ref"
+    _run(*args, "--out", str(ref))
+    stage1 = json.loads((ref / "stage1.json").read_text())
+    assert stage1["kind"] == "guided_stage1" and stage1["model"]["guidance"]["w_max"] == 3.0
+    assert stage1["model"]["null_class"] and not list((ref / "checkpoints").glob("*.json"))
+    out = tmp_path / "run"
+    _kill_when([*args, "--out", str(out)], lambda: (out / "checkpoints" / "stage1_step00000100.json").exists())
+    assert not (out / "stage1.json").exists()
+    partials = out / "students" / "checkpoints"
+    _kill_when(["distill", "--resume", "--out", str(out), "--no-progress"],
+               lambda: (partials / "round02_step00000050.json").exists())
+    assert (out / "students" / "student_0002steps.json").exists()
+    assert not (out / "students" / "student_0001steps.json").exists()
+    _run("distill", "--resume", "--out", str(out), "--no-progress")
+    _same_tensors(out / "stage1.safetensors", ref / "stage1.safetensors")
+    for m in (2, 1):
+        name = f"student_{m:04d}steps.safetensors"
+        _same_tensors(out / "students" / name, ref / "students" / name)
+    # The students sample at any w in the trained range, one evaluation per step; outside it they refuse.
+    student = ref / "students" / "student_0001steps"
+    assert main(["sample", "--ckpt", str(student), "--guidance", "2", "--num", "8", "--out",
+                 str(tmp_path / "s.pt"), "--no-progress"]) == 0
+    assert torch.load(tmp_path / "s.pt")["samples"].shape == (8, 2)
+
+
+def test_cli_refusals(teacher_run, tmp_path, capsys):
+    assert main(["sample", "--ckpt", str(teacher_run / "teacher"), "--guidance", "1", "--num", "8", "--steps", "8",
+                 "--out", str(tmp_path / "t.pt"), "--no-progress"]) == 0  # a label-dropout teacher guides
+    plain = tmp_path / "plain"
+    _run("train", "--out", str(plain), "--no-progress",
+         *_sets(TOY + ["data.size=500", "train.batch_size=50", "train.steps=5"]))
+    assert main(["distill", "--from", str(plain / "teacher"), "--guided", "--no-progress"]) == 2
+    assert "without label dropout" in capsys.readouterr().err
+    assert not (plain / "guided").exists() or not any((plain / "guided").rglob("*.json"))
+    assert main(["sample", "--ckpt", str(plain / "teacher"), "--guidance", "1", "--out", str(tmp_path / "x.pt")]) == 2
+    assert "without label dropout" in capsys.readouterr().err
+    assert main(["distill", "--from", str(plain / "teacher"), "--w-max", "3"]) == 2
+    assert "add --guided" in capsys.readouterr().err
