@@ -41,6 +41,7 @@ def evaluate_guided(
     num: int = 1000,
     seed: int = 1234,
     teacher_steps: list[int] | None = None,
+    guided: str | Path | None = None,
     samplers: tuple[str, ...] = GUIDED_SAMPLERS,
     batch_size: int = 500,
     device: torch.device | str = "cpu",
@@ -49,8 +50,9 @@ def evaluate_guided(
     """Rows for every sampler, step count and w (see the module text), written to OUT/report.json, OUT/report.md,
     OUT/quality_vs_accuracy.png and a sample grid per (w, steps) under OUT/samples/.
 
-    The guided teacher runs at every count of `steps` and `teacher_steps` (default: the largest of `steps`), the
-    students at the counts of `steps` they were distilled for (the run's students/ folder)."""
+    The guided teacher (RUN/teacher) runs at every count of `steps` and `teacher_steps` (default: the largest of
+    `steps`), the w-conditioned students of the guided distillation in `guided` (default RUN/guided) at the counts
+    of `steps` they were distilled for."""
     run = Path(run)
     out = Path(out) if out is not None else runfolder.eval_dir(run)
     unknown = sorted(set(samplers) - set(GUIDED_SAMPLERS))
@@ -61,7 +63,11 @@ def evaluate_guided(
     if spec.data_shape != (1, 28, 28) or spec.num_classes != 10:
         raise ValueError("guided evaluation measures with the Fashion-MNIST classifier: it needs a 10-class "
                          f"1x28x28 model, this teacher is {spec.num_classes}-class {spec.data_shape}")
-    students = {k: p for k, p in runfolder.saved_students(run).items() if k in steps}
+    guided = Path(guided) if guided is not None else runfolder.guided_dir(run)
+    students = {k: p for k, p in runfolder.saved_students(guided).items() if k in steps}
+    if not students and any(s != "teacher_ddim" for s in samplers):
+        raise ValueError(f"{guided} holds no guided students at {', '.join(map(str, steps))} steps; run "
+                         f"`progdistill distill --from {runfolder.teacher_stem(run)} --guided` first")
     schedule = schedule_of(spec)
     labels = balanced_labels(num, spec.num_classes)
     clf = load_classifier(device)
