@@ -185,6 +185,10 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     steps = _int_list(a.steps, "--steps") if a.steps is not None else None
     _at_least("--num", a.num)
     _at_least("--max-baseline-steps", a.max_baseline_steps)
+    if a.guidance is not None:
+        return _evaluate_guided(a, steps)
+    if a.teacher_steps is not None or a.guided_dir is not None:
+        raise ConfigError("--teacher-steps and --guided-dir belong to a guided evaluation: add --guidance W,W,...")
     options = {}
     if a.samplers:
         options["samplers"] = tuple(s.strip() for s in a.samplers.split(","))
@@ -201,6 +205,25 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     rows = evaluate_run(a.run, a.out, steps=steps, num=a.num, seed=a.seed, ancestral=not a.no_ancestral,
                         progress=not a.no_progress, **options)
     _print_report(rows)
+    print(f"report written to {Path(a.out) if a.out else Path(a.run) / 'eval'}")
+
+
+def _evaluate_guided(a: argparse.Namespace, steps: list[int] | None) -> None:
+    from .evaluation.guided import GUIDED_SAMPLERS, evaluate_guided, guided_tables
+
+    try:
+        ws = [float(w) for w in a.guidance.split(",")]
+    except ValueError:
+        raise ConfigError(f"--guidance must be comma-separated numbers such as 0,1,2,4, got {a.guidance!r}") from None
+    for name in ("inception_weights", "max_baseline_steps", "reference_steps"):
+        if getattr(a, name) is not None:
+            raise ConfigError(f"--{name.replace('_', '-')} does not apply to a guided evaluation (--guidance)")
+    samplers = tuple(s.strip() for s in a.samplers.split(",")) if a.samplers else GUIDED_SAMPLERS
+    teacher_steps = _int_list(a.teacher_steps, "--teacher-steps") if a.teacher_steps else None
+    rows = evaluate_guided(a.run, a.out, steps=steps or [1, 2, 4, 8], ws=ws, num=a.num, seed=a.seed,
+                           teacher_steps=teacher_steps, guided=a.guided_dir, samplers=samplers, device=a.device,
+                           progress=not a.no_progress)
+    print(guided_tables(rows))
     print(f"report written to {Path(a.out) if a.out else Path(a.run) / 'eval'}")
 
 
@@ -398,6 +421,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-steps", type=int, metavar="N",
                    help="images: the teacher DDIM step count every sampler's output is compared with, sample for "
                         "sample from the same noise (teacher_rms, teacher_psnr; default: the largest of --steps)")
+    g = p.add_argument_group("guided runs (docs/guided.md)")
+    g.add_argument("--guidance", metavar="W,W,...", help="sweep these guidance weights (paper convention; "
+                   "guidance_scale = 1 + w): the guided teacher's DDIM (2 network evaluations per step) and the "
+                   "guided students (student, student_stochastic) per steps and w; metrics frechet_classifier, "
+                   "class_accuracy, nfe; plot quality_vs_accuracy.png. Fashion-MNIST-shaped 10-class runs only")
+    g.add_argument("--teacher-steps", metavar="N,N,...", help="with --guidance: further step counts for the guided "
+                   "teacher, e.g. its reference 128 (default: the largest of --steps)")
+    g.add_argument("--guided-dir", metavar="DIR", help="with --guidance: the guided distillation's folder "
+                   "(default: RUN/guided)")
     _progress_arg(p)
     p.set_defaults(func=cmd_evaluate)
 

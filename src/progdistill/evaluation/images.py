@@ -182,6 +182,13 @@ def _rows(data, idx: Tensor) -> Tensor:
     return data.images[idx]
 
 
+def floor_sample(train, num: int, seed: int) -> tuple[Tensor, Tensor | None]:
+    """`num` training images drawn with `seed` (the floor rows' sample) and their labels."""
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: min(num, len(train))]
+    idx = idx.sort().values
+    return _rows(train, idx), (train.labels[idx] if train.labels is not None else None)
+
+
 def reference_sets(cfg: Config, num: int, seed: int) -> tuple[Tensor, Tensor]:
     """(reference, floor sample): the test split (or, for folders without one, the training images), at most
     REFERENCE_MAX of them drawn with `seed`, and `num` training images drawn with `seed`. Only those rows are read."""
@@ -190,8 +197,7 @@ def reference_sets(cfg: Config, num: int, seed: int) -> tuple[Tensor, Tensor]:
         test = load_data(cfg, split="test")
     except Exception:  # folder data has no test split: compare with the training images themselves
         test = train
-    gen = torch.Generator().manual_seed(seed)
-    floor = _rows(train, torch.randperm(len(train), generator=gen)[: min(num, len(train))])
+    floor, _ = floor_sample(train, num, seed)
     if len(test) <= REFERENCE_MAX:
         reference = _rows(test, torch.arange(len(test)))
     else:

@@ -56,3 +56,36 @@ def metric_vs_steps(rows: list[dict], path: Path, metric: str, floor: float | No
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def quality_vs_accuracy(rows: list[dict], path: Path, quality: str = "frechet_classifier",
+                        accuracy: str = "class_accuracy") -> Path:
+    """Guided evaluation: one line per (sampler, steps) through its points at each guidance weight w (labelled),
+    class accuracy across, Frechet distance up (log axis); the data row as a star."""
+    value = {(r["sampler"], r["steps"], r["w"], r["metric"]): r["value"] for r in rows}
+    keys = sorted({(r["sampler"], r["steps"]) for r in rows if r["sampler"] != "data"}, key=lambda t: (t[0], -t[1]))
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for s, k in keys:
+        ws = sorted({r["w"] for r in rows if (r["sampler"], r["steps"]) == (s, k)})
+        pts = [(value[(s, k, w, accuracy)], value[(s, k, w, quality)], w) for w in ws
+               if (s, k, w, accuracy) in value and (s, k, w, quality) in value]
+        if not pts:
+            continue
+        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{s}, {k} steps")
+        for a, q, w in pts:
+            ax.annotate(f"w={w:g}", (a, q), fontsize=6, color=line.get_color(), xytext=(3, 3),
+                        textcoords="offset points")
+    if ("data", 0, None, accuracy) in value and ("data", 0, None, quality) in value:
+        ax.plot([value[("data", 0, None, accuracy)]], [value[("data", 0, None, quality)]], marker="*",
+                markersize=12, color="black", linestyle="none", label="data (training images)")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"{accuracy} (higher: samples match their label)")
+    ax.set_ylabel(f"{quality} (lower is better)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -76,6 +76,10 @@ def export_diffusers(ckpt: str | Path, out: str | Path, *, steps: int | None = N
     steps = int(steps or loaded.sampling["steps"])
     param = spec.parameterization
     num_classes = spec.num_classes
+    guided = spec.guidance is not None
+    if guided and (param == "both" or spec.kind != "unet"):
+        raise ConfigError(f"export of a guided student needs a 'unet' network with eps, x or v output; {ckpt} is a "
+                          f"{spec.kind!r} network with {param!r} output")
     schedule = schedule_of(spec)
     net = denoiser.net
     clip = loaded.sampling["clip"] if clip is None else clip
@@ -111,8 +115,17 @@ def export_diffusers(ckpt: str | Path, out: str | Path, *, steps: int | None = N
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} exists and is not empty; choose a new --out folder")
     out.mkdir(parents=True, exist_ok=True)
-    custom_unet = param == "both"
-    if custom_unet:
+    custom_unet = param == "both" or guided
+    if guided:
+        from .progdistill_unet import GuidedUNet2DModel
+
+        g = spec.guidance
+        model = GuidedUNet2DModel(unet_config=unet_config, embed_dim=g["embed_dim"], embed_scale=g["embed_scale"],
+                                  w_min=g["w_min"], w_max=g["w_max"], sample_size=shape[1], in_channels=shape[0],
+                                  num_classes=num_classes)
+        model.unet.load_state_dict(state)
+        model.w_embed.load_state_dict(net.w_embed.state_dict())
+    elif param == "both":
         from .progdistill_unet import BothUNet2DModel
 
         model = BothUNet2DModel(unet_config=unet_config, num_train_timesteps=T, sample_size=shape[1],
@@ -129,7 +142,8 @@ def export_diffusers(ckpt: str | Path, out: str | Path, *, steps: int | None = N
     import diffusers
 
     index = {"_diffusers_version": diffusers.__version__, "scheduler": ["diffusers", "DDIMScheduler"],
-             "unet": ["progdistill_unet", "BothUNet2DModel"] if custom_unet else ["diffusers", "UNet2DModel"]}
+             "unet": (["progdistill_unet", "GuidedUNet2DModel" if guided else "BothUNet2DModel"] if custom_unet
+                      else ["diffusers", "UNet2DModel"])}
     if custom_unet:
         shutil.copy(Path(__file__).with_name("progdistill_unet.py"), out / "unet" / "progdistill_unet.py")
     if num_classes:
@@ -141,12 +155,14 @@ def export_diffusers(ckpt: str | Path, out: str | Path, *, steps: int | None = N
     remote = custom_unet or bool(num_classes)
     loader = ("DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)" if remote
               else "DDIMPipeline.from_pretrained(folder)")
-    call = (f"pipe(class_labels=[0, 1, 2], num_inference_steps={steps}, output_type='np')" if num_classes else
+    scale = f"guidance_scale={1 + (spec.guidance['w_min'] + spec.guidance['w_max']) / 2:g}, " if guided else ""
+    call = (f"pipe(class_labels=[0, 1, 2], {scale}num_inference_steps={steps}, output_type='np')" if num_classes else
             f"pipe(batch_size=4, num_inference_steps={steps}"
             + (", use_clipped_model_output=True" if clip else "") + ", output_type='np')")
     summary = {"steps": steps, "num_train_timesteps": T, "prediction_type": PREDICTION_TYPES[param],
                "parameterization": param, "num_classes": num_classes, "clip_sample": clip, "load": loader,
-               "call": call, "source": str(ckpt)}
+               "call": call, "source": str(ckpt),
+               **({"guidance_scale_range": [1 + spec.guidance["w_min"], 1 + spec.guidance["w_max"]]} if guided else {})}
     (out / "progdistill_export.json").write_text(json.dumps(summary, indent=2))
     (out / "README.md").write_text(
         f"# progdistill export\n\nA {record.get('kind', 'model')} of `{ckpt}` for diffusers: a {steps}-step "

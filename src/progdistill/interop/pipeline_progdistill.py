@@ -4,6 +4,10 @@ clipping x_hat and re-deriving eps from the clipped x_hat as the progdistill sam
 
     pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
     images = pipe(class_labels=[0, 1, 2], num_inference_steps=4, output_type="np").images
+
+A guided student (guided distillation) takes the guidance strength as diffusers does, `guidance_scale` = 1 + w
+(w the paper's weight; 1.0 is no guidance), within the range it was distilled for, at one network evaluation per
+step: `pipe(class_labels=[0, 1, 2], guidance_scale=3.0, num_inference_steps=4)`.
 """
 
 from __future__ import annotations
@@ -23,9 +27,22 @@ class ProgdistillDDIMPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, class_labels=None, batch_size: int | None = None, generator=None,
                  num_inference_steps: int = 1, use_clipped_model_output: bool = True, output_type: str = "pil",
-                 return_dict: bool = True):
-        num_classes = self.unet.config.get("num_class_embeds") or self.unet.config.get("unet_config", {}).get(
-            "num_class_embeds")
+                 return_dict: bool = True, guidance_scale: float | None = None):
+        config = self.unet.config
+        num_classes = config.get("num_classes") or config.get("num_class_embeds") or config.get(
+            "unet_config", {}).get("num_class_embeds")
+        extra = {}
+        if "w_min" in config:  # a guided student: w = guidance_scale - 1 is one of its inputs
+            lo, hi = 1.0 + config["w_min"], 1.0 + config["w_max"]
+            if guidance_scale is None:
+                raise ValueError(f"this is a guided student: pass guidance_scale (1 + w), in [{lo:g}, {hi:g}]")
+            if not lo <= guidance_scale <= hi:
+                raise ValueError(f"guidance_scale {guidance_scale:g} is outside the range this student was "
+                                 f"distilled for, [{lo:g}, {hi:g}] (w in [{config['w_min']:g}, {config['w_max']:g}])")
+            extra["guidance"] = float(guidance_scale) - 1.0
+        elif guidance_scale not in (None, 1.0):
+            raise ValueError("this model was not distilled for guidance (it has no guidance input); "
+                             "drop guidance_scale")
         if num_classes:
             if class_labels is None:
                 raise ValueError(f"this model is class-conditional ({num_classes} classes): pass class_labels")
@@ -39,7 +56,7 @@ class ProgdistillDDIMPipeline(DiffusionPipeline):
         image = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
         self.scheduler.set_timesteps(num_inference_steps)
         for t in self.progress_bar(self.scheduler.timesteps):
-            model_output = self.unet(image, t, class_labels=labels).sample
+            model_output = self.unet(image, t, class_labels=labels, **extra).sample
             image = self.scheduler.step(model_output, t, image, eta=0.0,
                                         use_clipped_model_output=use_clipped_model_output).prev_sample
         image = (image / 2 + 0.5).clamp(0, 1)

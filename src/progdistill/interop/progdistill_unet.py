@@ -3,10 +3,13 @@
 `BothUNet2DModel` wraps a UNet2DModel whose output is the two halves (x, eps) of the "both" parameterization
 (x_hat = sigma^2 x + alpha (z - sigma eps)) and returns the equivalent v-prediction v = alpha_j eps - sigma_j x,
 with alpha_j, sigma_j of each discrete timestep j stored as a buffer, so that a stock DDIMScheduler with
-prediction_type="v_prediction" takes exactly the model's steps. Load with trust_remote_code=True.
+prediction_type="v_prediction" takes exactly the model's steps. `GuidedUNet2DModel` wraps the UNet2DModel of a
+guided student (guided distillation) with its guidance-weight embedding. Load with trust_remote_code=True.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from diffusers import ModelMixin, UNet2DModel
@@ -31,3 +34,48 @@ class BothUNet2DModel(ModelMixin, ConfigMixin):
         shape = (-1,) + (1,) * (sample.ndim - 1)
         v = a.reshape(shape) * eps - s.reshape(shape) * x
         return UNet2DOutput(sample=v) if return_dict else (v,)
+
+
+class _GuidanceEmbedding(torch.nn.Module):
+    """MLP(sinusoidal(w)): the w embedding of a progdistill guided student (same layers and parameter names)."""
+
+    def __init__(self, out_dim: int, dim: int, scale: float):
+        super().__init__()
+        half = dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / (half - 1))
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.scale = scale
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(dim, out_dim), torch.nn.SiLU(), torch.nn.Linear(out_dim, out_dim))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        args = (self.scale * w.float())[:, None] * self.freqs[None]
+        return self.mlp(torch.cat([torch.sin(args), torch.cos(args)], dim=1))
+
+
+class GuidedUNet2DModel(ModelMixin, ConfigMixin):
+    """A guided progdistill student: a UNet2DModel that also takes the guidance weight w (`guidance`, paper
+    convention, w = guidance_scale - 1), whose embedding is added to the U-Net's time embedding (where diffusers
+    then adds the class embedding). `w_min`, `w_max`: the range it was distilled for; `num_classes`: the classes a
+    caller may ask for (the class embedding has one row more, the null class, when the teacher had label dropout)."""
+
+    @register_to_config
+    def __init__(self, unet_config: dict, embed_dim: int, embed_scale: float, w_min: float, w_max: float,
+                 sample_size: int, in_channels: int, num_classes: int = 0):
+        super().__init__()
+        self.unet = UNet2DModel.from_config(unet_config)
+        self.w_embed = _GuidanceEmbedding(self.unet.time_embedding.linear_2.out_features, embed_dim, embed_scale)
+        self._w = None
+        self.unet.time_embedding.register_forward_hook(self._add_w)
+
+    def _add_w(self, module, args, emb):
+        return emb + self.w_embed(self._w).to(emb.dtype)
+
+    def forward(self, sample: torch.Tensor, timestep, class_labels: torch.Tensor | None = None,
+                guidance: float | torch.Tensor = 0.0, return_dict: bool = True):
+        w = torch.as_tensor(guidance, dtype=torch.float32, device=sample.device)
+        self._w = w.expand(sample.shape[0]) if w.ndim == 0 else w
+        try:
+            out = self.unet(sample, timestep, class_labels=class_labels).sample
+        finally:
+            self._w = None
+        return UNet2DOutput(sample=out) if return_dict else (out,)
