@@ -81,8 +81,14 @@ def test_records_without_the_guidance_fields_read_as_before():
     assert ModelSpec.from_dict(data) == plain and not plain.null_class and plain.guidance is None
     with pytest.raises(SpecError, match="null_class"):
         ModelSpec.from_dict(data | {"null_class": "yes"})
-    with pytest.raises(SpecError, match="w_min < w_max"):
+    with pytest.raises(SpecError, match="w_min <= w_max"):
         ModelSpec.from_dict(data | {"guidance": {"w_min": 4, "w_max": 0, "embed_dim": 16, "embed_scale": 1000}})
+    # w_min = w_max: a student for one w only (the single-w comparison of the guided benchmark)
+    single = ModelSpec.from_dict(data | {"guidance": {"w_min": 2, "w_max": 2, "embed_dim": 16, "embed_scale": 1000}})
+    assert single.w_range == (2.0, 2.0)
+    with pytest.raises(ConfigError, match="must not exceed"):
+        load_config("toy2d", TOY + ["guided.w_min=3", "guided.w_max=2"])
+    assert load_config("toy2d", TOY + ["guided.w_min=2", "guided.w_max=2"]).guided.w_min == 2
 
 
 @pytest.fixture(scope="module")

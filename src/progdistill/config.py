@@ -214,8 +214,8 @@ class Config:
         if self.train.label_dropout > 0 and not self.data.conditional:
             raise ConfigError("train.label_dropout > 0 trains a class-conditional model: set data.conditional = true")
         _choice("guided.stage1_weighting", self.guided.stage1_weighting, ["auto", *WEIGHTINGS])
-        if not self.guided.w_min < self.guided.w_max:
-            raise ConfigError(f"guided.w_min ({self.guided.w_min}) must be below guided.w_max ({self.guided.w_max})")
+        if not self.guided.w_min <= self.guided.w_max:  # equal: a student for one w only
+            raise ConfigError(f"guided.w_min ({self.guided.w_min}) must not exceed guided.w_max ({self.guided.w_max})")
         if self.guided.w_min < 0:
             raise ConfigError(f"guided.w_min must be >= 0 (w = 0 is the conditional model), got {self.guided.w_min}")
         _positive("guided.stage1_updates", self.guided.stage1_updates)

@@ -70,9 +70,6 @@ def export_diffusers(ckpt: str | Path, out: str | Path, *, steps: int | None = N
     if len(shape) != 3 or spec.kind not in ("unet", "diffusers"):
         raise ConfigError(f"export-diffusers needs an image model (a 'unet' or 'diffusers' network); {ckpt} is "
                           f"a {spec.kind!r} model of data shape {list(shape)}")
-    if spec.guidance is not None:
-        raise ConfigError(f"{ckpt} is a guided student (it takes the guidance weight w as an input); exporting "
-                          "guided students to diffusers is not supported yet")
     steps = int(steps or loaded.sampling["steps"])
     param = spec.parameterization
     num_classes = spec.num_classes

@@ -106,8 +106,8 @@ def check_guidance_block(block: Any) -> dict | None:
     if not isinstance(block, dict) or sorted(block) != sorted(GUIDANCE_KEYS):
         raise SpecError(f"model.guidance must be an object with exactly {', '.join(GUIDANCE_KEYS)}, got {block!r}")
     numbers = all(isinstance(block[k], (int, float)) and not isinstance(block[k], bool) for k in GUIDANCE_KEYS)
-    if not numbers or not block["w_min"] < block["w_max"] or block["embed_dim"] < 4 or block["embed_dim"] % 2:
-        raise SpecError(f"model.guidance needs numbers with w_min < w_max and an even embed_dim >= 4, got {block!r}")
+    if not numbers or not block["w_min"] <= block["w_max"] or block["embed_dim"] < 4 or block["embed_dim"] % 2:
+        raise SpecError(f"model.guidance needs numbers with w_min <= w_max and an even embed_dim >= 4, got {block!r}")
     return {"w_min": float(block["w_min"]), "w_max": float(block["w_max"]), "embed_dim": int(block["embed_dim"]),
             "embed_scale": float(block["embed_scale"])}
 
