@@ -61,9 +61,13 @@ def metric_vs_steps(rows: list[dict], path: Path, metric: str, floor: float | No
 def quality_vs_accuracy(rows: list[dict], path: Path, quality: str = "frechet_classifier",
                         accuracy: str = "class_accuracy") -> Path:
     """Guided evaluation: one line per (sampler, steps) through its points at each guidance weight w (labelled),
-    class accuracy across, Frechet distance up (log axis); the data row as a star."""
+    class accuracy across, Frechet distance up (log axis): the guided teacher at its largest step count (thick),
+    every student (stochastic sampler dashed); the data row as a star."""
     value = {(r["sampler"], r["steps"], r["w"], r["metric"]): r["value"] for r in rows}
     keys = sorted({(r["sampler"], r["steps"]) for r in rows if r["sampler"] != "data"}, key=lambda t: (t[0], -t[1]))
+    # The teacher at its reference (largest) step count only: its few-step rows are in the tables.
+    top = max((k for s, k in keys if s == "teacher_ddim"), default=None)
+    keys = [(s, k) for s, k in keys if s != "teacher_ddim" or k == top]
     fig, ax = plt.subplots(figsize=(7, 5))
     for s, k in keys:
         ws = sorted({r["w"] for r in rows if (r["sampler"], r["steps"]) == (s, k)})
@@ -71,7 +75,8 @@ def quality_vs_accuracy(rows: list[dict], path: Path, quality: str = "frechet_cl
                if (s, k, w, accuracy) in value and (s, k, w, quality) in value]
         if not pts:
             continue
-        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{s}, {k} steps")
+        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{s}, {k} steps",
+                        linestyle="--" if s.endswith("stochastic") else "-", linewidth=2.5 if s == "teacher_ddim" else 1.5)
         for a, q, w in pts:
             ax.annotate(f"w={w:g}", (a, q), fontsize=6, color=line.get_color(), xytext=(3, 3),
                         textcoords="offset points")
