@@ -5,6 +5,7 @@ w in --ws with the classifier Frechet distance and class accuracy (evaluation/gu
 
     python benchmarks/guided_fashion_mnist.py --out runs/bench-guided            # all stages, ~90 min on 2 cores
     python benchmarks/guided_fashion_mnist.py --out DIR --stop-after teacher     # one stage at a time
+                                                          # (teacher, guided, evaluate, single_w)
 
 Every stage is skipped when its result is in DIR, and a stage killed midway resumes exactly from its last
 checkpoint, so the command can simply be run again. Writes DIR/report.json (rows {"sampler", "steps", "w",
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-STAGES = ("teacher", "guided", "single_w", "evaluate")
+STAGES = ("teacher", "guided", "evaluate", "single_w")
 TEACHER = ["train.label_dropout=0.1", "train.steps=2000", "train.checkpoint_every=250"]
 
 
@@ -127,31 +128,36 @@ def main() -> None:
     if "guided" in stages:
         print(f"[guided] w in [0, 4]: stage 1 ({a.stage1_updates} updates), stage 2 {a.start_steps} -> 1", flush=True)
         timed("guided_s", lambda: guided(runfolder.guided_dir(run), ["guided.w_min=0", "guided.w_max=4"]))
-    if "single_w" in stages:
-        print(f"[single_w] w = {a.single_w:g} only, same updates", flush=True)
+
+    from progdistill.evaluation.guided import evaluate_guided
+
+    def write_report(rows: list[dict]) -> None:
+        (out / "report.json").write_text(json.dumps(rows, indent=2))
+        for name in ("report.md", "quality_vs_accuracy.png"):
+            shutil.copy(out / "eval" / name, out / name)
+        result = goals(rows, ws, a.single_w, a.teacher_steps)
+        (out / "goals.json").write_text(json.dumps({
+            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+            "date": time.strftime("%Y-%m-%d"), "settings": vars(a), "goals": result}, indent=2))
+        for name, g in result.items():
+            print(f"{'MET   ' if g['met'] else 'MISSED'} {name}: {g.get('ratio', g.get('difference_points'))}")
+
+    if "evaluate" in stages and not (out / "eval" / "report.json").is_file():
+        print(f"[evaluate] w in {ws}, {a.num} samples per row", flush=True)
+        timed("evaluate_s", lambda: write_report(evaluate_guided(
+            run, out / "eval", steps=steps, ws=ws, num=a.num, teacher_steps=[a.teacher_steps], progress=progress)))
+    if "single_w" in stages and not (out / "eval_single_w" / "report.json").is_file():
+        print(f"[single_w] w = {a.single_w:g} only, the same updates", flush=True)
         timed("single_w_s", lambda: guided(out / "single_w", [f"guided.w_min={a.single_w}",
                                                                f"guided.w_max={a.single_w}"]))
-    if "evaluate" in stages:
-        from progdistill.evaluation.guided import evaluate_guided
 
-        def evaluate():
-            rows = evaluate_guided(run, out / "eval", steps=steps, ws=ws, num=a.num, teacher_steps=[a.teacher_steps],
-                                   progress=progress)
+        def compare():
             single = evaluate_guided(run, out / "eval_single_w", steps=steps, ws=[a.single_w], num=a.num,
                                      guided=out / "single_w", samplers=("student",), progress=progress)
-            rows += [r | {"sampler": "student_single_w"} for r in single if r["sampler"] == "student"]
-            (out / "report.json").write_text(json.dumps(rows, indent=2))
-            for name in ("report.md", "quality_vs_accuracy.png"):
-                shutil.copy(out / "eval" / name, out / name)
-            result = goals(rows, ws, a.single_w, a.teacher_steps)
-            (out / "goals.json").write_text(json.dumps({
-                "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-                "date": time.strftime("%Y-%m-%d"), "settings": vars(a), "goals": result}, indent=2))
-            for name, g in result.items():
-                print(f"{'MET   ' if g['met'] else 'MISSED'} {name}: "
-                      f"{g.get('ratio', g.get('difference_points'))}")
+            rows = json.loads((out / "eval" / "report.json").read_text())
+            write_report(rows + [r | {"sampler": "student_single_w"} for r in single if r["sampler"] == "student"])
 
-        timed("evaluate_s", evaluate)
+        timed("evaluate_single_w_s", compare)
 
 
 if __name__ == "__main__":
