@@ -105,7 +105,8 @@ def test_eps_teacher_distils_into_v_students_not_eps(tmp_path, capsys):
     assert "diverges" in capsys.readouterr().err
     # By default (distill.parameterization = "auto") an eps teacher's students are v, which distil.
     assert main(["distill", "--from", str(tmp_path / "teacher"), "--set", "distill.start_steps=2",
-                 "--set", "distill.updates_per_round=2", "--no-progress"]) == 0
+                 "--set", "distill.updates_per_round=2", "--set", "distill.final_updates_per_round=0",
+                 "--no-progress"]) == 0
     from progdistill.build import load_denoiser
 
     assert load_denoiser(tmp_path / "students" / "student_0001steps")[2].model.parameterization == "v"
