@@ -78,37 +78,35 @@ def load_classifier(device: str | torch.device = "cpu") -> FashionClassifier:
     return model
 
 
-@torch.no_grad()
-def feature_stats(images: Tensor, classifier: FashionClassifier, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """(mean [256], covariance [256, 256]) in float64 of classifier features of [N, 1, 28, 28] images in [-1, 1]."""
+def _check_images(images: Tensor) -> None:
     if images.ndim != 4 or tuple(images.shape[1:]) != (1, 28, 28):
         raise ValueError(f"expected [N, 1, 28, 28] images, got {tuple(images.shape)}")
+
+
+@torch.no_grad()
+def _in_batches(fn, images: Tensor, classifier: FashionClassifier, batch_size: int) -> Tensor:
+    """fn(batch on the classifier's device and dtype) for every batch of `images`, in eval mode, concatenated on the
+    CPU (the classifier's mode is restored)."""
     was_training = classifier.training
     classifier.eval()
     try:
         param = next(classifier.parameters())
-        feats = [
-            classifier.features(images[i : i + batch_size].to(param.device, param.dtype)).double().cpu()
-            for i in range(0, images.shape[0], batch_size)
-        ]
-    finally:
-        classifier.train(was_training)
-    return gaussian_stats(torch.cat(feats))
-
-
-@torch.no_grad()
-def predict_classes(images: Tensor, classifier: FashionClassifier, batch_size: int = 1000) -> Tensor:
-    """The classifier's class (argmax of the logits) for each of [N, 1, 28, 28] images in [-1, 1]."""
-    if images.ndim != 4 or tuple(images.shape[1:]) != (1, 28, 28):
-        raise ValueError(f"expected [N, 1, 28, 28] images, got {tuple(images.shape)}")
-    was_training = classifier.training
-    classifier.eval()
-    try:
-        param = next(classifier.parameters())
-        return torch.cat([classifier(images[i : i + batch_size].to(param.device, param.dtype)).argmax(1).cpu()
+        return torch.cat([fn(images[i : i + batch_size].to(param.device, param.dtype)).cpu()
                           for i in range(0, images.shape[0], batch_size)])
     finally:
         classifier.train(was_training)
+
+
+def feature_stats(images: Tensor, classifier: FashionClassifier, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """(mean [256], covariance [256, 256]) in float64 of classifier features of [N, 1, 28, 28] images in [-1, 1]."""
+    _check_images(images)
+    return gaussian_stats(_in_batches(lambda x: classifier.features(x).double(), images, classifier, batch_size))
+
+
+def predict_classes(images: Tensor, classifier: FashionClassifier, batch_size: int = 1000) -> Tensor:
+    """The classifier's class (argmax of the logits) for each of [N, 1, 28, 28] images in [-1, 1]."""
+    _check_images(images)
+    return _in_batches(lambda x: classifier(x).argmax(1), images, classifier, batch_size)
 
 
 def class_accuracy(images: Tensor, labels: Tensor, classifier: FashionClassifier) -> float:

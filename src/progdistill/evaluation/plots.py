@@ -11,6 +11,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def scatter_panels(panels: list[tuple[str, Tensor]], path: Path, ncols: int = 5, lim: float = 1.3) -> Path:
     """One 2-D scatter per (title, points [n, 2]) in a grid, saved as PNG."""
     ncols = min(ncols, len(panels))
@@ -25,12 +34,7 @@ def scatter_panels(panels: list[tuple[str, Tensor]], path: Path, ncols: int = 5,
         ax.set_ylim(-lim, lim)
         ax.set_aspect("equal")
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def metric_vs_steps(rows: list[dict], path: Path, metric: str, floor: float | None = None) -> Path:
@@ -50,12 +54,7 @@ def metric_vs_steps(rows: list[dict], path: Path, metric: str, floor: float | No
     ax.set_ylabel(metric)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def quality_vs_accuracy(rows: list[dict], path: Path, quality: str = "frechet_classifier",
@@ -88,9 +87,4 @@ def quality_vs_accuracy(rows: list[dict], path: Path, quality: str = "frechet_cl
     ax.set_ylabel(f"{quality} (lower is better)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
