@@ -269,8 +269,8 @@ def test_reference_sets_read_only_the_rows_they_use(tmp_path, monkeypatch):
                                         "data.channels=1", "data.conditional=false"])
     monkeypatch.setattr(ExampleData, "x", property(lambda self: pytest.fail("the whole data set was materialised")))
     monkeypatch.setattr(ev, "REFERENCE_MAX", 12)
-    reference, floor = ev.reference_sets(cfg, 5, seed=3)
-    assert reference.shape == (12, 1, 8, 8) and floor.shape == (5, 1, 8, 8)
+    reference, floor, floor_labels = ev.reference_sets(cfg, 5, seed=3)
+    assert reference.shape == (12, 1, 8, 8) and floor.shape == (5, 1, 8, 8) and floor_labels is None
     levels = lambda x: {round(v) for v in ((x[:, 0, 0, 0] + 1) * 127.5 / 8).tolist()}  # noqa: E731
     assert len(levels(reference)) == 12 and levels(reference) <= set(range(30))  # distinct real images
     assert levels(ev.reference_sets(cfg, 5, seed=3)[0]) == levels(reference)  # seeded

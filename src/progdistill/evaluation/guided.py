@@ -21,10 +21,9 @@ from tqdm.auto import tqdm
 from .. import runfolder
 from ..build import load_denoiser, schedule_of
 from ..sampling import balanced_labels, generate
-from ..build import load_data
 from .classifier import class_accuracy, feature_stats, load_classifier
 from .frechet import frechet_distance
-from .images import floor_sample, reference_sets, save_grid
+from .images import reference_sets, save_grid
 from .plots import quality_vs_accuracy
 
 GUIDED_SAMPLERS = ("teacher_ddim", "student", "student_stochastic")
@@ -71,7 +70,7 @@ def evaluate_guided(
     schedule = schedule_of(spec)
     labels = balanced_labels(num, spec.num_classes)
     clf = load_classifier(device)
-    reference, _ = reference_sets(cfg, num, seed)
+    reference, floor_images, floor_labels = reference_sets(cfg, num, seed)
     ref_stats = feature_stats(reference, clf)
 
     def measure(x: Tensor, lab: Tensor) -> dict[str, float]:
@@ -79,7 +78,6 @@ def evaluate_guided(
                 "class_accuracy": class_accuracy(x, lab, clf)}
 
     # The floor: training images with their own labels (the accuracy the classifier reaches on real data).
-    floor_images, floor_labels = floor_sample(load_data(cfg), num, seed)
     rows = []
     if floor_labels is not None:
         rows += [{"sampler": "data", "steps": 0, "w": None, "metric": k, "value": v}

@@ -189,21 +189,22 @@ def floor_sample(train, num: int, seed: int) -> tuple[Tensor, Tensor | None]:
     return _rows(train, idx), (train.labels[idx] if train.labels is not None else None)
 
 
-def reference_sets(cfg: Config, num: int, seed: int) -> tuple[Tensor, Tensor]:
-    """(reference, floor sample): the test split (or, for folders without one, the training images), at most
-    REFERENCE_MAX of them drawn with `seed`, and `num` training images drawn with `seed`. Only those rows are read."""
+def reference_sets(cfg: Config, num: int, seed: int) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(reference, floor sample, its labels): the test split (or, for folders without one, the training images),
+    at most REFERENCE_MAX of them drawn with `seed`, and `num` training images drawn with `seed` with their labels.
+    Only those rows are read."""
     train = load_data(cfg)
     try:
         test = load_data(cfg, split="test")
     except Exception:  # folder data has no test split: compare with the training images themselves
         test = train
-    floor, _ = floor_sample(train, num, seed)
+    floor, floor_labels = floor_sample(train, num, seed)
     if len(test) <= REFERENCE_MAX:
         reference = _rows(test, torch.arange(len(test)))
     else:
         reference = _rows(test, torch.randperm(len(test), generator=torch.Generator().manual_seed(seed + 1))
                           [:REFERENCE_MAX])
-    return reference, floor
+    return reference, floor, floor_labels
 
 
 def evaluate_images(
@@ -243,7 +244,7 @@ def evaluate_images(
     schedule = schedule_of(teacher.spec)
     sampling = record["sampling"]
     labels = balanced_labels(num, teacher.spec.num_classes)
-    reference, floor_images = reference_sets(cfg, num, seed)
+    reference, floor_images, _ = reference_sets(cfg, num, seed)
 
     metrics = []
     if classifier is None:
