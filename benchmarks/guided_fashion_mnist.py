@@ -6,6 +6,7 @@ w in --ws with the classifier Frechet distance and class accuracy (evaluation/gu
     python benchmarks/guided_fashion_mnist.py --out runs/bench-guided            # all stages, ~90 min on 2 cores
     python benchmarks/guided_fashion_mnist.py --out DIR --stop-after teacher     # one stage at a time
                                                           # (teacher, guided, evaluate, single_w)
+    python benchmarks/guided_fashion_mnist.py --out DIR --only single_w          # beside --stop-after evaluate
 
 Every stage is skipped when its result is in DIR, and a stage killed midway resumes exactly from its last
 checkpoint, so the command can simply be run again. Writes DIR/report.json (rows {"sampler", "steps", "w",
@@ -70,6 +71,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
     p.add_argument("--stop-after", choices=STAGES, help="stop after this stage")
+    p.add_argument("--only", choices=STAGES, help="run this stage alone (its inputs must be in DIR); e.g. train the "
+                   "single-w student in a second process beside `--stop-after evaluate`, then rerun without it")
     p.add_argument("--ws", default="0,1,2,4", help="guidance weights evaluated (paper convention; scale = 1 + w)")
     p.add_argument("--num", type=int, default=500, help="samples per sampler, step count and w")
     p.add_argument("--steps", default="1,2,4,8", help="step counts of students and teacher evaluated")
@@ -94,17 +97,19 @@ def main() -> None:
     ws = [float(w) for w in a.ws.split(",")]
     steps = [int(k) for k in a.steps.split(",")]
     times_path = out / "times.json"
-    times = json.loads(times_path.read_text()) if times_path.is_file() else {}
 
-    def timed(name, fn):
+    def timed(name, fn):  # re-reads times.json, which a second process (--only) may have written meanwhile
         t0 = time.time()
         fn()
+        times = json.loads(times_path.read_text()) if times_path.is_file() else {}
         times[name] = round(time.time() - t0 + times.get(name, 0.0), 1)
         times_path.write_text(json.dumps(times, indent=2))
 
     run = out / "run"
     cfg = load_config("fashion_mnist", [*TEACHER, *distill_settings(a), *a.overrides])
     stages = STAGES[: STAGES.index(a.stop_after) + 1] if a.stop_after else STAGES
+    if a.only:
+        stages = (a.only,)
 
     if "teacher" in stages and not runfolder.has_teacher(run):
         from progdistill.training.teacher import train_teacher
@@ -150,6 +155,10 @@ def main() -> None:
         print(f"[single_w] w = {a.single_w:g} only, the same updates", flush=True)
         timed("single_w_s", lambda: guided(out / "single_w", [f"guided.w_min={a.single_w}",
                                                                f"guided.w_max={a.single_w}"]))
+        if not (out / "eval" / "report.json").is_file():
+            print(f"[single_w] trained; its comparison needs the evaluate stage: run again once {out / 'eval'} "
+                  "holds report.json", flush=True)
+            return
 
         def compare():
             single = evaluate_guided(run, out / "eval_single_w", steps=steps, ws=[a.single_w], num=a.num,

@@ -44,8 +44,9 @@ def _randomise(module, scale=0.3):
             p.normal_(0, scale)
 
 
-def _w_student(teacher, w_min=0.0, w_max=4.0):
-    student = denoiser_from_spec(replace(teacher.spec, guidance=guidance_block(w_min, w_max, 16)))
+def _w_student(teacher, w_min=0.0, w_max=4.0, class_gate=False):
+    student = denoiser_from_spec(replace(teacher.spec, guidance=guidance_block(w_min, w_max, 16,
+                                                                               class_gate=class_gate)))
     missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
     assert not unexpected and missing and all(k.startswith("net.w_embed.") for k in missing)
     return student.eval()
@@ -156,31 +157,61 @@ def test_guided_teacher_sampler_is_the_combination_of_two_network_calls(sampler)
 # ------------------------------------------------------------------------------------------ stage 1
 
 
-def test_zero_initialised_w_embedding_makes_the_student_its_teacher():
+@pytest.mark.parametrize("class_gate", [False, True])
+def test_zero_initialised_w_embedding_makes_the_student_its_teacher(class_gate):
     teacher = _mlp()
-    student = _w_student(teacher)
+    student = _w_student(teacher, class_gate=class_gate)
     z, logsnr, labels = torch.randn(6, 2), torch.linspace(-8, 8, 6), torch.tensor([0, 1, 2, 3, 8, 5])
     for w in (0.0, 1.0, torch.linspace(0, 4, 6)):
         assert torch.equal(student(z, logsnr, labels, w=w), teacher(z, logsnr, labels))
-    # The w layers are trainable: the zero output layer gets a gradient, after which w matters.
+    # The w layers are trainable: the zero output layers get a gradient, after which w matters.
     student.train()
     student(z, logsnr, labels, w=torch.linspace(0, 4, 6)).pow(2).sum().backward()
     assert student.net.w_embed.mlp[-1].weight.grad.abs().max() > 0
+    if class_gate:
+        assert student.net.w_embed.gate[-1].weight.grad.abs().max() > 0
 
 
-def test_zero_initialised_w_embedding_on_the_unet():
+def test_class_gate_scales_the_class_offset_from_the_null_class():
+    """guided.class_gate: the label embedding becomes c + gamma(w) (c - null); the null class itself is unchanged."""
+    teacher = _mlp()
+    student = _w_student(teacher, class_gate=True)
+    emb = student.net.w_embed
+    with torch.no_grad():
+        emb.gate[-1].weight.normal_(0, 0.2)
+        emb.gate[-1].bias.normal_(0, 0.2)
+    d = emb.gate[-1].out_features
+    w, c, null = torch.tensor([0.0, 1.5, 4.0]), torch.randn(3, d), torch.randn(d)
+    gamma = emb.gate(emb.embed(w))
+    torch.testing.assert_close(emb.gate_classes(w, c, null), c + gamma * (c - null))
+    torch.testing.assert_close(emb.gate_classes(w, null.expand(3, d), null), null.expand(3, d))
+    z, logsnr = torch.randn(3, 2), torch.zeros(3)
+    assert not torch.equal(student(z, logsnr, torch.tensor([1, 2, 3]), w=0.0),
+                           student(z, logsnr, torch.tensor([1, 2, 3]), w=4.0))
+    # Recorded in the model block only when on, so that the records of networks without it read as before.
+    assert student.spec.guidance["class_gate"] is True and "class_gate" not in _w_student(teacher).spec.guidance
+    assert ModelSpec.from_dict(student.spec.to_dict()) == student.spec
+    with pytest.raises(SpecError, match="class_gate must be true or false"):
+        ModelSpec.from_dict(student.spec.to_dict() | {"guidance": student.spec.guidance | {"class_gate": 1}})
+    with pytest.raises(SpecError, match="no null class"):  # the gate is anchored at the null class's embedding
+        denoiser_from_spec(replace(_mlp(label_dropout=0.0).spec, guidance=guidance_block(0, 4, 16, class_gate=True)))
+
+
+@pytest.mark.parametrize("class_gate", [False, True])
+def test_zero_initialised_w_embedding_on_the_unet(class_gate):
     cfg = load_config("fashion_mnist", ["train.label_dropout=0.1"])
     torch.manual_seed(0)
     teacher = build_denoiser(cfg, (1, 28, 28), 10).eval()
     with torch.no_grad():
         teacher.net.unet.conv_out.weight.normal_(0, 0.05)
-    student = _w_student(teacher)
+    student = _w_student(teacher, class_gate=class_gate)
     extra = {k for k in student.state_dict() if k.startswith("net.w_embed.")}
     assert set(student.state_dict()) - extra == set(teacher.state_dict())  # the UNet2DModel part is the teacher's
     z, logsnr, labels = torch.randn(3, 1, 28, 28), torch.tensor([-5.0, 0.0, 5.0]), torch.tensor([0, 10, 4])
     assert torch.equal(student(z, logsnr, labels, w=torch.tensor([0.0, 2.0, 4.0])), teacher(z, logsnr, labels))
     with torch.no_grad():
-        student.net.w_embed.mlp[-1].weight.normal_(0, 0.1)
+        layer = student.net.w_embed.gate[-1] if class_gate else student.net.w_embed.mlp[-1]
+        layer.weight.normal_(0, 0.1)
     assert not torch.equal(student(z, logsnr, labels, w=4.0), student(z, logsnr, labels, w=0.0))
     with pytest.raises(ValueError, match="pass w"):
         student(z, logsnr, labels)

@@ -19,16 +19,17 @@ from progdistill.sampling import generate
 SHAPE = (1, 28, 28)
 
 
-def _guided_student(tmp, steps: int, w_min=0.0, w_max=4.0):
+def _guided_student(tmp, steps: int, w_min=0.0, w_max=4.0, class_gate=False):
     """A w-conditioned small U-Net student (null class included) with random output and w-embedding output layers,
     so that its output depends on w."""
     cfg = load_config("fashion_mnist", ["train.label_dropout=0.1"])
     torch.manual_seed(0)
     teacher = build_denoiser(cfg, SHAPE, 10)
-    d = denoiser_from_spec(replace(teacher.spec, guidance=guidance_block(w_min, w_max, 16)))
+    d = denoiser_from_spec(replace(teacher.spec, guidance=guidance_block(w_min, w_max, 16, class_gate=class_gate)))
     d.load_state_dict(teacher.state_dict(), strict=False)
     with torch.no_grad():
-        for p in [*d.net.unet.conv_out.parameters(), *d.net.w_embed.mlp[-1].parameters()]:
+        gate = [*d.net.w_embed.gate[-1].parameters()] if class_gate else []
+        for p in [*d.net.unet.conv_out.parameters(), *d.net.w_embed.mlp[-1].parameters(), *gate]:
             p.normal_(0, 0.05)
     stem = save_checkpoint(tmp / f"student_{steps}", {"model": d}, {
         "kind": "student", "config": cfg.to_dict(), **model_record(d.spec, cfg, steps),
@@ -36,10 +37,11 @@ def _guided_student(tmp, steps: int, w_min=0.0, w_max=4.0):
     return stem, d
 
 
-def test_guided_student_export_matches_our_sampler(tmp_path):
+@pytest.mark.parametrize("class_gate", [False, True])
+def test_guided_student_export_matches_our_sampler(tmp_path, class_gate):
     labels = torch.tensor([0, 3, 7, 9])
-    for steps in (1, 2, 4, 8):
-        stem, d = _guided_student(tmp_path, steps)
+    for steps in ((1, 2, 4, 8) if not class_gate else (2,)):
+        stem, d = _guided_student(tmp_path, steps, class_gate=class_gate)
         out = tmp_path / f"export_{steps}"
         assert main(["export-diffusers", "--ckpt", str(stem), "--out", str(out)]) == 0
         index = json.loads((out / "model_index.json").read_text())

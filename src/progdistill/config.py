@@ -135,7 +135,10 @@ class GuidedConfig:
     w_max: float = 4.0
     stage1_updates: int = 2_000  # stage-1 optimizer steps (its other settings: lr, batch size, ... of [distill])
     stage1_weighting: str = "auto"  # the stage-1 loss weighting; auto: the teacher's (diffusion.weighting)
+    stage1_lr: float = 0.0  # stage 1's peak learning rate; 0: distill.lr
     embed_dim: int = 64  # sinusoidal features of w, before the small MLP into the noise embedding
+    embed_scale: float = 1000.0  # the sinusoidal embedding's argument is embed_scale * w
+    class_gate: bool = False  # w also scales the class embedding's offset from the null class's (docs/guided.md)
     checkpoint_every: int = 500  # stage-1 checkpoints (the newest 2 kept) for exact resume; 0: none
 
 
@@ -221,6 +224,10 @@ class Config:
         _positive("guided.stage1_updates", self.guided.stage1_updates)
         if self.guided.embed_dim < 4 or self.guided.embed_dim % 2:
             raise ConfigError(f"guided.embed_dim must be even and >= 4, got {self.guided.embed_dim}")
+        if not (math.isfinite(self.guided.stage1_lr) and self.guided.stage1_lr >= 0):
+            raise ConfigError(f"guided.stage1_lr must be >= 0 (0: distill.lr), got {self.guided.stage1_lr}")
+        if not (math.isfinite(self.guided.embed_scale) and self.guided.embed_scale > 0):
+            raise ConfigError(f"guided.embed_scale must be a positive number, got {self.guided.embed_scale}")
         if self.guided.checkpoint_every < 0:
             raise ConfigError(f"guided.checkpoint_every must be >= 0, got {self.guided.checkpoint_every}")
         _choice("sample.variance", self.sample.variance, VARIANCES)

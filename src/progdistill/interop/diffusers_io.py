@@ -119,7 +119,7 @@ def export_diffusers(ckpt: str | Path, out: str | Path, *, steps: int | None = N
         g = spec.guidance
         model = GuidedUNet2DModel(unet_config=unet_config, embed_dim=g["embed_dim"], embed_scale=g["embed_scale"],
                                   w_min=g["w_min"], w_max=g["w_max"], sample_size=shape[1], in_channels=shape[0],
-                                  num_classes=num_classes)
+                                  num_classes=num_classes, class_gate=g.get("class_gate", False))
         model.unet.load_state_dict(state)
         model.w_embed.load_state_dict(net.w_embed.state_dict())
     elif param == "both":

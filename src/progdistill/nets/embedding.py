@@ -28,17 +28,31 @@ class SinusoidalEmbedding(nn.Module):
 class GuidanceEmbedding(nn.Module):
     """The guidance weight's embedding (guided distillation, stage 1): MLP(sinusoidal(w)), [B] -> [B, out_dim], added
     to a network's noise-level embedding. Its output layer starts at zero, so a network given one answers exactly
-    as before, whatever w, until it is trained."""
+    as before, whatever w, until it is trained.
 
-    def __init__(self, out_dim: int, dim: int = 64, scale: float = 1000.0):
+    With `class_dim` > 0 it also has a class gate (guided.class_gate): gamma(w), [B] -> [B, class_dim], also zero
+    at the start, which scales a class embedding's offset from the null class's, c + gamma(w) * (c - null), so that
+    w can strengthen or weaken the class's effect the way guidance does (see `gate_classes`)."""
+
+    def __init__(self, out_dim: int, dim: int = 64, scale: float = 1000.0, class_dim: int = 0):
         super().__init__()
         self.embed = SinusoidalEmbedding(dim, scale)
         self.mlp = nn.Sequential(nn.Linear(dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
+        self.gate = None
+        if class_dim:
+            self.gate = nn.Sequential(nn.Linear(dim, class_dim), nn.SiLU(), nn.Linear(class_dim, class_dim))
+            nn.init.zeros_(self.gate[-1].weight)
+            nn.init.zeros_(self.gate[-1].bias)
 
     def forward(self, w: Tensor) -> Tensor:
         return self.mlp(self.embed(w))
+
+    def gate_classes(self, w: Tensor, class_emb: Tensor, null_emb: Tensor) -> Tensor:
+        """class_emb + gamma(w) * (class_emb - null_emb): exactly class_emb while gamma is zero."""
+        gamma = self.gate(self.embed(w)).to(class_emb.dtype)
+        return class_emb + gamma * (class_emb - null_emb)
 
 
 def guidance_input(w: Tensor | float | None, z: Tensor) -> Tensor:

@@ -49,18 +49,27 @@ class MLPNet(nn.Module):
         nn.init.zeros_(self.out[-1].bias)
         self.w_embed: GuidanceEmbedding | None = None
 
-    def condition_on_w(self, dim: int, scale: float) -> None:
-        """Add the guidance weight w as an input (nets.spec: a w-conditioned network), zero at the start."""
-        self.w_embed = GuidanceEmbedding(self.emb_mlp[-1].out_features, dim, scale)
+    def condition_on_w(self, dim: int, scale: float, class_gate: bool = False) -> None:
+        """Add the guidance weight w as an input (nets.spec: a w-conditioned network), zero at the start;
+        class_gate: w also scales the label embedding's offset from the null class's (the last row)."""
+        if class_gate and (self.label_emb is None or self.num_classes < 2):
+            raise ValueError("guided.class_gate needs a class-conditional network with a null class (a teacher "
+                             "trained with label dropout)")
+        self.w_embed = GuidanceEmbedding(self.emb_mlp[-1].out_features, dim, scale,
+                                         self.label_emb.embedding_dim if class_gate else 0)
 
     def forward(self, z: Tensor, cond: Tensor, labels: Tensor | None = None, w: Tensor | None = None) -> Tensor:
         emb = self.emb_mlp(self.embed(cond))
         if self.w_embed is not None:
-            emb = emb + self.w_embed(guidance_input(w, z))
+            w = guidance_input(w, z)
+            emb = emb + self.w_embed(w)
         if self.label_emb is not None:
             if labels is None:
                 raise ValueError("this network is class-conditional: pass labels")
-            emb = emb + self.label_emb(labels)
+            label_emb = self.label_emb(labels)
+            if self.w_embed is not None and self.w_embed.gate is not None:
+                label_emb = self.w_embed.gate_classes(w, label_emb, self.label_emb.weight[-1])
+            emb = emb + label_emb
         h = self.inp(z)
         for block in self.blocks:
             h = block(h, emb)

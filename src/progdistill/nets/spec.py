@@ -91,25 +91,32 @@ class ModelSpec:
         return replace(self, args=self.args | {"dropout": float(dropout)})
 
 
-GUIDANCE_KEYS = ("w_min", "w_max", "embed_dim", "embed_scale")
+GUIDANCE_KEYS = ("w_min", "w_max", "embed_dim", "embed_scale")  # required; "class_gate" (bool) is optional
 
 
-def guidance_block(w_min: float, w_max: float, embed_dim: int = 64, embed_scale: float = 1000.0) -> dict:
-    """The `guidance` field of a w-conditioned network's spec."""
-    return check_guidance_block({"w_min": float(w_min), "w_max": float(w_max), "embed_dim": int(embed_dim),
-                                 "embed_scale": float(embed_scale)})
+def guidance_block(w_min: float, w_max: float, embed_dim: int = 64, embed_scale: float = 1000.0,
+                   class_gate: bool = False) -> dict:
+    """The `guidance` field of a w-conditioned network's spec ("class_gate" written only when true, so that the
+    records of networks without it are those written before it existed)."""
+    block = {"w_min": float(w_min), "w_max": float(w_max), "embed_dim": int(embed_dim),
+             "embed_scale": float(embed_scale)}
+    return check_guidance_block(block | ({"class_gate": True} if class_gate else {}))
 
 
 def check_guidance_block(block: Any) -> dict | None:
     if block is None:
         return None
-    if not isinstance(block, dict) or sorted(block) != sorted(GUIDANCE_KEYS):
-        raise SpecError(f"model.guidance must be an object with exactly {', '.join(GUIDANCE_KEYS)}, got {block!r}")
+    if not isinstance(block, dict) or sorted(set(block) - {"class_gate"}) != sorted(GUIDANCE_KEYS):
+        raise SpecError(f"model.guidance must be an object with exactly {', '.join(GUIDANCE_KEYS)} (and optionally "
+                        f"class_gate), got {block!r}")
+    if not isinstance(block.get("class_gate", False), bool):
+        raise SpecError(f"model.guidance.class_gate must be true or false, got {block['class_gate']!r}")
     numbers = all(isinstance(block[k], (int, float)) and not isinstance(block[k], bool) for k in GUIDANCE_KEYS)
     if not numbers or not block["w_min"] <= block["w_max"] or block["embed_dim"] < 4 or block["embed_dim"] % 2:
         raise SpecError(f"model.guidance needs numbers with w_min <= w_max and an even embed_dim >= 4, got {block!r}")
-    return {"w_min": float(block["w_min"]), "w_max": float(block["w_max"]), "embed_dim": int(block["embed_dim"]),
-            "embed_scale": float(block["embed_scale"])}
+    out = {"w_min": float(block["w_min"]), "w_max": float(block["w_max"]), "embed_dim": int(block["embed_dim"]),
+           "embed_scale": float(block["embed_scale"])}
+    return out | ({"class_gate": True} if block.get("class_gate") else {})
 
 
 def build_net(spec: ModelSpec) -> nn.Module:
@@ -133,5 +140,12 @@ def build_net(spec: ModelSpec) -> nn.Module:
     if spec.guidance is not None:
         if not hasattr(net, "condition_on_w"):
             raise SpecError(f"a {spec.kind!r} network cannot be conditioned on the guidance weight")
-        net.condition_on_w(spec.guidance["embed_dim"], spec.guidance["embed_scale"])
+        if spec.guidance.get("class_gate") and not spec.null_class:
+            raise SpecError("model.guidance.class_gate scales the class embedding's offset from the null class's, "
+                            "and this network has no null class (its teacher was trained without label dropout)")
+        try:
+            net.condition_on_w(spec.guidance["embed_dim"], spec.guidance["embed_scale"],
+                               spec.guidance.get("class_gate", False))
+        except ValueError as e:
+            raise SpecError(str(e)) from None
     return net

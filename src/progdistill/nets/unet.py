@@ -77,13 +77,26 @@ class WConditioned(nn.Module):
         self.w_embed: GuidanceEmbedding | None = None
         self._w: Tensor | None = None  # this call's w, read by the hook
 
-    def condition_on_w(self, dim: int, scale: float) -> None:
-        """Add w as an input (nets.spec: a w-conditioned network); its embedding starts at zero."""
-        self.w_embed = GuidanceEmbedding(self.unet.time_embedding.linear_2.out_features, dim, scale)
+    def condition_on_w(self, dim: int, scale: float, class_gate: bool = False) -> None:
+        """Add w as an input (nets.spec: a w-conditioned network); its embedding starts at zero. class_gate: w also
+        scales the class embedding's offset from the null class's (GuidanceEmbedding.gate_classes), by a forward
+        hook on diffusers' `class_embedding`; the null class is its last row."""
+        class_dim = 0
+        if class_gate:
+            if not isinstance(getattr(self.unet, "class_embedding", None), nn.Embedding) or getattr(self, "num_classes", 0) < 2:
+                raise ValueError("guided.class_gate needs a class-conditional U-Net with a null class (a teacher "
+                                 "trained with label dropout)")
+            class_dim = self.unet.class_embedding.embedding_dim
+        self.w_embed = GuidanceEmbedding(self.unet.time_embedding.linear_2.out_features, dim, scale, class_dim)
         self.unet.time_embedding.register_forward_hook(self._add_w)
+        if class_gate:
+            self.unet.class_embedding.register_forward_hook(self._gate_classes)
 
     def _add_w(self, module: nn.Module, args, emb: Tensor) -> Tensor:
         return emb + self.w_embed(self._w).to(emb.dtype)
+
+    def _gate_classes(self, module: nn.Embedding, args, emb: Tensor) -> Tensor:
+        return self.w_embed.gate_classes(self._w, emb, module.weight[-1])
 
     def run_unet(self, z: Tensor, timestep: Tensor, labels: Tensor | None, w: Tensor | float | None) -> Tensor:
         if self.num_classes and labels is None:

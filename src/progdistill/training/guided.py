@@ -40,6 +40,12 @@ def stage1_weighting(cfg: Config) -> str:
     return cfg.diffusion.weighting if cfg.guided.stage1_weighting == "auto" else cfg.guided.stage1_weighting
 
 
+def stage1_settings(cfg: Config):
+    """Stage 1's optimizer: the [distill] settings over guided.stage1_updates, at guided.stage1_lr unless 0."""
+    settings = optim_settings(cfg.distill, cfg.guided.stage1_updates, "linear")
+    return replace(settings, lr=cfg.guided.stage1_lr) if cfg.guided.stage1_lr > 0 else settings
+
+
 def _settings(ckpt_cfg: Config, cfg: Config | None) -> Config:
     """The teacher's config with the [distill] and [guided] sections, device, perf and precision of `cfg`."""
     if cfg is None:
@@ -83,7 +89,8 @@ def train_stage1(teacher_stem: str | Path | None, out: Path, cfg: Config | None 
     g, dc = cfg.guided, cfg.distill
     weighting = stage1_weighting(cfg)
     check_combination(tspec.parameterization, weighting)
-    spec = replace(tspec.with_dropout(dc.dropout), guidance=guidance_block(g.w_min, g.w_max, g.embed_dim))
+    spec = replace(tspec.with_dropout(dc.dropout), guidance=guidance_block(g.w_min, g.w_max, g.embed_dim,
+                                                                                g.embed_scale, g.class_gate))
     accelerator = make_accelerator(cfg)
     data = load_data(cfg, progress=progress)
     if data.num_classes != tspec.num_classes or data.labels is None:
@@ -102,7 +109,7 @@ def train_stage1(teacher_stem: str | Path | None, out: Path, cfg: Config | None 
     base = {"config": cfg.to_dict(), "model": spec.to_dict(), "teacher": str(teacher_stem),
             "sampling": record["sampling"] | {"steps": dc.start_steps}}
     phase = Phase(name="stage1", desc=f"guided stage 1: w in [{g.w_min:g}, {g.w_max:g}]",
-                  settings=optim_settings(dc, g.stage1_updates, "linear"), weighting=weighting,
+                  settings=stage1_settings(cfg), weighting=weighting,
                   seed=dc.seed + STAGE1_SEED_OFFSET, grad_accum=dc.grad_accum,
                   checkpoints=runfolder.stage1_checkpoints(out), prefix=runfolder.STAGE1_PREFIX,
                   checkpoint_every=g.checkpoint_every, keep=2, record={"kind": "guided_stage1_partial", **base},
