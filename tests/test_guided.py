@@ -424,3 +424,17 @@ def test_cli_refusals(teacher_run, tmp_path, capsys):
     assert "without label dropout" in capsys.readouterr().err
     assert main(["distill", "--from", str(plain / "teacher"), "--w-max", "3"]) == 2
     assert "add --guided" in capsys.readouterr().err
+
+
+def test_stage1_options_reach_the_model_and_the_optimizer():
+    from progdistill.training.guided import stage1_settings
+
+    cfg = load_config("fashion_mnist", ["train.label_dropout=0.1"])
+    assert stage1_settings(cfg).lr == cfg.distill.lr  # 0: the [distill] learning rate
+    fast = load_config("fashion_mnist", ["train.label_dropout=0.1", "guided.stage1_lr=1e-3"])
+    assert stage1_settings(fast).lr == 1e-3 and stage1_settings(fast).total_steps == fast.guided.stage1_updates
+    for bad in ("guided.stage1_lr=-1", "guided.embed_scale=0"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            load_config("fashion_mnist", [bad])
+    block = guidance_block(0, 4, 16, 2.5, class_gate=True)
+    assert block["embed_scale"] == 2.5 and block["class_gate"] is True
