@@ -10,7 +10,8 @@ stage-1 settings (an ablation). Trains stage 1 of each variant from one label-dr
     python benchmarks/guided_stage1.py --teacher runs/bench-guided/run/teacher --out runs/stage1-ablation
     python benchmarks/guided_stage1.py --teacher T --out DIR --variants gate     # one variant (a process each)
 
-Each variant's result is DIR/<variant>.json (skipped when present); DIR/report.md gathers those present.
+Each variant's result is DIR/<variant>.json (skipped when present); a variant whose stage-1 model is already in
+DIR/<variant>/stage1 is measured without training again. DIR/report.md gathers the results present.
 Variants (all: the [distill] settings of the fashion_mnist preset, w in [0, 4], --updates stage-1 updates):
 """
 
@@ -132,8 +133,9 @@ def main() -> None:
         overrides = ["data.workers=0", "guided.checkpoint_every=0", f"guided.stage1_updates={a.updates}",
                      *VARIANTS[name]]
         cfg = load_config("fashion_mnist", ["train.label_dropout=0.1", *overrides])
-        t0 = time.time()
-        stem = train_stage1(a.teacher, out / name, cfg, progress=False)
+        t0, stem = time.time(), out / name / "stage1"
+        if not stem.with_suffix(".json").is_file():  # a stage-1 model already there is measured as it is
+            stem = train_stage1(a.teacher, out / name, cfg, progress=False)
         seconds = time.time() - t0
         model, record, mcfg = load_denoiser(stem)
         r = measure(model, record, mcfg, a.steps, a.num, 1)
