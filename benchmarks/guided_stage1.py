@@ -36,7 +36,8 @@ TS = (0.2, 0.5, 0.8, 0.95)
 
 
 def fit_errors(student, teacher, schedule, images, labels, null_label) -> dict:
-    from progdistill.guidance import AtGuidance, ClassifierFreeGuidance
+    from progdistill.diffusion.guidance import guided_x_hat
+    from progdistill.guidance import AtGuidance
 
     gen = torch.Generator().manual_seed(0)
     err = {w: 0.0 for w in WS}
@@ -46,11 +47,14 @@ def fit_errors(student, teacher, schedule, images, labels, null_label) -> dict:
             logsnr = schedule(torch.full((len(images),), t, dtype=torch.float64)).float()
             a2 = torch.sigmoid(logsnr)[:, None, None, None]
             z = a2.sqrt() * images + (1 - a2).sqrt() * torch.randn(images.shape, generator=gen)
-            target = {w: ClassifierFreeGuidance(teacher, w, null_label)(z, logsnr, labels) for w in (*WS, 5.0, 3.0)}
+            x = teacher(torch.cat([z, z]), torch.cat([logsnr, logsnr]),
+                        torch.cat([labels, torch.full_like(labels, null_label)]))
+            x_c, x_u = x[: len(z)], x[len(z):]
             for w in WS:
                 if student is not None:
-                    err[w] += (AtGuidance(student, w)(z, logsnr, labels) - target[w]).pow(2).mean().item() / len(TS)
-                gap[w] += (target[w + 1] - target[w]).pow(2).mean().item() / len(TS)
+                    target = guided_x_hat(x_c, x_u, w)
+                    err[w] += (AtGuidance(student, w)(z, logsnr, labels) - target).pow(2).mean().item() / len(TS)
+                gap[w] += (x_c - x_u).pow(2).mean().item() / len(TS)  # x_hat_{w+1} - x_hat_w, the same for every w
     return {"fit_mse": err, "teacher_gap_w_plus_1": gap}
 
 

@@ -52,9 +52,6 @@ class MLPNet(nn.Module):
     def condition_on_w(self, dim: int, scale: float, class_gate: bool = False) -> None:
         """Add the guidance weight w as an input (nets.spec: a w-conditioned network), zero at the start;
         class_gate: w also scales the label embedding's offset from the null class's (the last row)."""
-        if class_gate and (self.label_emb is None or self.num_classes < 2):
-            raise ValueError("guided.class_gate needs a class-conditional network with a null class (a teacher "
-                             "trained with label dropout)")
         self.w_embed = GuidanceEmbedding(self.emb_mlp[-1].out_features, dim, scale,
                                          self.label_emb.embedding_dim if class_gate else 0)
 

@@ -80,13 +80,8 @@ class WConditioned(nn.Module):
     def condition_on_w(self, dim: int, scale: float, class_gate: bool = False) -> None:
         """Add w as an input (nets.spec: a w-conditioned network); its embedding starts at zero. class_gate: w also
         scales the class embedding's offset from the null class's (GuidanceEmbedding.gate_classes), by a forward
-        hook on diffusers' `class_embedding`; the null class is its last row."""
-        class_dim = 0
-        if class_gate:
-            if not isinstance(getattr(self.unet, "class_embedding", None), nn.Embedding) or getattr(self, "num_classes", 0) < 2:
-                raise ValueError("guided.class_gate needs a class-conditional U-Net with a null class (a teacher "
-                                 "trained with label dropout)")
-            class_dim = self.unet.class_embedding.embedding_dim
+        hook on diffusers' `class_embedding`; the null class is its last row (build_net checks the spec has one)."""
+        class_dim = self.unet.class_embedding.embedding_dim if class_gate else 0
         self.w_embed = GuidanceEmbedding(self.unet.time_embedding.linear_2.out_features, dim, scale, class_dim)
         self.unet.time_embedding.register_forward_hook(self._add_w)
         if class_gate:
