@@ -7,6 +7,12 @@ w in --ws with the classifier Frechet distance and class accuracy (evaluation/gu
     python benchmarks/guided_fashion_mnist.py --out DIR --stop-after teacher     # one stage at a time
                                                           # (teacher, guided, evaluate, single_w)
     python benchmarks/guided_fashion_mnist.py --out DIR --only single_w          # beside --stop-after evaluate
+    python benchmarks/guided_fashion_mnist.py --out DIR2 --teacher-rows-from DIR ... # an ablation of the students
+
+--teacher-rows-from takes the guided teacher's rows (most of the evaluation's time) from an earlier run of this
+script instead of sampling them again: allowed only when DIR2/run holds a byte-identical copy of that run's teacher
+and the evaluation settings (--ws, --num, --steps, --teacher-steps) are the same, so the rows are the ones this
+run would compute (every sampler starts from the same seeded noise and labels).
 
 Every stage is skipped when its result is in DIR, and a stage killed midway resumes exactly from its last
 checkpoint, so the command can simply be run again. Writes DIR/report.json (rows {"sampler", "steps", "w",
@@ -68,6 +74,35 @@ def goals(rows: list[dict], ws: list[float], single_w: float, teacher_steps: int
     return out
 
 
+def reusable_teacher_rows(prev: Path, run: Path, a) -> list[dict]:
+    """The teacher_ddim and data rows of PREV's report, after checking that this run would compute the same ones."""
+    import hashlib
+
+    from progdistill import runfolder
+
+    report, settings = prev / "report.json", prev / "goals.json"
+    if not report.is_file() or not settings.is_file():
+        raise SystemExit(f"--teacher-rows-from {prev}: no report.json and goals.json there (an evaluated run of "
+                         "this script)")
+    digest = [hashlib.sha256(runfolder.teacher_stem(r).with_suffix(".safetensors").read_bytes()).hexdigest()
+              for r in (prev / "run", run)]
+    if digest[0] != digest[1]:
+        raise SystemExit(f"--teacher-rows-from {prev}: its teacher is not byte-identical to {run}'s; evaluate the "
+                         "teacher again (drop the option)")
+    theirs = json.loads(settings.read_text())["settings"]
+    differ = [k for k in ("ws", "num", "steps", "teacher_steps") if theirs.get(k) != getattr(a, k)]
+    if differ:
+        raise SystemExit(f"--teacher-rows-from {prev}: evaluated with other {', '.join(differ)} "
+                         f"({', '.join(f'{k}={theirs.get(k)}' for k in differ)})")
+    rows = [r for r in json.loads(report.read_text()) if r["sampler"] in ("teacher_ddim", "data")]
+    ws, steps = [float(w) for w in a.ws.split(",")], [int(k) for k in a.steps.split(",")] + [a.teacher_steps]
+    missing = [(k, w) for k in steps for w in ws
+               if not any(r["sampler"] == "teacher_ddim" and r["steps"] == k and r["w"] == w for r in rows)]
+    if missing:
+        raise SystemExit(f"--teacher-rows-from {prev}: no teacher rows at (steps, w) {missing}")
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
@@ -86,6 +121,8 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=150, help="updates per stage-2 round")
     p.add_argument("--final-updates", type=int, default=300, help="updates of the 2- and 1-step rounds")
     p.add_argument("--single-w", type=float, default=2.0, help="w of the single-w student (same compute)")
+    p.add_argument("--teacher-rows-from", metavar="DIR", help="reuse the guided teacher's rows of an earlier run of "
+                   "this script with a byte-identical teacher and the same evaluation settings (see above)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config overrides for every stage")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-progress", action="store_true")
@@ -138,7 +175,8 @@ def main() -> None:
         print(f"[guided] w in [0, 4]: stage 1 ({a.stage1_updates} updates), stage 2 {a.start_steps} -> 1", flush=True)
         timed("guided_s", lambda: guided(runfolder.guided_dir(run), ["guided.w_min=0", "guided.w_max=4"]))
 
-    from progdistill.evaluation.guided import evaluate_guided
+    from progdistill.evaluation.guided import evaluate_guided, guided_tables
+    from progdistill.evaluation.plots import quality_vs_accuracy
 
     def write_report(rows: list[dict]) -> None:
         (out / "report.json").write_text(json.dumps(rows, indent=2))
@@ -151,10 +189,28 @@ def main() -> None:
         for name, g in result.items():
             print(f"{'MET   ' if g['met'] else 'MISSED'} {name}: {g.get('ratio', g.get('difference_points'))}")
 
+    def evaluate_reusing_teacher(prev: Path) -> list[dict]:
+        teacher_rows = reusable_teacher_rows(prev, run, a)
+        rows = evaluate_guided(run, out / "eval", steps=steps, ws=ws, num=a.num, teacher_steps=[a.teacher_steps],
+                               samplers=("student", "student_stochastic"), progress=progress)
+        prev_data = [r for r in teacher_rows if r["sampler"] == "data"]
+        if prev_data != [r for r in rows if r["sampler"] == "data"]:
+            raise SystemExit(f"the data rows of {prev} differ from this run's: not the same evaluation set")
+        rows += [r for r in teacher_rows if r["sampler"] == "teacher_ddim"]
+        (out / "eval" / "report.json").write_text(json.dumps(rows, indent=2))
+        (out / "eval" / "report.md").write_text(guided_tables(rows))
+        quality_vs_accuracy(rows, out / "eval" / "quality_vs_accuracy.png")
+        return rows
+
     if "evaluate" in stages and not (out / "eval" / "report.json").is_file():
-        print(f"[evaluate] w in {ws}, {a.num} samples per row", flush=True)
-        timed("evaluate_s", lambda: write_report(evaluate_guided(
-            run, out / "eval", steps=steps, ws=ws, num=a.num, teacher_steps=[a.teacher_steps], progress=progress)))
+        print(f"[evaluate] w in {ws}, {a.num} samples per row"
+              + (f"; the teacher's rows from {a.teacher_rows_from}" if a.teacher_rows_from else ""), flush=True)
+        if a.teacher_rows_from:
+            timed("evaluate_s", lambda: write_report(evaluate_reusing_teacher(Path(a.teacher_rows_from))))
+        else:
+            timed("evaluate_s", lambda: write_report(evaluate_guided(
+                run, out / "eval", steps=steps, ws=ws, num=a.num, teacher_steps=[a.teacher_steps],
+                progress=progress)))
     if "single_w" in stages and not (out / "eval_single_w" / "report.json").is_file():
         print(f"[single_w] w = {a.single_w:g} only, the same updates", flush=True)
         timed("single_w_s", lambda: guided(out / "single_w", [f"guided.w_min={a.single_w}",
