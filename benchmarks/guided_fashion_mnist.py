@@ -74,7 +74,7 @@ def goals(rows: list[dict], ws: list[float], single_w: float, teacher_steps: int
     return out
 
 
-def reusable_teacher_rows(prev: Path, run: Path, a) -> list[dict]:
+def reusable_teacher_rows(prev: Path, run: Path, a, ws: list[float], steps: list[int]) -> list[dict]:
     """The teacher_ddim and data rows of PREV's report, after checking that this run would compute the same ones."""
     import hashlib
 
@@ -95,8 +95,7 @@ def reusable_teacher_rows(prev: Path, run: Path, a) -> list[dict]:
         raise SystemExit(f"--teacher-rows-from {prev}: evaluated with other {', '.join(differ)} "
                          f"({', '.join(f'{k}={theirs.get(k)}' for k in differ)})")
     rows = [r for r in json.loads(report.read_text()) if r["sampler"] in ("teacher_ddim", "data")]
-    ws, steps = [float(w) for w in a.ws.split(",")], [int(k) for k in a.steps.split(",")] + [a.teacher_steps]
-    missing = [(k, w) for k in steps for w in ws
+    missing = [(k, w) for k in [*steps, a.teacher_steps] for w in ws
                if not any(r["sampler"] == "teacher_ddim" and r["steps"] == k and r["w"] == w for r in rows)]
     if missing:
         raise SystemExit(f"--teacher-rows-from {prev}: no teacher rows at (steps, w) {missing}")
@@ -190,7 +189,7 @@ def main() -> None:
             print(f"{'MET   ' if g['met'] else 'MISSED'} {name}: {g.get('ratio', g.get('difference_points'))}")
 
     def evaluate_reusing_teacher(prev: Path) -> list[dict]:
-        teacher_rows = reusable_teacher_rows(prev, run, a)
+        teacher_rows = reusable_teacher_rows(prev, run, a, ws, steps)
         rows = evaluate_guided(run, out / "eval", steps=steps, ws=ws, num=a.num, teacher_steps=[a.teacher_steps],
                                samplers=("student", "student_stochastic"), progress=progress)
         prev_data = [r for r in teacher_rows if r["sampler"] == "data"]

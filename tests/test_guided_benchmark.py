@@ -36,7 +36,7 @@ def _run(tmp_path: Path, teacher: bytes = b"weights") -> Path:
 
 
 def test_reuses_teacher_and_data_rows_only(tmp_path):
-    rows = bench.reusable_teacher_rows(_prev(tmp_path), _run(tmp_path), Namespace(**SETTINGS))
+    rows = bench.reusable_teacher_rows(_prev(tmp_path), _run(tmp_path), Namespace(**SETTINGS), [0.0, 2.0], [1, 2])
     assert {r["sampler"] for r in rows} == {"teacher_ddim", "data"}
     assert len([r for r in rows if r["sampler"] == "teacher_ddim"]) == 6
 
@@ -54,4 +54,4 @@ def test_refuses_rows_of_another_evaluation(tmp_path, case, message):
     if case == "empty":
         (prev / "report.json").unlink()
     with pytest.raises(SystemExit, match=message):
-        bench.reusable_teacher_rows(prev, run, Namespace(**settings))
+        bench.reusable_teacher_rows(prev, run, Namespace(**settings), [0.0, 2.0], [1, 2])
