@@ -41,7 +41,8 @@ def distill_settings(a) -> list[str]:
             f"distill.updates_per_round={a.updates}", f"distill.final_updates_per_round={a.final_updates}",
             "distill.long_round_max_steps=2", "distill.checkpoint_every=100", "distill.log_samples=0",
             f"guided.stage1_updates={a.stage1_updates}", "guided.checkpoint_every=100",
-            f"guided.stage1_lr={a.stage1_lr}", f"guided.class_gate={str(a.class_gate).lower()}"]
+            f"guided.stage1_lr={a.stage1_lr}", f"guided.class_gate={str(a.class_gate).lower()}",
+            f"guided.w_margin={a.w_margin}"]
 
 
 def goals(rows: list[dict], ws: list[float], single_w: float, teacher_steps: int) -> dict:
@@ -117,6 +118,8 @@ def main() -> None:
     p.add_argument("--stage1-lr", type=float, default=1e-3, help="stage 1's peak learning rate (0: distill.lr)")
     p.add_argument("--class-gate", action=argparse.BooleanOptionalAction, default=True,
                    help="guided.class_gate: w also scales the class embedding's offset from the null class's")
+    p.add_argument("--w-margin", type=float, default=1.0, help="guided.w_margin: the w-conditioned student trains on w "
+                   "in [w_min - M, w_max] (0: the paper's [w_min, w_max]; a single w has none)")
     p.add_argument("--updates", type=int, default=150, help="updates per stage-2 round")
     p.add_argument("--final-updates", type=int, default=300, help="updates of the 2- and 1-step rounds")
     p.add_argument("--single-w", type=float, default=2.0, help="w of the single-w student (same compute)")

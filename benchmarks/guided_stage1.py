@@ -24,11 +24,14 @@ from pathlib import Path
 
 import torch
 
+# Every setting a variant depends on is explicit, so a variant keeps its meaning when the preset changes.
+PAPER = ["guided.stage1_lr=0", "guided.class_gate=false", "guided.w_margin=0"]
 VARIANTS = {
-    "base": [],  # distill.lr (2e-4 in the preset), additive w embedding
-    "lr1e-3": ["guided.stage1_lr=1e-3"],
-    "gate": ["guided.stage1_lr=1e-3", "guided.class_gate=true"],
-    "scale1": ["guided.stage1_lr=1e-3", "guided.embed_scale=1.0"],
+    "base": PAPER,  # distill.lr (2e-4 in the preset), additive w embedding, w drawn from [0, 4]
+    "lr1e-3": [*PAPER[1:], "guided.stage1_lr=1e-3"],
+    "gate": ["guided.stage1_lr=1e-3", "guided.class_gate=true", "guided.w_margin=0"],
+    "scale1": [*PAPER[1:], "guided.stage1_lr=1e-3", "guided.embed_scale=1.0"],
+    "margin1": ["guided.stage1_lr=1e-3", "guided.class_gate=true", "guided.w_margin=1"],  # the preset's since
 }
 __doc__ += "".join(f"    {k}: {' '.join(v) or '(preset settings)'}\n" for k, v in VARIANTS.items())
 WS = (0.0, 1.0, 2.0, 4.0)

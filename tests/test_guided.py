@@ -440,3 +440,46 @@ def test_stage1_options_reach_the_model_and_the_optimizer():
             load_config("fashion_mnist", [bad])
     block = guidance_block(0, 4, 16, 2.5, class_gate=True)
     assert block["embed_scale"] == 2.5 and block["class_gate"] is True
+
+
+def test_w_margin_widens_the_trained_w_below_w_min_in_both_stages(teacher_run, tmp_path, monkeypatch):
+    """guided.w_margin = m: stage 1 and every stage-2 round draw w from [w_min - m, w_max] (the teacher guided at
+    w < w_min, negative w included); the model's range, and so sampling, stays [w_min, w_max]."""
+    from progdistill.training import guided as stage1_module, rounds as rounds_module
+    from progdistill.training.objectives import training_w_range
+
+    assert training_w_range(1.0, 3.0, 1.5) == (-0.5, 3.0)
+    assert training_w_range(1.0, 3.0, 0.0) == (1.0, 3.0)
+    assert training_w_range(2.0, 2.0, 1.0) == (2.0, 2.0)  # a single-w student is trained at its w only
+    for bad in ("-0.5", "nan"):
+        with pytest.raises(ConfigError, match="guided.w_margin"):
+            load_config("toy2d", TOY + [f"guided.w_margin={bad}"])
+    assert load_config("toy2d", TOY).guided.w_margin == 0  # the paper's: [w_min, w_max]
+    assert load_config("fashion_mnist", []).guided.w_margin == 1.0  # measured in BENCHMARKS.md, "w margin"
+
+    drawn = {"stage1": [], "stage2": []}
+
+    def recording(cls, key):
+        class Recording(cls):
+            def __call__(self, *args, **kwargs):
+                out = super().__call__(*args, **kwargs)
+                drawn[key].append(out[3]["w"])
+                return out
+        return Recording
+
+    monkeypatch.setattr(stage1_module, "GuidedObjective", recording(GuidedObjective, "stage1"))
+    monkeypatch.setattr(rounds_module, "DistillObjective", recording(DistillObjective, "stage2"))
+    out = tmp_path / "g"
+    assert main(["distill", "--from", str(teacher_run / "teacher"), "--guided", "--w-min", "1", "--w-max", "3",
+                 "--w-margin", "1.5", "--stage1-updates", "30", "--out", str(out), "--no-progress",
+                 *_sets(DISTILL + ["distill.updates_per_round=20", "distill.final_updates_per_round=20"])]) == 0
+    for key in drawn:
+        w = torch.cat(drawn[key])
+        assert -0.5 <= w.min() < 0 and 2.5 < w.max() <= 3.0, key  # below w_min = 1, down to -0.5
+        assert (w < 1).float().mean() > 0.2, key  # about 1.5 / 3.5 of the draws
+    stage1 = json.loads((out / "stage1.json").read_text())
+    assert stage1["model"]["guidance"]["w_min"] == 1.0 and stage1["config"]["guided"]["w_margin"] == 1.5
+    student = out / "students" / "student_0001steps"
+    assert main(["sample", "--ckpt", str(student), "--guidance", "0.5", "--num", "4",
+                 "--out", str(tmp_path / "s.pt"), "--no-progress"]) == 2  # trained on it, still outside the range
+    assert main(["distill", "--from", str(teacher_run / "teacher"), "--w-margin", "1"]) == 2  # needs --guided

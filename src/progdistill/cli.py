@@ -79,8 +79,8 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def _guided_overrides(a: argparse.Namespace) -> list[str]:
-    """--w-min/--w-max/--stage1-updates as [guided] overrides; they need --guided."""
-    given = {"w_min": a.w_min, "w_max": a.w_max, "stage1_updates": a.stage1_updates}
+    """--w-min/--w-max/--w-margin/--stage1-updates as [guided] overrides; they need --guided."""
+    given = {"w_min": a.w_min, "w_max": a.w_max, "w_margin": a.w_margin, "stage1_updates": a.stage1_updates}
     given = {k: v for k, v in given.items() if v is not None}
     if given and not a.guided:
         names = ", ".join("--" + k.replace("_", "-") for k in given)
@@ -375,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--w-min", type=float, metavar="W", help="lowest w trained for (= --set guided.w_min; default 0)")
     g.add_argument("--w-max", type=float, metavar="W", help="highest w trained for (= --set guided.w_max; default 4); "
                    "diffusers' guidance_scale is 1 + w")
+    g.add_argument("--w-margin", type=float, metavar="M", help="train on w in [w_min - M, w_max] so that w_min is not "
+                   "the edge of the fitted range; sampling stays in [w_min, w_max] (= --set guided.w_margin; default "
+                   "0, the paper's; the fashion_mnist preset: 1)")
     g.add_argument("--stage1-updates", type=int, metavar="N", help="stage-1 optimizer steps (= --set guided.stage1_updates)")
     _progress_arg(p)
     p.set_defaults(func=cmd_distill)

@@ -133,6 +133,9 @@ class GuidedConfig:
 
     w_min: float = 0.0  # the trained range of the guidance weight w (guidance_scale = 1 + w); paper: [0, 4]
     w_max: float = 4.0
+    # Training draws w from [w_min - w_margin, w_max] (for a range, not a single w), so that w_min is not the edge
+    # of what the student is fitted on; sampling stays within [w_min, w_max]. 0: the paper's (docs/guided.md).
+    w_margin: float = 0.0
     stage1_updates: int = 2_000  # stage-1 optimizer steps (its other settings: lr, batch size, ... of [distill])
     stage1_weighting: str = "auto"  # the stage-1 loss weighting; auto: the teacher's (diffusion.weighting)
     stage1_lr: float = 0.0  # stage 1's peak learning rate; 0: distill.lr
@@ -221,6 +224,9 @@ class Config:
             raise ConfigError(f"guided.w_min ({self.guided.w_min}) must not exceed guided.w_max ({self.guided.w_max})")
         if self.guided.w_min < 0:
             raise ConfigError(f"guided.w_min must be >= 0 (w = 0 is the conditional model), got {self.guided.w_min}")
+        if not (math.isfinite(self.guided.w_margin) and self.guided.w_margin >= 0):
+            raise ConfigError(f"guided.w_margin must be a number >= 0 (0: w drawn from [w_min, w_max] only), "
+                              f"got {self.guided.w_margin}")
         _positive("guided.stage1_updates", self.guided.stage1_updates)
         if self.guided.embed_dim < 4 or self.guided.embed_dim % 2:
             raise ConfigError(f"guided.embed_dim must be even and >= 4, got {self.guided.embed_dim}")

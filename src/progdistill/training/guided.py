@@ -23,7 +23,7 @@ from ..data import make_batches
 from ..diffusion.weighting import check_combination
 from ..guidance import check_guidance
 from ..nets.spec import guidance_block
-from .objectives import GuidedObjective
+from .objectives import GuidedObjective, training_w_range
 from .phase import Phase, optim_settings, run_phase
 from .resume import latest_loadable
 from .rounds import distill
@@ -108,7 +108,9 @@ def train_stage1(teacher_stem: str | Path | None, out: Path, cfg: Config | None 
     teacher = teacher.to(accelerator.device)
     base = {"config": cfg.to_dict(), "model": spec.to_dict(), "teacher": str(teacher_stem),
             "sampling": record["sampling"] | {"steps": dc.start_steps}}
-    phase = Phase(name="stage1", desc=f"guided stage 1: w in [{g.w_min:g}, {g.w_max:g}]",
+    w_lo, w_hi = training_w_range(g.w_min, g.w_max, g.w_margin)
+    trained = f" (trained on [{w_lo:g}, {w_hi:g}])" if (w_lo, w_hi) != (g.w_min, g.w_max) else ""
+    phase = Phase(name="stage1", desc=f"guided stage 1: w in [{g.w_min:g}, {g.w_max:g}]{trained}",
                   settings=stage1_settings(cfg), weighting=weighting,
                   seed=dc.seed + STAGE1_SEED_OFFSET, grad_accum=dc.grad_accum,
                   checkpoints=runfolder.stage1_checkpoints(out), prefix=runfolder.STAGE1_PREFIX,
@@ -119,7 +121,7 @@ def train_stage1(teacher_stem: str | Path | None, out: Path, cfg: Config | None 
         return make_batches(data, dc.batch_size, dc.seed + STAGE1_SEED_OFFSET, shard=shard_of(accelerator),
                             workers=cfg.data.workers, device=accelerator.device, state=data_state, start=start_batch)
 
-    objective = GuidedObjective(teacher, schedule_of(tspec), g.w_min, g.w_max, null_label=tspec.num_classes)
+    objective = GuidedObjective(teacher, schedule_of(tspec), w_lo, w_hi, null_label=tspec.num_classes)
     runlog = RunLog(out, enabled=accelerator.is_main_process)
     result = run_phase(phase, student, batches_after, objective, accelerator=accelerator, runlog=runlog,
                        resume_from=start, progress=progress, perf=cfg.perf)

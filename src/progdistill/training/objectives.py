@@ -53,6 +53,13 @@ def _uniform(lo: float, hi: float, generator: torch.Generator, n: int, rows: sli
     return (lo + (hi - lo) * u).to(torch.float32)
 
 
+def training_w_range(w_min: float, w_max: float, margin: float) -> tuple[float, float]:
+    """The w drawn in training for a student of range [w_min, w_max] (guided.w_margin): [w_min - margin, w_max] for
+    a range, so that w_min is inside the fitted distribution rather than at its edge; a single w (w_min = w_max)
+    is trained at that w only. The teacher is guided at any finite w, negative w included."""
+    return (w_min - margin, w_max) if w_min < w_max else (w_min, w_max)
+
+
 @dataclass
 class TeacherObjective:
     """Continuous time: t ~ U(0, 1), target x. With `label_dropout` > 0, each example's label is replaced by the
@@ -76,9 +83,9 @@ class TeacherObjective:
 
 @dataclass
 class GuidedObjective:
-    """Guided distillation, stage 1 (Meng et al. 2023): t ~ U(0, 1) and w ~ U[w_min, w_max] per example; the
-    target is the label-dropout teacher's guided x_hat_w(z_t) = (1 + w) x_hat(z_t, c) - w x_hat(z_t, null), and
-    the student is called with that w."""
+    """Guided distillation, stage 1 (Meng et al. 2023): t ~ U(0, 1) and w ~ U[w_min, w_max] per example (the
+    training range, `training_w_range`); the target is the label-dropout teacher's guided
+    x_hat_w(z_t) = (1 + w) x_hat(z_t, c) - w x_hat(z_t, null), and the student is called with that w."""
 
     teacher: DenoiserFn
     schedule: Schedule
@@ -113,8 +120,8 @@ class DistillObjective:
     (see diffusion.distillation; -inf, the default, is the paper). `substeps` = 1 is the warm-up of a student of
     another parameterization: on the same M-step grid, the target is the teacher's own x_hat at t.
 
-    `w_range` (guided distillation, stage 2): w ~ U[w_min, w_max] per example; the w-conditioned teacher takes its
-    two steps at that w, and the student is called with it."""
+    `w_range` (guided distillation, stage 2; the training range, `training_w_range`): w ~ U[w_range] per example;
+    the w-conditioned teacher takes its two steps at that w, and the student is called with it."""
 
     teacher: DenoiserFn
     schedule: Schedule

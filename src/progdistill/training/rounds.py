@@ -21,7 +21,7 @@ from ..data import make_batches
 from ..diffusion.weighting import check_combination
 from ..sampling import balanced_labels, generate
 from ..checkpoint import CheckpointError, checkpoint_paths, read_record, save_checkpoint
-from .objectives import DistillObjective, teacher_clip_threshold
+from .objectives import DistillObjective, teacher_clip_threshold, training_w_range
 from .phase import Phase, optim_settings, run_phase
 from .resume import latest_loadable
 from .reparam import convert_student, student_config
@@ -95,6 +95,8 @@ def distill(
     if w_range is not None and spec.parameterization != teacher_param:
         raise ConfigError(f"guided distillation keeps the teacher's parameterization ({teacher_param}); set "
                           "distill.parameterization = \"same\"")
+    # w drawn in training: the model's range, widened below by the guided.w_margin its stage 1 was trained with
+    w_train = None if w_range is None else training_w_range(*w_range, cfg.guided.w_margin)
     check_combination(spec.parameterization, dc.weighting)
     clip_below = teacher_clip_threshold(dc.teacher_clip, dc.teacher_clip_logsnr)
     schedule = schedule_of(spec)
@@ -155,7 +157,7 @@ def distill(
                                 workers=cfg.data.workers, device=accelerator.device, state=data_state,
                                 start=start_batch)
 
-        result = run_phase(phase, student, batches_after, DistillObjective(teacher, schedule, m, clip_below, w_range=w_range),
+        result = run_phase(phase, student, batches_after, DistillObjective(teacher, schedule, m, clip_below, w_range=w_train),
                            accelerator=accelerator, runlog=runlog, resume_from=resume_from, progress=progress,
                            perf=cfg.perf)
         sampling = result.sampling
