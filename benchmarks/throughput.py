@@ -251,7 +251,7 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "throughput.json").write_text(json.dumps(res, indent=2))
-    lines = [f"| measure | ours | plain loop | ours / plain |", "|---|---|---|---|",
+    lines = ["| measure | ours | plain loop | ours / plain |", "|---|---|---|---|",
              f"| teacher step, images/s | {res['teacher_ours']:.1f} | {res['teacher_plain']:.1f} | "
              f"{res['teacher_ratio']:.2f} |",
              f"| distillation step, images/s | {res['distill_ours']:.1f} | - | {1 / res['distill_step_cost']:.2f} "
