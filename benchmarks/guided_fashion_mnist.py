@@ -8,6 +8,8 @@ w in --ws with the classifier Frechet distance and class accuracy (evaluation/gu
                                                           # (teacher, guided, evaluate, single_w)
     python benchmarks/guided_fashion_mnist.py --out DIR --only single_w          # beside --stop-after evaluate
     python benchmarks/guided_fashion_mnist.py --out DIR2 --teacher-rows-from DIR ... # an ablation of the students
+    python benchmarks/guided_fashion_mnist.py --out DIR --stage1-updates 3000 --start-steps 64 --final-updates 600
+                                   # more compute: BENCHMARKS.md's seventh run (guided stage ~55 min on 2 cores)
 
 --teacher-rows-from takes the guided teacher's rows (most of the evaluation's time) from an earlier run of this
 script instead of sampling them again: allowed only when DIR2/run holds a byte-identical copy of that run's teacher
