@@ -24,16 +24,20 @@ from pathlib import Path
 
 import torch
 
-# Every setting a variant depends on is explicit, so a variant keeps its meaning when the preset changes.
-PAPER = ["guided.stage1_lr=0", "guided.class_gate=false", "guided.w_margin=0"]
+
+def _variant(lr: str = "0", gate: str = "false", margin: str = "0", *extra: str) -> list[str]:
+    """Every guided setting a variant depends on, spelled out, so a variant keeps its meaning when the preset changes."""
+    return [f"guided.stage1_lr={lr}", f"guided.class_gate={gate}", f"guided.w_margin={margin}", *extra]
+
+
 VARIANTS = {
-    "base": PAPER,  # distill.lr (2e-4 in the preset), additive w embedding, w drawn from [0, 4]
-    "lr1e-3": [*PAPER[1:], "guided.stage1_lr=1e-3"],
-    "gate": ["guided.stage1_lr=1e-3", "guided.class_gate=true", "guided.w_margin=0"],
-    "scale1": [*PAPER[1:], "guided.stage1_lr=1e-3", "guided.embed_scale=1.0"],
-    "margin1": ["guided.stage1_lr=1e-3", "guided.class_gate=true", "guided.w_margin=1"],  # the preset's since
+    "base": _variant(),  # distill.lr (2e-4 in the preset), additive w embedding, w drawn from [0, 4]
+    "lr1e-3": _variant("1e-3"),
+    "gate": _variant("1e-3", "true"),
+    "scale1": _variant("1e-3", "false", "0", "guided.embed_scale=1.0"),
+    "margin1": _variant("1e-3", "true", "1"),  # the preset's since
 }
-__doc__ += "".join(f"    {k}: {' '.join(v) or '(preset settings)'}\n" for k, v in VARIANTS.items())
+__doc__ += "".join(f"    {k}: {' '.join(v)}\n" for k, v in VARIANTS.items())
 WS = (0.0, 1.0, 2.0, 4.0)
 TS = (0.2, 0.5, 0.8, 0.95)
 
