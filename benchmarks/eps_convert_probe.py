@@ -3,7 +3,7 @@ weights, get to the teacher's own sampler after W warm-up updates at learning ra
 
     python benchmarks/eps_convert_probe.py --teacher RUN/teacher --steps 64 --settings 0:2e-4,200:2e-4,200:1e-3
 
-For each W:LR, the student is warmed up (training.reparam.convert_student: the teacher's clipped x_hat on the
+For each W:LR, the student is warmed up (training.reparam.warm_up_student: the teacher's clipped x_hat on the
 --steps grid) and its clipped DDIM at --steps steps is compared with the teacher's, same noise: RMS distance.
 """
 
@@ -18,12 +18,13 @@ from pathlib import Path
 
 import torch
 
-from progdistill.build import denoiser_from_spec, load_data, load_denoiser, make_accelerator, schedule_of
+from progdistill.build import denoiser_from_spec, load_denoiser, schedule_of
 from progdistill.config import load_config
 from progdistill.sampling import generate
 from progdistill.training.objectives import teacher_clip_threshold
-from progdistill.training.reparam import convert_student, student_config
-from progdistill.training.runlog import RunLog
+from progdistill.training.phase import Run
+from progdistill.config import student_config
+from progdistill.training.reparam import warm_up_student
 
 
 def main() -> None:
@@ -52,8 +53,7 @@ def main() -> None:
         t0 = time.time()
         if int(w):
             scratch = Path(tempfile.mkdtemp())
-            convert_student(teacher, student, sched, a.steps, load_data(scfg), scfg, scratch,
-                            accelerator=make_accelerator(scfg), runlog=RunLog(scratch, enabled=False), progress=False,
+            warm_up_student(teacher, student, sched, a.steps, Run.open(scfg, scratch, progress=False),
                             clip_below=teacher_clip_threshold(scfg.distill.teacher_clip,
                                                               scfg.distill.teacher_clip_logsnr))
         x = generate(student.eval(), sched, a.steps, a.num, shape, seed=3, batch_size=a.num)

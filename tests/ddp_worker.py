@@ -15,15 +15,14 @@ OVERRIDES = ["model.hidden=32", "model.depth=2", "model.emb_dim=16", "data.size=
 
 def main(out: Path) -> None:
     rank = int(os.environ["RANK"])  # (accelerate's state is created by the run itself, with its device settings)
-    for module in (teacher, rounds, phase):
-        real = module.save_checkpoint
+    real = phase.save_checkpoint  # every checkpoint of every phase is written by training/phase.py
 
-        def logged(stem, *args, _real=real, **kwargs):
-            with open(out / f"writes-rank{rank}.log", "a") as f:
-                f.write(f"{Path(stem).name}\n")
-            return _real(stem, *args, **kwargs)
+    def logged(stem, *args, **kwargs):
+        with open(out / f"writes-rank{rank}.log", "a") as f:
+            f.write(f"{Path(stem).name}\n")
+        return real(stem, *args, **kwargs)
 
-        module.save_checkpoint = logged
+    phase.save_checkpoint = logged
     cfg = load_config("toy2d", OVERRIDES)
     stem = teacher.train_teacher(cfg, out, progress=False)
     rounds.distill(stem, out, cfg, progress=False)

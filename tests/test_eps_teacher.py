@@ -12,8 +12,8 @@ from progdistill.diffusion.distillation import distillation_target
 from progdistill.diffusion.parameterization import get_parameterization
 from progdistill.diffusion.samplers import ddim_step
 from progdistill.diffusion.schedules import DiscreteSchedule, alpha_sigma, broadcast, ddpm_alphas_cumprod
-from progdistill.training.objectives import DistillObjective, teacher_clip_threshold
-from progdistill.training.reparam import student_config
+from progdistill.training.objectives import ConversionObjective, DistillObjective, teacher_clip_threshold
+from progdistill.config import student_config
 
 from conftest import SmoothNet
 
@@ -54,7 +54,8 @@ def test_eps_teacher_v_and_x_student_one_step_lands_on_two_teacher_steps(ddpm_sc
     objective = DistillObjective(teacher, ddpm_schedule, m, clip_below=teacher_clip_threshold("noisy", 0.0))
     x = torch.rand(512, 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 2 - 1
     gen = torch.Generator().manual_seed(seed)
-    z_t, lam_t, x_tilde = objective(x, None, gen)
+    out = objective(x, None, gen)
+    z_t, lam_t, x_tilde = out.z_t, out.logsnr, out.x
     # Re-draw the same i as the objective did, to know t' and t''.
     i = torch.randint(1, m + 1, (512,), generator=torch.Generator().manual_seed(seed))
     t = i.double() / m
@@ -111,10 +112,10 @@ def test_clipped_target_is_the_convex_combination_of_clipped_x_hat(ddpm_schedule
 
 def test_conversion_objective_targets_the_teachers_clipped_x_hat(ddpm_schedule):
     teacher = Denoiser(Scaled(4), "eps").double()
-    obj = DistillObjective(teacher, ddpm_schedule, 8, clip_below=math.inf, substeps=1)
+    obj = ConversionObjective(teacher, ddpm_schedule, 8, clip_below=math.inf)
     x = torch.zeros(64, 1, dtype=torch.float64)
-    z_t, lam, target = obj(x, None, torch.Generator().manual_seed(0))
-    torch.testing.assert_close(target, teacher(z_t, lam).clamp(-1, 1))
+    out = obj(x, None, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out.x, teacher(out.z_t, out.logsnr).clamp(-1, 1))
 
 
 def test_student_parameterization_config():

@@ -58,10 +58,11 @@ def _w_student(teacher, w_min=0.0, w_max=4.0, class_gate=False):
 def test_label_dropout_replaces_labels_by_the_null_class_at_its_rate():
     x, labels = torch.randn(4000, 2), torch.arange(4000) % 8
     plain = TeacherObjective(CosineSchedule())(x, labels, torch.Generator().manual_seed(0))
-    assert len(plain) == 3  # no dropout: no extra draws, nothing changed for unguided runs
-    z, logsnr, target, extra = TeacherObjective(CosineSchedule(), 0.25, null_label=8)(
-        x, labels, torch.Generator().manual_seed(0))
-    assert torch.equal(z, plain[0]) and torch.equal(logsnr, plain[1]) and torch.equal(target, x)
+    assert plain.inputs == {}  # no dropout: no extra draws, nothing changed for unguided runs
+    dropout = TeacherObjective(CosineSchedule(), 0.25, null_label=8)(x, labels, torch.Generator().manual_seed(0))
+    assert torch.equal(dropout.z_t, plain.z_t) and torch.equal(dropout.logsnr, plain.logsnr)
+    assert torch.equal(dropout.x, x)
+    extra = dropout.inputs
     dropped = extra["labels"] == 8
     assert abs(dropped.float().mean().item() - 0.25) < 0.03
     assert torch.equal(extra["labels"][~dropped], labels[~dropped])
@@ -230,7 +231,8 @@ def test_stage1_target_is_the_guided_teacher_x_hat():
     teacher, schedule = _mlp(), CosineSchedule()
     x, labels = torch.rand(12, 2) * 2 - 1, torch.arange(12) % 8
     objective = GuidedObjective(teacher, schedule, 0.5, 3.0, null_label=8)
-    z, logsnr, target, extra = objective(x, labels, torch.Generator().manual_seed(5))
+    out = objective(x, labels, torch.Generator().manual_seed(5))
+    z, target, extra = out.z_t, out.x, out.inputs
     logsnr_ref, eps, w = _stage1_draws(12, 5, schedule, 0.5, 3.0)
     alpha, sigma = alpha_sigma(logsnr_ref[:, None])
     z_ref = alpha * x + sigma * eps
@@ -243,17 +245,17 @@ def test_stage1_target_is_the_guided_teacher_x_hat():
     # Two processes, each with half the batch, draw the same noise and w per example as one process.
     halves = [objective(x[r * 6:(r + 1) * 6], labels[r * 6:(r + 1) * 6], torch.Generator().manual_seed(5), (r, 2))
               for r in range(2)]
-    torch.testing.assert_close(torch.cat([h[2] for h in halves]), target)
-    torch.testing.assert_close(torch.cat([h[3]["w"] for h in halves]), extra["w"])
+    torch.testing.assert_close(torch.cat([h.x for h in halves]), target)
+    torch.testing.assert_close(torch.cat([h.inputs["w"] for h in halves]), extra["w"])
 
 
 def test_stage1_target_at_w_zero_is_the_conditional_teacher():
     teacher = _mlp()
     x, labels = torch.rand(10, 2) * 2 - 1, torch.arange(10) % 8
-    z, logsnr, target, extra = GuidedObjective(teacher, CosineSchedule(), 0.0, 0.0, null_label=8)(
+    out = GuidedObjective(teacher, CosineSchedule(), 0.0, 0.0, null_label=8)(
         x, labels, torch.Generator().manual_seed(1))
-    assert torch.equal(extra["w"], torch.zeros(10))
-    torch.testing.assert_close(target, teacher(z, logsnr, labels), rtol=0, atol=1e-7)
+    assert torch.equal(out.inputs["w"], torch.zeros(10))
+    torch.testing.assert_close(out.x, teacher(out.z_t, out.logsnr, labels), rtol=0, atol=1e-7)
 
 
 # ------------------------------------------------------------------------------------------ stage 2
@@ -265,9 +267,8 @@ def test_stage2_target_lands_on_two_guided_teacher_steps_at_the_same_w():
     _randomise(teacher.net.w_embed)  # a trained-looking w-conditioned teacher: w matters
     schedule, m, n = CosineSchedule(), 4, 64
     x, labels = torch.rand(n, 2) * 2 - 1, torch.arange(n) % 8
-    z_t, logsnr_t, x_tilde, extra = DistillObjective(teacher, schedule, m, w_range=(0.0, 4.0))(
-        x, labels, torch.Generator().manual_seed(2))
-    w = extra["w"]
+    out = DistillObjective(teacher, schedule, m, w_range=(0.0, 4.0))(x, labels, torch.Generator().manual_seed(2))
+    z_t, logsnr_t, x_tilde, w = out.z_t, out.logsnr, out.x, out.inputs["w"]
     assert w.min() >= 0 and w.max() <= 4 and w.std() > 0.5
     gen = torch.Generator().manual_seed(2)  # the objective's draws: i, the noise, then w
     i = torch.randint(1, m + 1, (n,), generator=gen)
@@ -445,7 +446,7 @@ def test_stage1_options_reach_the_model_and_the_optimizer():
 def test_w_margin_widens_the_trained_w_below_w_min_in_both_stages(teacher_run, tmp_path, monkeypatch):
     """guided.w_margin = m: stage 1 and every stage-2 round draw w from [w_min - m, w_max] (the teacher guided at
     w < w_min, negative w included); the model's range, and so sampling, stays [w_min, w_max]."""
-    from progdistill.training import guided as stage1_module, rounds as rounds_module
+    from progdistill.training import guided as stage1_module, plan as plan_module
     from progdistill.training.objectives import training_w_range
 
     assert training_w_range(1.0, 3.0, 1.5) == (-0.5, 3.0)
@@ -463,12 +464,12 @@ def test_w_margin_widens_the_trained_w_below_w_min_in_both_stages(teacher_run, t
         class Recording(cls):
             def __call__(self, *args, **kwargs):
                 out = super().__call__(*args, **kwargs)
-                drawn[key].append(out[3]["w"])
+                drawn[key].append(out.inputs["w"])
                 return out
         return Recording
 
     monkeypatch.setattr(stage1_module, "GuidedObjective", recording(GuidedObjective, "stage1"))
-    monkeypatch.setattr(rounds_module, "DistillObjective", recording(DistillObjective, "stage2"))
+    monkeypatch.setattr(plan_module, "DistillObjective", recording(DistillObjective, "stage2"))
     out = tmp_path / "g"
     assert main(["distill", "--from", str(teacher_run / "teacher"), "--guided", "--w-min", "1", "--w-max", "3",
                  "--w-margin", "1.5", "--stage1-updates", "30", "--out", str(out), "--no-progress",

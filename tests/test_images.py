@@ -16,6 +16,7 @@ from progdistill.denoiser import Denoiser
 from progdistill.evaluation.report import evaluate_run
 from progdistill.nets.unet import UNET_PRESETS, UNet, count_parameters
 from progdistill.training.loop import OptimSettings, fit
+from progdistill.training.objectives import Target
 from progdistill.training.rounds import distill
 from progdistill.training.teacher import train_teacher
 
@@ -100,7 +101,7 @@ def _one_step(batches, grad_accum, mixed_precision="no"):
     cfg = load_config("toy2d", [f'mixed_precision="{mixed_precision}"', 'device="cpu"'])
 
     def objective(x, labels, gen, shard=(0, 1)):  # deterministic: z = x, logsnr = 0, target = -x
-        return x, torch.zeros(x.shape[0]), -x
+        return Target(x, torch.zeros(x.shape[0]), -x)
 
     fit(den, iter(batches), objective, "constant", OptimSettings(lr=0.1, total_steps=1, grad_clip=0.0),
         accelerator=make_accelerator(cfg), seed=0, progress=False, grad_accum=grad_accum)

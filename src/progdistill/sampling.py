@@ -3,6 +3,8 @@ training (per-round sample checks) and evaluation, so neither imports the other.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -11,7 +13,7 @@ from .diffusion.registry import SAMPLERS, get_sampler
 from .diffusion.schedules import Schedule, step_grid
 from .guidance import check_guidance, guided
 
-__all__ = ["SAMPLERS", "balanced_labels", "generate"]
+__all__ = ["SAMPLERS", "balanced_labels", "generate", "sample_in_batches"]
 
 
 def balanced_labels(num: int, num_classes: int) -> Tensor | None:
@@ -48,15 +50,41 @@ def generate(
     else:
         check_guidance(getattr(denoiser, "spec", None), None)
     grid = step_grid(schedule, steps, device=device)
+
+    def denoise(z: Tensor, batch_labels: Tensor | None, generator: torch.Generator) -> Tensor:
+        return run(denoiser, z, grid, labels=batch_labels, clip=clip, variance=variance, generator=generator)
+
+    return sample_in_batches(denoise, num, data_shape, seed=seed, batch_size=batch_size, device=device,
+                             labels=labels, progress=progress, desc=f"{sampler} {steps} steps")
+
+
+# (starting noise [b, *data_shape], the batch's labels or None, the generator that drew the noise) -> samples
+BatchSampler = Callable[[Tensor, "Tensor | None", torch.Generator], Tensor]
+
+
+@torch.no_grad()
+def sample_in_batches(
+    denoise: BatchSampler,
+    num: int,
+    data_shape: tuple[int, ...],
+    *,
+    seed: int = 0,
+    batch_size: int = 10_000,
+    device: torch.device | str = "cpu",
+    labels: Tensor | None = None,
+    progress: bool = False,
+    desc: str = "",
+) -> Tensor:
+    """`num` samples, `batch_size` at a time, on the CPU: each batch's z_1 ~ N(0, I) drawn from one generator seeded
+    with `seed` (so equal seeds give equal noise whatever the sampler) and passed to `denoise` with its labels."""
     gen = torch.Generator(device=device).manual_seed(seed)
     out = []
-    bar = tqdm(total=num, desc=f"{sampler} {steps} steps", disable=not progress, leave=False)
+    bar = tqdm(total=num, desc=desc, disable=not progress, leave=False)
     for start in range(0, num, batch_size):
         b = min(batch_size, num - start)
         z = torch.randn((b, *data_shape), generator=gen, device=device)
-        lab = labels[start : start + b].to(device) if labels is not None else None
-        x = run(denoiser, z, grid, labels=lab, clip=clip, variance=variance, generator=gen)
-        out.append(x.cpu())
+        batch_labels = labels[start : start + b].to(device) if labels is not None else None
+        out.append(denoise(z, batch_labels, gen).cpu())
         bar.update(b)
     bar.close()
     return torch.cat(out)

@@ -11,24 +11,35 @@ true labels for the accuracy).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .. import runfolder
 from ..build import load_denoiser, schedule_of
-from ..sampling import balanced_labels, generate
-from .classifier import class_accuracy, feature_stats, load_classifier
-from .frechet import frechet_distance
-from .images import reference_sets, save_grid
+from ..sampling import balanced_labels
+from .classifier import FashionClassifier, class_accuracy
+from .figures import SampleGrids
+from .images import ClassifierMetric, reference_sets
 from .plots import quality_vs_accuracy
+from .rows import DATA, STUDENT, STUDENT_STOCHASTIC, TEACHER_DDIM, Row, Weights, names, rows_named
+from .runner import Evaluation, Job, Metric, Models, ReportFiles, Sampling, data_rows, run_evaluation
 
-GUIDED_SAMPLERS = ("teacher_ddim", "student", "student_stochastic")
-# Registry sampler and network evaluations per step (per sample) of each evaluated sampler.
-_KINDS = {"teacher_ddim": ("ddim", 2), "student": ("ddim", 1), "student_stochastic": ("stochastic", 1)}
+GUIDED_ROWS = (TEACHER_DDIM, STUDENT, STUDENT_STOCHASTIC)
+GUIDED_SAMPLERS = names(GUIDED_ROWS)
+ACCURACY_METRIC = "class_accuracy"
+COST_METRIC = "nfe"
+
+
+def evaluations_per_step(row: Row) -> int:
+    """Network evaluations per sampling step and sample: the guided teacher runs its conditional and unconditional
+    branches, a w-conditioned student one network."""
+    return 2 if row.weights is Weights.TEACHER else 1
+
+
+# Report name -> (registry sampler, network evaluations per step) of each evaluated sampler.
+_KINDS = {row.name: (row.sampler, evaluations_per_step(row)) for row in GUIDED_ROWS}
 
 
 def evaluate_guided(
@@ -54,9 +65,7 @@ def evaluate_guided(
     of `steps` they were distilled for."""
     run = Path(run)
     out = Path(out) if out is not None else runfolder.eval_dir(run)
-    unknown = sorted(set(samplers) - set(GUIDED_SAMPLERS))
-    if unknown:
-        raise ValueError(f"unknown guided sampler(s) {', '.join(unknown)}; choose from {', '.join(GUIDED_SAMPLERS)}")
+    requested = rows_named(tuple(samplers), GUIDED_ROWS, "guided ")
     teacher, record, cfg = load_denoiser(runfolder.teacher_stem(run), device)
     spec = teacher.spec
     if spec.data_shape != (1, 28, 28) or spec.num_classes != 10:
@@ -64,62 +73,56 @@ def evaluate_guided(
                          f"1x28x28 model, this teacher is {spec.num_classes}-class {spec.data_shape}")
     guided = Path(guided) if guided is not None else runfolder.guided_dir(run)
     students = {k: p for k, p in runfolder.saved_students(guided).items() if k in steps}
-    if not students and any(s != "teacher_ddim" for s in samplers):
+    if not students and any(row is not TEACHER_DDIM for row in requested):
         raise ValueError(f"{guided} holds no guided students at {', '.join(map(str, steps))} steps; run "
                          f"`progdistill distill --from {runfolder.teacher_stem(run)} --guided` first")
-    schedule = schedule_of(spec)
     labels = balanced_labels(num, spec.num_classes)
-    clf = load_classifier(device)
     reference, floor_images, floor_labels = reference_sets(cfg, num, seed)
-    ref_stats = feature_stats(reference, clf)
-
-    def measure(x: Tensor, lab: Tensor) -> dict[str, float]:
-        return {"frechet_classifier": frechet_distance(*feature_stats(x, clf), *ref_stats),
-                "class_accuracy": class_accuracy(x, lab, clf)}
-
+    frechet = ClassifierMetric(reference, device)
     # The floor: training images with their own labels (the accuracy the classifier reaches on real data).
-    rows = []
-    if floor_labels is not None:
-        rows += [{"sampler": "data", "steps": 0, "w": None, "metric": k, "value": v}
-                 for k, v in measure(floor_images, floor_labels).items()]
+    floor = ([] if floor_labels is None else
+             data_rows([frechet, _accuracy(frechet.classifier, floor_labels)], floor_images, w_column=True))
+    sampling = Sampling(schedule_of(spec), num, spec.data_shape, seed, clip=record["sampling"]["clip"],
+                        batch_size=batch_size, device=device, labels=labels, progress=progress)
+    files = ReportFiles(tables=guided_tables, plots=_plot_quality_vs_accuracy,
+                        figures=SampleGrids(floor_images, lambda job: f"w{job.w:g}_steps_{job.steps:04d}.png"))
+    jobs = _guided_jobs(requested, steps, teacher_steps, students, ws)
+    evaluation = Evaluation(jobs, Models(teacher, students, device), sampling,
+                            [frechet, _accuracy(frechet.classifier, labels)], files, floor=floor,
+                            job_metrics=[_network_evaluations], w_column=True, desc="evaluate (guided)",
+                            progress=progress)
+    return run_evaluation(evaluation, out)
 
+
+def _guided_jobs(requested: tuple[Row, ...], steps: list[int], teacher_steps: list[int] | None,
+                 students: dict[int, Path], ws: list[float]) -> list[Job]:
+    """For every w: the teacher at every count of `steps` and `teacher_steps`, then each student sampler."""
     teacher_counts = sorted(set(steps) | set(teacher_steps or [max(steps)]), reverse=True)
-    jobs = [("teacher_ddim", k) for k in teacher_counts if "teacher_ddim" in samplers]
-    jobs += [(s, k) for s in ("student", "student_stochastic") if s in samplers for k in sorted(students, reverse=True)]
-    jobs = [(s, k, w) for w in ws for s, k in jobs]
-    models = {}
-    grids: dict[tuple[float, int], list[tuple[str, Tensor]]] = {}
-    for sampler, k, w in tqdm(jobs, desc="evaluate (guided)", disable=not progress, dynamic_ncols=True):
-        if sampler == "teacher_ddim":
-            model = teacher
-        else:
-            if k not in models:
-                models = {k: load_denoiser(students[k], device)[0]}  # one student in memory at a time
-            model = models[k]
-        kind, per_step = _KINDS[sampler]
-        x = generate(model, schedule, k, num, spec.data_shape, sampler=kind, guidance=w,
-                     clip=record["sampling"]["clip"], seed=seed, batch_size=batch_size, device=device, labels=labels,
-                     progress=progress)
-        if not torch.isfinite(x).all():
-            raise FloatingPointError(f"{sampler} at {k} steps and w = {w} produced non-finite samples")
-        values = {**measure(x, labels), "nfe": float(per_step * k)}
-        rows += [{"sampler": sampler, "steps": k, "w": w, "metric": name, "value": v} for name, v in values.items()]
-        grids.setdefault((w, k), []).append((sampler, x[:10]))
+    cells = [(row, k) for row in GUIDED_ROWS if row in requested
+             for k in (teacher_counts if row is TEACHER_DDIM else sorted(students, reverse=True))]
+    return [Job(row, k, w) for w in ws for row, k in cells]
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(rows, indent=2))
-    (out / "report.md").write_text(guided_tables(rows))
+
+def _accuracy(classifier: FashionClassifier, labels: Tensor) -> Metric:
+    """The share of samples the classifier puts in the class of `labels`."""
+    return lambda samples: {ACCURACY_METRIC: class_accuracy(samples, labels, classifier)}
+
+
+def _network_evaluations(job: Job) -> dict[str, float]:
+    """Network evaluations per sample of a job."""
+    return {COST_METRIC: float(evaluations_per_step(job.row) * job.steps)}
+
+
+def _plot_quality_vs_accuracy(rows: list[dict], out: Path) -> None:
+    """OUT/quality_vs_accuracy.png."""
     quality_vs_accuracy(rows, out / "quality_vs_accuracy.png")
-    for (w, k), panels in grids.items():
-        save_grid([("data", floor_images[:10]), *panels], out / "samples" / f"w{w:g}_steps_{k:04d}.png")
-    return rows
 
 
 def guided_tables(rows: list[dict]) -> str:
     """One markdown table per metric: (sampler, steps) down the side, w across."""
     parts = []
-    for metric, better in (("frechet_classifier", "lower"), ("class_accuracy", "higher"), ("nfe", "per sample")):
-        sel = [r for r in rows if r["metric"] == metric and r["sampler"] != "data"]
+    for metric, better in ((ClassifierMetric.name, "lower"), (ACCURACY_METRIC, "higher"), (COST_METRIC, "per sample")):
+        sel = [r for r in rows if r["metric"] == metric and r["sampler"] != DATA]
         if not sel:
             continue
         ws = sorted({r["w"] for r in sel})
@@ -130,7 +133,7 @@ def guided_tables(rows: list[dict]) -> str:
         for s, k in keys:
             cells = [f"{value[(s, k, w)]:.4g}" if (s, k, w) in value else "" for w in ws]
             lines.append(f"| {s} | {k} | " + " | ".join(cells) + " |")
-        floor = [r["value"] for r in rows if r["metric"] == metric and r["sampler"] == "data"]
+        floor = [r["value"] for r in rows if r["metric"] == metric and r["sampler"] == DATA]
         if floor:
             lines += ["", f"Data (training images, their own labels): {floor[0]:.4g}"]
         parts.append("\n".join(lines) + "\n")

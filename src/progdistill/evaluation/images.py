@@ -19,68 +19,40 @@ is the teacher itself, whose own row at the reference step count is 0 / infinite
 
 from __future__ import annotations
 
-import json
 import math
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .. import runfolder
 from ..build import load_data, load_denoiser, schedule_of
 from ..config import Config
 from ..data.batches import to_unit_range
+from ..sampling import balanced_labels
 from .classifier import feature_stats, load_classifier
+from .figures import SampleGrids, save_grid, to_uint8
 from .frechet import frechet_distance
 from .plots import metric_vs_steps
-from ..sampling import balanced_labels, generate
+from .rows import (DATA, DIFFUSERS_DDIM, DPM_SOLVER, STUDENT, TEACHER_ANCESTRAL, TEACHER_DDIM, Row, names,
+                   rows_named)
+from .runner import Evaluation, Job, Metric, Models, ReportFiles, Sampling, data_rows, draw, run_evaluation
 from .tables import markdown_table
+
+__all__ = ["CLASSIFIER_METRIC", "HIGHER_IS_BETTER", "balanced_labels", "evaluate_images", "reference_sets",
+           "save_grid", "teacher_agreement"]
 
 CLASSIFIER_METRIC = "frechet_classifier"
 FIDELITY_METRICS = ("fid", "kid", "isc")
 AGREEMENT_METRICS = ("teacher_rms", "teacher_psnr")
 HIGHER_IS_BETTER = ("isc", "teacher_psnr")
-# name in report -> (sampler for `generate`, whose weights)
-SAMPLER_KINDS = {
-    "teacher_ddim": "ddim",
-    "teacher_ancestral": "ancestral",
-    "dpm_solver": "dpm_solver",
-    "student": "ddim",
-    # An imported diffusers model only: diffusers' own DDIMScheduler as the model's scheduler config sets it up
-    # (interop.diffusers_io.diffusers_default_ddim), reported beside ours for every imported teacher.
-    "diffusers_ddim": "diffusers",
-}
-
-
-def to_uint8(x: Tensor) -> Tensor:
-    """[-1, 1] floats -> uint8 [0, 255] (round to nearest), as images are stored."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-def save_grid(rows: list[tuple[str, Tensor]], path: Path, ncols: int = 10) -> Path:
-    """One row of `ncols` images per (label, images) entry, labelled on the left, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from torchvision.utils import make_grid
-
-    width = ncols * 0.75
-    fig, axes = plt.subplots(len(rows), 1, figsize=(width + 1.6, len(rows) * 0.8 + 0.2), squeeze=False)
-    fig.subplots_adjust(left=1.5 / (width + 1.6), right=0.99, top=0.98, bottom=0.02, hspace=0.1)
-    for ax, (label, images) in zip(axes[:, 0], rows):
-        grid = make_grid(to_uint8(images[:ncols]).float() / 255, nrow=ncols, padding=1, pad_value=1.0)
-        ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+# The rows an image evaluation can report; diffusers' own DDIM only for an imported teacher.
+IMAGE_ROWS = (TEACHER_DDIM, TEACHER_ANCESTRAL, DPM_SOLVER, STUDENT, DIFFUSERS_DDIM)
+IMAGE_SAMPLERS = names((TEACHER_DDIM, TEACHER_ANCESTRAL, DPM_SOLVER, STUDENT))
+# name in report -> the sampler it runs (a registry name, or "diffusers" for diffusers' own DDIMScheduler)
+SAMPLER_KINDS = {row.name: row.sampler for row in IMAGE_ROWS}
 
 
 class ClassifierMetric:
@@ -169,6 +141,8 @@ def teacher_agreement(x: Tensor, reference: Tensor) -> dict[str, float]:
     return {"teacher_rms": rms, "teacher_psnr": 20 * math.log10(2.0 / rms)}
 
 
+# The reference subset of a large data set is drawn with its own seed, independent of the floor sample's.
+REFERENCE_SUBSET_SEED_OFFSET = 1
 # The largest reference set materialised as float32 (FID's customary 50 000): a larger training set (a folder without
 # test split, ImageNet) is sampled down to it rather than loaded whole (1.28M ImageNet 64x64 images are 63 GB).
 REFERENCE_MAX = 50_000
@@ -191,8 +165,8 @@ def floor_sample(train, num: int, seed: int) -> tuple[Tensor, Tensor | None]:
 
 def reference_sets(cfg: Config, num: int, seed: int) -> tuple[Tensor, Tensor, Tensor | None]:
     """(reference, floor sample, its labels): the test split (or, for folders without one, the training images),
-    at most REFERENCE_MAX of them drawn with `seed`, and `num` training images drawn with `seed` with their labels.
-    Only those rows are read."""
+    at most REFERENCE_MAX of them (a subset drawn with its own seed), and `num` training images drawn with `seed`
+    with their labels. Only those rows are read."""
     train = load_data(cfg)
     try:
         test = load_data(cfg, split="test")
@@ -202,8 +176,8 @@ def reference_sets(cfg: Config, num: int, seed: int) -> tuple[Tensor, Tensor, Te
     if len(test) <= REFERENCE_MAX:
         reference = _rows(test, torch.arange(len(test)))
     else:
-        reference = _rows(test, torch.randperm(len(test), generator=torch.Generator().manual_seed(seed + 1))
-                          [:REFERENCE_MAX])
+        subset = torch.Generator().manual_seed(seed + REFERENCE_SUBSET_SEED_OFFSET)
+        reference = _rows(test, torch.randperm(len(test), generator=subset)[:REFERENCE_MAX])
     return reference, floor, floor_labels
 
 
@@ -214,7 +188,7 @@ def evaluate_images(
     steps: list[int],
     num: int,
     seed: int,
-    samplers: tuple[str, ...] = ("teacher_ddim", "teacher_ancestral", "dpm_solver", "student"),
+    samplers: tuple[str, ...] = IMAGE_SAMPLERS,
     max_steps: dict[str, int] | None = None,
     inception_weights: str | Path | None = None,
     classifier: bool | None = None,
@@ -229,85 +203,80 @@ def evaluate_images(
     The teacher-agreement rows compare every sampler's output with the teacher's DDIM at `reference_steps`
     (default: the largest of `steps`) from the same noise and labels; they are written for any image data, so a
     report exists even when no data-set metric applies (no classifier for the data, no Inception weights)."""
-    unknown = sorted(set(samplers) - set(SAMPLER_KINDS))
-    if unknown:
-        raise ValueError(f"unknown sampler(s) {', '.join(unknown)}; choose from {', '.join(SAMPLER_KINDS)}")
-    max_steps = max_steps or {}
+    requested = rows_named(tuple(samplers), IMAGE_ROWS)
     teacher, record, cfg = load_denoiser(runfolder.teacher_stem(run), device)
-    students = runfolder.saved_students(run) if "student" in samplers else {}
-    diffusers_scheduler = record.get("diffusers_scheduler")
-    if diffusers_scheduler is not None and "teacher_ddim" in samplers and "diffusers_ddim" not in samplers:
-        samplers = (*samplers, "diffusers_ddim")  # users of an imported model see diffusers' DDIM beside ours
-    elif diffusers_scheduler is None and "diffusers_ddim" in samplers:
-        raise ValueError("sampler 'diffusers_ddim' needs an imported teacher (progdistill import-diffusers)")
-    shape = teacher.spec.data_shape
-    schedule = schedule_of(teacher.spec)
-    sampling = record["sampling"]
-    labels = balanced_labels(num, teacher.spec.num_classes)
+    requested = _with_diffusers_row(requested, record.get("diffusers_scheduler"))
+    students = runfolder.saved_students(run) if STUDENT in requested else {}
+    reference_job = Job(TEACHER_DDIM, reference_steps or max(steps))
+    if reference_job.steps < 1:
+        raise ValueError(f"reference_steps must be >= 1, got {reference_job.steps}")
+    spec = teacher.spec
+    sampling = Sampling(schedule_of(spec), num, spec.data_shape, seed, variance=record["sampling"]["variance"],
+                        clip=record["sampling"]["clip"], batch_size=batch_size, device=device,
+                        labels=balanced_labels(num, spec.num_classes), progress=progress,
+                        diffusers_scheduler=record.get("diffusers_scheduler"))
     reference, floor_images, _ = reference_sets(cfg, num, seed)
-
-    metrics = []
     if classifier is None:
-        classifier = shape == (1, 28, 28)
+        classifier = spec.data_shape == (1, 28, 28)
+    dataset_metrics = _dataset_metrics(reference, classifier, inception_weights, device)
+    floor = data_rows(dataset_metrics, floor_images)
+    models = Models(teacher, students, device)
+    # The teacher's many-step DDIM output from the evaluation noise: what every sampler is compared with.
+    teacher_reference = draw(models, sampling, reference_job)
+    floor_text = (f"Floor ('data' row): {len(floor_images)} training images against the reference set "
+                  f"({len(reference)} images)")
+    files = ReportFiles(tables=partial(image_tables, floor_text=floor_text, reference_steps=reference_job.steps),
+                        plots=plot_each_metric,
+                        figures=SampleGrids(floor_images, lambda job: f"steps_{job.steps:04d}.png"))
+    jobs = _image_jobs(requested, steps, max_steps or {}, students)
+    metrics = [*dataset_metrics, partial(teacher_agreement, reference=teacher_reference)]
+    evaluation = Evaluation(jobs, models, sampling, metrics, files, floor=floor,
+                            presampled={reference_job: teacher_reference}, progress=progress)
+    return run_evaluation(evaluation, out)
+
+
+def _with_diffusers_row(requested: tuple[Row, ...], diffusers_scheduler: dict | None) -> tuple[Row, ...]:
+    """Users of an imported model see diffusers' own DDIM beside ours; other models cannot run it."""
+    if diffusers_scheduler is not None and TEACHER_DDIM in requested and DIFFUSERS_DDIM not in requested:
+        return (*requested, DIFFUSERS_DDIM)
+    if diffusers_scheduler is None and DIFFUSERS_DDIM in requested:
+        raise ValueError(f"sampler '{DIFFUSERS_DDIM.name}' needs an imported teacher (progdistill import-diffusers)")
+    return requested
+
+
+def _dataset_metrics(reference: Tensor, classifier: bool, inception_weights: str | Path | None,
+                     device: torch.device | str) -> list[Metric]:
+    """The data-set metrics that apply: the classifier Frechet distance, the Inception metrics given weights."""
+    metrics: list[Metric] = []
     if classifier:
         metrics.append(ClassifierMetric(reference, device))
     if inception_weights:
         metrics.append(InceptionMetrics(reference, inception_weights, device))
-    def measure(images: Tensor) -> dict[str, float]:
-        values = {}
-        for m in metrics:
-            values.update(m(images))
-        return values
+    return metrics
 
-    rows = [{"sampler": "data", "steps": 0, "metric": k, "value": v} for k, v in measure(floor_images).items()]
-    jobs = [(s, k) for s in samplers if s != "student" for k in steps if k <= max_steps.get(s, k)]
-    jobs += [("student", k) for k in sorted(students, reverse=True) if k in steps]
-    ref_steps = reference_steps or max(steps)
-    if ref_steps < 1:
-        raise ValueError(f"reference_steps must be >= 1, got {ref_steps}")
 
-    def sample(model, sampler: str, k: int) -> Tensor:
-        if SAMPLER_KINDS[sampler] == "diffusers":
-            from ..interop.diffusers_io import diffusers_default_ddim
+def _image_jobs(requested: tuple[Row, ...], steps: list[int], max_steps: dict[str, int],
+                students: dict[int, Path]) -> list[Job]:
+    """Each teacher sampler at every count of `steps` up to its `max_steps`, then the students at theirs."""
+    jobs = [Job(row, k) for row in requested if row is not STUDENT for k in steps if k <= max_steps.get(row.name, k)]
+    return jobs + [Job(STUDENT, k) for k in sorted(students, reverse=True) if k in steps]
 
-            x = diffusers_default_ddim(model, diffusers_scheduler, k, num, shape, seed=seed, batch_size=batch_size,
-                                       device=device, labels=labels)
-        else:
-            x = generate(model, schedule, k, num, shape, sampler=SAMPLER_KINDS[sampler],
-                         variance=sampling["variance"], clip=sampling["clip"], seed=seed, batch_size=batch_size,
-                         device=device, labels=labels, progress=progress)
-        if not torch.isfinite(x).all():
-            raise FloatingPointError(f"{sampler} at {k} steps produced non-finite samples")
-        return x
 
-    # The teacher's many-step DDIM output from the evaluation noise: what every sampler is compared with.
-    teacher_reference = sample(teacher, "teacher_ddim", ref_steps)
-    grids: dict[int, list[tuple[str, Tensor]]] = {}
-    for sampler, k in tqdm(jobs, desc="evaluate", disable=not progress, dynamic_ncols=True):
-        if sampler == "teacher_ddim" and k == ref_steps:
-            x = teacher_reference
-        else:
-            x = sample(load_denoiser(students[k], device)[0] if sampler == "student" else teacher, sampler, k)
-        values = {**measure(x), **teacher_agreement(x, teacher_reference)}
-        rows += [{"sampler": sampler, "steps": k, "metric": name, "value": v} for name, v in values.items()]
-        grids.setdefault(k, []).append((f"{sampler}", x[:10]))
-        del x
+def image_tables(rows: list[dict], floor_text: str, reference_steps: int) -> str:
+    """report.md: one table per metric, headed by which way is better (and, for agreement, against what)."""
+    parts = []
+    for name in dict.fromkeys(r["metric"] for r in rows):
+        header = (f"### {name} ({'higher' if name in HIGHER_IS_BETTER else 'lower'} is better"
+                  + (f"; against the teacher's {reference_steps}-step DDIM from the same noise)"
+                     if name in AGREEMENT_METRICS else ")"))
+        parts.append(f"{header}\n\n{markdown_table(rows, name, floor_text)}")
+    return "\n".join(parts)
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(rows, indent=2))
-    names = list(dict.fromkeys(r["metric"] for r in rows))
-    floor_text = (f"Floor ('data' row): {len(floor_images)} training images against the reference set "
-                  f"({len(reference)} images)")
-    header = {name: f"### {name} ({'higher' if name in HIGHER_IS_BETTER else 'lower'} is better"
-                    + (f"; against the teacher's {ref_steps}-step DDIM from the same noise)" if name in
-                       AGREEMENT_METRICS else ")") for name in names}
-    (out / "report.md").write_text("\n".join(f"{header[name]}\n\n{markdown_table(rows, name, floor_text)}"
-                                             for name in names))
-    for name in names:
-        floor = next((r["value"] for r in rows if r["sampler"] == "data" and r["metric"] == name), None)
+
+def plot_each_metric(rows: list[dict], out: Path) -> None:
+    """OUT/<metric>_vs_steps.png per metric, the data row as its floor (the agreement reference's 0 left out)."""
+    for name in dict.fromkeys(r["metric"] for r in rows):
+        floor = next((r["value"] for r in rows if r["sampler"] == DATA and r["metric"] == name), None)
         shown = [r for r in rows if r["metric"] == name and not (name in AGREEMENT_METRICS and r["value"] == 0)]
         if shown:
             metric_vs_steps(shown, out / f"{name}_vs_steps.png", name, floor=floor)
-    for k, panel in grids.items():
-        save_grid([("data", floor_images[:10]), *panel], out / "samples" / f"steps_{k:04d}.png")
-    return rows

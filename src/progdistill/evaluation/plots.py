@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from .rows import DATA, STUDENT_STOCHASTIC, TEACHER_DDIM  # noqa: E402
+
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
@@ -63,10 +65,10 @@ def quality_vs_accuracy(rows: list[dict], path: Path, quality: str = "frechet_cl
     class accuracy across, Frechet distance up (log axis): the guided teacher at its largest step count (thick),
     every student (stochastic sampler dashed); the data row as a star."""
     value = {(r["sampler"], r["steps"], r["w"], r["metric"]): r["value"] for r in rows}
-    keys = sorted({(r["sampler"], r["steps"]) for r in rows if r["sampler"] != "data"}, key=lambda t: (t[0], -t[1]))
+    keys = sorted({(r["sampler"], r["steps"]) for r in rows if r["sampler"] != DATA}, key=lambda t: (t[0], -t[1]))
     # The teacher at its reference (largest) step count only: its few-step rows are in the tables.
-    top = max((k for s, k in keys if s == "teacher_ddim"), default=None)
-    keys = [(s, k) for s, k in keys if s != "teacher_ddim" or k == top]
+    top = max((k for s, k in keys if s == TEACHER_DDIM.name), default=None)
+    keys = [(s, k) for s, k in keys if s != TEACHER_DDIM.name or k == top]
     fig, ax = plt.subplots(figsize=(7, 5))
     for s, k in keys:
         ws = sorted({r["w"] for r in rows if (r["sampler"], r["steps"]) == (s, k)})
@@ -75,12 +77,13 @@ def quality_vs_accuracy(rows: list[dict], path: Path, quality: str = "frechet_cl
         if not pts:
             continue
         line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{s}, {k} steps",
-                        linestyle="--" if s.endswith("stochastic") else "-", linewidth=2.5 if s == "teacher_ddim" else 1.5)
+                        linestyle="--" if s == STUDENT_STOCHASTIC.name else "-",
+                        linewidth=2.5 if s == TEACHER_DDIM.name else 1.5)
         for a, q, w in pts:
             ax.annotate(f"w={w:g}", (a, q), fontsize=6, color=line.get_color(), xytext=(3, 3),
                         textcoords="offset points")
-    if ("data", 0, None, accuracy) in value and ("data", 0, None, quality) in value:
-        ax.plot([value[("data", 0, None, accuracy)]], [value[("data", 0, None, quality)]], marker="*",
+    if (DATA, 0, None, accuracy) in value and (DATA, 0, None, quality) in value:
+        ax.plot([value[(DATA, 0, None, accuracy)]], [value[(DATA, 0, None, quality)]], marker="*",
                 markersize=12, color="black", linestyle="none", label="data (training images)")
     ax.set_yscale("log")
     ax.set_xlabel(f"{accuracy} (higher: samples match their label)")

@@ -3,22 +3,29 @@ a plot of the metric against step count and sample panels."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-from tqdm.auto import tqdm
 
 from .. import runfolder
 from ..build import load_denoiser, schedule_of
+from ..checkpoint import CheckpointError
 from ..data import sample_toy
 from ..data.images import IMAGE_DATASETS
-from ..checkpoint import CheckpointError
+from .figures import ScatterPanels
 from .metrics import sliced_wasserstein
+from .plots import metric_vs_steps
+from .rows import DPM_SOLVER, STUDENT, TEACHER_ANCESTRAL, TEACHER_DDIM, names
+from .runner import Evaluation, Job, Metric, Models, ReportFiles, Sampling, data_rows, run_evaluation
 from .tables import markdown_table
-from .plots import metric_vs_steps, scatter_panels
-from ..sampling import generate
+
+__all__ = ["METRIC", "evaluate_run", "markdown_table"]
 
 METRIC = "sliced_wasserstein"
+# The reference and floor sets of 2-D data come from seeds the training data never used (it draws from the data
+# seed itself), and from two different ones, so the floor compares two independent samples.
+REFERENCE_SEED_OFFSET = 100_003
+FLOOR_SEED_OFFSET = 200_003
+# Image runs evaluated without the teacher's ancestral baseline (evaluate --no-ancestral).
+IMAGE_SAMPLERS_WITHOUT_ANCESTRAL = names((TEACHER_DDIM, DPM_SOLVER, STUDENT))
 
 
 def evaluate_run(
@@ -43,38 +50,38 @@ def evaluate_run(
                               "'progdistill train'?")
     teacher, record, cfg = load_denoiser(runfolder.teacher_stem(run))
     students = runfolder.saved_students(run)
-    sampling = record["sampling"]
     if steps is None:
-        top = max([sampling["steps"], *students])
+        top = max([record["sampling"]["steps"], *students])
         steps = [2**i for i in range(top.bit_length())]
     if cfg.data.name in IMAGE_DATASETS:
         from .images import evaluate_images
 
         if not ancestral:
-            image_options.setdefault("samplers", ("teacher_ddim", "dpm_solver", "student"))
+            image_options.setdefault("samplers", IMAGE_SAMPLERS_WITHOUT_ANCESTRAL)
         return evaluate_images(run, out, steps=steps, num=num, seed=seed, progress=progress, **image_options)
     if image_options:
         raise ValueError(f"options {', '.join(image_options)} apply to image runs only")
-    schedule = schedule_of(teacher.spec)
-    shape = teacher.spec.data_shape
-    # Reference and floor sets come from seeds the training data never used.
-    reference = sample_toy(cfg.data.name, num, seed=cfg.data.seed + 100_003)
-    rows = [{"sampler": "data", "steps": 0, "metric": METRIC,
-             "value": sliced_wasserstein(sample_toy(cfg.data.name, num, seed=cfg.data.seed + 200_003), reference)}]
-    panels = [("data", reference)]
-    jobs = [("teacher_ddim", k) for k in steps] + [("student", k) for k in sorted(students, reverse=True)]
+    reference = sample_toy(cfg.data.name, num, seed=cfg.data.seed + REFERENCE_SEED_OFFSET)
+    metrics = [_sliced_wasserstein_to(reference)]
+    jobs = [Job(TEACHER_DDIM, k) for k in steps] + [Job(STUDENT, k) for k in sorted(students, reverse=True)]
     if ancestral:
-        jobs += [("teacher_ancestral", k) for k in steps]
-    for sampler, k in tqdm(jobs, desc="evaluate", disable=not progress, dynamic_ncols=True):
-        model = load_denoiser(students[k])[0] if sampler == "student" else teacher
-        x = generate(model, schedule, k, num, shape, sampler="ancestral" if sampler == "teacher_ancestral" else "ddim",
-                     variance=sampling["variance"], clip=sampling["clip"], seed=seed)
-        rows.append({"sampler": sampler, "steps": k, "metric": METRIC, "value": sliced_wasserstein(x, reference)})
-        if sampler != "teacher_ancestral":
-            panels.append((f"{sampler} {k} steps", x))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(rows, indent=2))
-    (out / "report.md").write_text(markdown_table(rows, METRIC))
+        jobs += [Job(TEACHER_ANCESTRAL, k) for k in steps]
+    floor = data_rows(metrics, sample_toy(cfg.data.name, num, seed=cfg.data.seed + FLOOR_SEED_OFFSET))
+    sampling = Sampling(schedule_of(teacher.spec), num, teacher.spec.data_shape, seed,
+                        variance=record["sampling"]["variance"], clip=record["sampling"]["clip"],
+                        require_finite=False)  # a diverged sampler is reported with an infinite distance
+    files = ReportFiles(tables=lambda rows: markdown_table(rows, METRIC), plots=_plot_with_floor,
+                        figures=ScatterPanels(reference, left_out=(TEACHER_ANCESTRAL,)))
+    evaluation = Evaluation(jobs, Models(teacher, students), sampling, metrics, files, floor=floor, progress=progress)
+    return run_evaluation(evaluation, out)
+
+
+def _sliced_wasserstein_to(reference) -> Metric:
+    """The 2-D metric: sliced Wasserstein distance of a sample set to `reference`."""
+    return lambda samples: {METRIC: sliced_wasserstein(samples, reference)}
+
+
+def _plot_with_floor(rows: list[dict], out: Path) -> None:
+    """OUT/metric_vs_steps.png, with the data row as the floor."""
     metric_vs_steps(rows, out / "metric_vs_steps.png", METRIC, floor=rows[0]["value"])
-    scatter_panels(panels, out / "samples.png")
-    return rows
+

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .rows import DATA
+
 
 def markdown_table(rows: list[dict], metric: str,
                    floor_text: str = "Floor (two independent data samples of the same size)") -> str:
@@ -13,7 +15,7 @@ def markdown_table(rows: list[dict], metric: str,
     for k in steps:
         cells = [f"{value[(s, k)]:.4f}" if (s, k) in value else "" for s in samplers]
         lines.append(f"| {k} | {' | '.join(cells)} |")
-    floor = [r["value"] for r in rows if r["metric"] == metric and r["sampler"] == "data"]
+    floor = [r["value"] for r in rows if r["metric"] == metric and r["sampler"] == DATA]
     if floor:
         lines.append(f"\n{floor_text}: {floor[0]:.4f}")
     return "\n".join(lines) + "\n"

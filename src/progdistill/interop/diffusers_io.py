@@ -29,6 +29,7 @@ from ..config import Config, ConfigError
 from ..denoiser import noise_condition
 from ..diffusion.schedules import alpha_sigma
 from ..checkpoint import CheckpointError, save_checkpoint
+from ..sampling import sample_in_batches
 
 PREDICTION_TYPES = {"eps": "epsilon", "x": "sample", "v": "v_prediction", "both": "v_prediction"}
 PARAMETERIZATIONS = {"epsilon": "eps", "sample": "x", "v_prediction": "v"}
@@ -62,26 +63,49 @@ def _learned_time_table(schedule, unet, num_train_timesteps: int) -> torch.Tenso
 def export_diffusers(ckpt: str | Path, out: str | Path, *, steps: int | None = None,
                      train_timesteps: int | None = None, clip: bool | None = None) -> dict:
     """Write a diffusers pipeline folder for checkpoint `ckpt`; returns a summary (steps, how to load it)."""
-    from diffusers import DDIMScheduler, UNet2DModel
-
     loaded = load_checkpoint(ckpt)
-    denoiser, record, spec = loaded.denoiser, loaded.record, loaded.spec
+    spec = loaded.spec
     shape = spec.data_shape
     if len(shape) != 3 or spec.kind not in ("unet", "diffusers"):
         raise ConfigError(f"export-diffusers needs an image model (a 'unet' or 'diffusers' network); {ckpt} is "
                           f"a {spec.kind!r} model of data shape {list(shape)}")
     steps = int(steps or loaded.sampling["steps"])
     param = spec.parameterization
-    num_classes = spec.num_classes
     guided = spec.guidance is not None
     if guided and (param == "both" or spec.kind != "unet"):
         raise ConfigError(f"export of a guided student needs a 'unet' network with eps, x or v output; {ckpt} is a "
                           f"{spec.kind!r} network with {param!r} output")
-    schedule = schedule_of(spec)
-    net = denoiser.net
     clip = loaded.sampling["clip"] if clip is None else clip
+    scheduler, unet_config, state = _exported_scheduler_and_unet(spec, loaded.denoiser.net, steps, train_timesteps,
+                                                                 clip)
+    num_train_timesteps = scheduler.config.num_train_timesteps
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} exists and is not empty; choose a new --out folder")
+    out.mkdir(parents=True, exist_ok=True)
+    model = _exported_unet(spec, loaded.denoiser.net, unet_config, state, num_train_timesteps)
+    remote = _save_pipeline(out, model, scheduler, spec)
+    summary = _export_summary(ckpt, spec, steps, num_train_timesteps, clip, remote)
+    (out / "progdistill_export.json").write_text(json.dumps(summary, indent=2))
+    (out / "README.md").write_text(
+        f"# progdistill export\n\nA {loaded.record.get('kind', 'model')} of `{ckpt}` for diffusers: a {steps}-step "
+        f"DDIM sampler (prediction_type {PREDICTION_TYPES[param]}, {num_train_timesteps} training timesteps, "
+        f"trailing spacing).\n\n"
+        f"```python\nfrom diffusers import {'DiffusionPipeline' if remote else 'DDIMPipeline'}\n"
+        f"pipe = {summary['load'].replace('folder', repr(str(out)))}\nimages = {summary['call']}.images\n```\n"
+        + ("\nClipping: pass `use_clipped_model_output=True` so that eps is re-derived from the clipped x_hat, "
+           "as the progdistill sampler does.\n" if clip and not spec.num_classes else ""))
+    return summary
+
+
+def _exported_scheduler_and_unet(spec, net, steps: int, train_timesteps: int | None, clip: bool):
+    """(DDIMScheduler, UNet2DModel config, U-Net state dict) of the export: an imported model keeps its own
+    discrete timesteps; ours get a trailing grid of T timesteps and a learned time table at their log-SNRs."""
+    from diffusers import DDIMScheduler
+
+    schedule = schedule_of(spec)
     common = dict(clip_sample=clip, clip_sample_range=1.0, set_alpha_to_one=True, steps_offset=0,
-                  timestep_spacing="trailing", prediction_type=PREDICTION_TYPES[param])
+                  timestep_spacing="trailing", prediction_type=PREDICTION_TYPES[spec.parameterization])
     if spec.kind == "diffusers":
         T = spec.schedule["num_timesteps"]
         if train_timesteps not in (None, T):
@@ -89,55 +113,63 @@ def export_diffusers(ckpt: str | Path, out: str | Path, *, steps: int | None = N
         if T % steps:
             raise ConfigError(f"{steps} steps do not fall on this model's {T} timesteps (T must be a multiple "
                               "of the step count for the pipeline to take the same steps)")
-        d = spec.schedule
-        scheduler = DDIMScheduler(num_train_timesteps=T, beta_schedule=d["beta_schedule"],
-                                  beta_start=d["beta_start"], beta_end=d["beta_end"], **common)
-        unet_config = _plain_config(net.unet.config)
-        state = net.unet.state_dict()
-    else:
-        T = int(train_timesteps or default_train_timesteps(steps))
-        if T % steps:
-            raise ConfigError(f"--train-timesteps ({T}) must be a multiple of the step count ({steps})")
-        t = torch.arange(0, T + 1, dtype=torch.float64) / T
-        abar = torch.sigmoid(schedule(t))  # abar[0] is t = 0, abar[j + 1] timestep j
-        betas = 1.0 - abar[1:] / abar[:-1]
-        betas[0] = 1.0 - abar[1]
-        scheduler = DDIMScheduler(num_train_timesteps=T, trained_betas=betas.tolist(), **common)
-        unet_config = _plain_config(net.unet.config) | {"time_embedding_type": "learned",
-                                                        "num_train_timesteps": T}
-        state = dict(net.unet.state_dict())
-        state["time_proj.weight"] = _learned_time_table(schedule, net.unet, T)
+        discrete = spec.schedule
+        scheduler = DDIMScheduler(num_train_timesteps=T, beta_schedule=discrete["beta_schedule"],
+                                  beta_start=discrete["beta_start"], beta_end=discrete["beta_end"], **common)
+        return scheduler, _plain_config(net.unet.config), net.unet.state_dict()
+    T = int(train_timesteps or default_train_timesteps(steps))
+    if T % steps:
+        raise ConfigError(f"--train-timesteps ({T}) must be a multiple of the step count ({steps})")
+    t = torch.arange(0, T + 1, dtype=torch.float64) / T
+    abar = torch.sigmoid(schedule(t))  # abar[0] is t = 0, abar[j + 1] timestep j
+    betas = 1.0 - abar[1:] / abar[:-1]
+    betas[0] = 1.0 - abar[1]
+    scheduler = DDIMScheduler(num_train_timesteps=T, trained_betas=betas.tolist(), **common)
+    unet_config = _plain_config(net.unet.config) | {"time_embedding_type": "learned", "num_train_timesteps": T}
+    state = dict(net.unet.state_dict())
+    state["time_proj.weight"] = _learned_time_table(schedule, net.unet, T)
+    return scheduler, unet_config, state
 
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} exists and is not empty; choose a new --out folder")
-    out.mkdir(parents=True, exist_ok=True)
-    custom_unet = param == "both" or guided
-    if guided:
+
+def _exported_unet(spec, net, unet_config: dict, state: dict, num_train_timesteps: int) -> torch.nn.Module:
+    """The diffusers model to save: a stock UNet2DModel, or the wrapper of a guided or "both" network."""
+    shape, param = spec.data_shape, spec.parameterization
+    if spec.guidance is not None:
         from .progdistill_unet import GuidedUNet2DModel
 
         g = spec.guidance
         model = GuidedUNet2DModel(unet_config=unet_config, embed_dim=g["embed_dim"], embed_scale=g["embed_scale"],
                                   w_min=g["w_min"], w_max=g["w_max"], sample_size=shape[1], in_channels=shape[0],
-                                  num_classes=num_classes, class_gate=g.get("class_gate", False))
+                                  num_classes=spec.num_classes, class_gate=g.get("class_gate", False))
         model.unet.load_state_dict(state)
         model.w_embed.load_state_dict(net.w_embed.state_dict())
-    elif param == "both":
+        return model
+    if param == "both":
         from .progdistill_unet import BothUNet2DModel
 
-        model = BothUNet2DModel(unet_config=unet_config, num_train_timesteps=T, sample_size=shape[1],
-                                in_channels=shape[0])
+        model = BothUNet2DModel(unet_config=unet_config, num_train_timesteps=num_train_timesteps,
+                                sample_size=shape[1], in_channels=shape[0])
         model.unet.load_state_dict(state)
-        j = torch.arange(1, T + 1, dtype=torch.float64) / T
-        a, s = alpha_sigma(schedule(j).to(torch.float32))
+        j = torch.arange(1, num_train_timesteps + 1, dtype=torch.float64) / num_train_timesteps
+        a, s = alpha_sigma(schedule_of(spec)(j).to(torch.float32))
         model.alpha_sigma.copy_(torch.stack([a, s], dim=1))
-    else:
-        model = UNet2DModel.from_config(unet_config)
-        model.load_state_dict(state)
-    model.save_pretrained(out / "unet")
-    scheduler.save_pretrained(out / "scheduler")
+        return model
+    from diffusers import UNet2DModel
+
+    model = UNet2DModel.from_config(unet_config)
+    model.load_state_dict(state)
+    return model
+
+
+def _save_pipeline(out: Path, model, scheduler, spec) -> bool:
+    """unet/, scheduler/, model_index.json and the custom code files the pipeline needs; whether loading it needs
+    trust_remote_code (a custom U-Net or a class-conditional pipeline)."""
     import diffusers
 
+    guided, num_classes = spec.guidance is not None, spec.num_classes
+    custom_unet = spec.parameterization == "both" or guided
+    model.save_pretrained(out / "unet")
+    scheduler.save_pretrained(out / "scheduler")
     index = {"_diffusers_version": diffusers.__version__, "scheduler": ["diffusers", "DDIMScheduler"],
              "unet": (["progdistill_unet", "GuidedUNet2DModel" if guided else "BothUNet2DModel"] if custom_unet
                       else ["diffusers", "UNet2DModel"])}
@@ -149,26 +181,23 @@ def export_diffusers(ckpt: str | Path, out: str | Path, *, steps: int | None = N
     else:
         index["_class_name"] = "DDIMPipeline"
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
-    remote = custom_unet or bool(num_classes)
+    return custom_unet or bool(num_classes)
+
+
+def _export_summary(ckpt: str | Path, spec, steps: int, num_train_timesteps: int, clip: bool, remote: bool) -> dict:
+    """progdistill_export.json: the step count, timesteps, prediction type and how to load and call the pipeline."""
+    param, num_classes, guidance = spec.parameterization, spec.num_classes, spec.guidance
     loader = ("DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)" if remote
               else "DDIMPipeline.from_pretrained(folder)")
-    scale = f"guidance_scale={1 + (spec.guidance['w_min'] + spec.guidance['w_max']) / 2:g}, " if guided else ""
+    scale = f"guidance_scale={1 + (guidance['w_min'] + guidance['w_max']) / 2:g}, " if guidance is not None else ""
     call = (f"pipe(class_labels=[0, 1, 2], {scale}num_inference_steps={steps}, output_type='np')" if num_classes else
             f"pipe(batch_size=4, num_inference_steps={steps}"
             + (", use_clipped_model_output=True" if clip else "") + ", output_type='np')")
-    summary = {"steps": steps, "num_train_timesteps": T, "prediction_type": PREDICTION_TYPES[param],
-               "parameterization": param, "num_classes": num_classes, "clip_sample": clip, "load": loader,
-               "call": call, "source": str(ckpt),
-               **({"guidance_scale_range": [1 + spec.guidance["w_min"], 1 + spec.guidance["w_max"]]} if guided else {})}
-    (out / "progdistill_export.json").write_text(json.dumps(summary, indent=2))
-    (out / "README.md").write_text(
-        f"# progdistill export\n\nA {record.get('kind', 'model')} of `{ckpt}` for diffusers: a {steps}-step "
-        f"DDIM sampler (prediction_type {PREDICTION_TYPES[param]}, {T} training timesteps, trailing spacing).\n\n"
-        f"```python\nfrom diffusers import {'DiffusionPipeline' if remote else 'DDIMPipeline'}\n"
-        f"pipe = {loader.replace('folder', repr(str(out)))}\nimages = {call}.images\n```\n"
-        + ("\nClipping: pass `use_clipped_model_output=True` so that eps is re-derived from the clipped x_hat, "
-           "as the progdistill sampler does.\n" if clip and not num_classes else ""))
-    return summary
+    return {"steps": steps, "num_train_timesteps": num_train_timesteps, "prediction_type": PREDICTION_TYPES[param],
+            "parameterization": param, "num_classes": num_classes, "clip_sample": clip, "load": loader,
+            "call": call, "source": str(ckpt),
+            **({"guidance_scale_range": [1 + guidance["w_min"], 1 + guidance["w_max"]]} if guidance is not None
+               else {})}
 
 
 # ---------------------------------------------------------------------------------------------------- import
@@ -206,12 +235,8 @@ def read_diffusers_folder(folder: str | Path):
     return unet, sched
 
 
-def import_diffusers(folder: str | Path, out: str | Path, base: Config) -> Path:
-    """Write out/teacher (a progdistill teacher checkpoint) from a diffusers UNet2DModel + DDPM/DDIM scheduler.
-
-    `base` supplies the data the distillation trains on and the [distill] settings; the model, its schedule and
-    parameterization come from the folder."""
-    unet, sched = read_diffusers_folder(folder)
+def _importable_parameterization(unet, sched: dict) -> str:
+    """The parameterization (eps, x or v) of a model import can take; ConfigError naming what it cannot."""
     if sched.get("trained_betas") is not None:
         raise ConfigError("schedulers with trained_betas are not supported: import takes beta_schedule linear, "
                           "scaled_linear or squaredcos_cap_v2")
@@ -224,14 +249,23 @@ def import_diffusers(folder: str | Path, out: str | Path, base: Config) -> Path:
     if unet.config.time_embedding_type != "positional":
         raise ConfigError(f"time_embedding_type {unet.config.time_embedding_type!r} is not supported (positional "
                           "embeddings can be evaluated between timesteps; learned and fourier ones cannot)")
-    param = PARAMETERIZATIONS[prediction]
+    return PARAMETERIZATIONS[prediction]
+
+
+def import_diffusers(folder: str | Path, out: str | Path, base: Config) -> Path:
+    """Write out/teacher (a progdistill teacher checkpoint) from a diffusers UNet2DModel + DDPM/DDIM scheduler.
+
+    `base` supplies the data the distillation trains on and the [distill] settings; the model, its schedule and
+    parameterization come from the folder."""
+    unet, sched = read_diffusers_folder(folder)
+    param = _importable_parameterization(unet, sched)
     ucfg = _plain_config(unet.config)
     # The "auto" [distill] values made explicit for this teacher (v students, warm-up and clipped-teacher targets
-    # near t = 1 for eps; training.reparam.resolve_distill); a value the user set stays.
-    from ..training.reparam import resolve_distill
+    # near t = 1 for eps; config.resolve_distill); a value the user set stays.
+    from ..config import resolve_distill
 
-    dc = resolve_distill(replace(base, model=replace(base.model, parameterization=param))).distill
-    student = param if dc.parameterization == "same" else dc.parameterization
+    distill_settings = resolve_distill(replace(base, model=replace(base.model, parameterization=param))).distill
+    student = param if distill_settings.parameterization == "same" else distill_settings.parameterization
     cfg = replace(
         base,
         model=replace(base.model, arch="diffusers", parameterization=param,
@@ -241,7 +275,7 @@ def import_diffusers(folder: str | Path, out: str | Path, base: Config) -> Path:
                           beta_schedule=sched.get("beta_schedule", "linear"),
                           beta_start=float(sched.get("beta_start", 1e-4)), beta_end=float(sched.get("beta_end", 0.02)),
                           weighting=DISTILL_WEIGHTINGS[param]),
-        distill=replace(dc, weighting=DISTILL_WEIGHTINGS.get(student, dc.weighting)),
+        distill=replace(distill_settings, weighting=DISTILL_WEIGHTINGS.get(student, distill_settings.weighting)),
         # Our best sampler for every imported model (data in [-1, 1]): DDIM with x_hat clipped and eps re-derived,
         # whatever the scheduler's clip_sample says (diffusers' own DDIM is reported beside it by evaluate).
         sample=replace(base.sample, clip=True),
@@ -281,14 +315,11 @@ def diffusers_default_ddim(denoiser, scheduler_config: dict, steps: int, num: in
     unet = denoiser.net.unet
     sched = DDIMScheduler.from_config({k: v for k, v in scheduler_config.items() if k != "_class_name"})
     sched.set_timesteps(steps)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    out = []
-    for start in range(0, num, batch_size):
-        b = min(batch_size, num - start)
-        z = torch.randn((b, *data_shape), generator=gen, device=device)
-        lab = labels[start : start + b].to(device) if labels is not None else None
+
+    def denoise(z: torch.Tensor, batch_labels: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         for t in sched.timesteps:
-            pred = unet(z, t.to(device), class_labels=lab).sample
+            pred = unet(z, t.to(device), class_labels=batch_labels).sample
             z = sched.step(pred, t, z, eta=0.0).prev_sample
-        out.append(z.cpu())
-    return torch.cat(out)
+        return z
+
+    return sample_in_batches(denoise, num, data_shape, seed=seed, batch_size=batch_size, device=device, labels=labels)

@@ -21,8 +21,7 @@ from typing import Any
 from torch import nn
 
 from .args import SpecError, _jsonable, resolve_args  # noqa: F401 (re-exported)
-
-NET_KINDS = ("mlp", "unet", "diffusers")
+from .presets import NET_KINDS
 
 
 @dataclass(frozen=True)

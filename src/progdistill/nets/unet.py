@@ -7,35 +7,13 @@ sinusoidally.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from diffusers import UNet2DModel
 from torch import Tensor, nn
 
 from .args import resolve_args
 from .embedding import GuidanceEmbedding, guidance_input
-
-
-@dataclass(frozen=True)
-class UNetSpec:
-    """Shape of a U-Net: channels per level, res blocks per level, resolutions with attention."""
-
-    channels: tuple[int, ...]
-    layers_per_block: int
-    attention_resolutions: tuple[int, ...]
-    attention_head_dim: int | None = None  # None: one head per block (channels wide)
-    norm_groups: int = 32
-
-
-# PAPER section 6. The embedding width is 4 x the base channels in diffusers (1024 for CIFAR-10, 768 for ImageNet).
-UNET_PRESETS: dict[str, UNetSpec] = {
-    "cifar10": UNetSpec((256, 256, 256), 3, (16, 8)),
-    "imagenet64": UNetSpec((192, 384, 576, 768), 3, (32, 16, 8), attention_head_dim=64),
-    # Sized for CPU work on 28x28 data (28 -> 14 -> 7), attention at 7x7: ~0.76M parameters (class-conditional),
-    # ~0.6 s per training step of 64 images and ~2.6 ms per image and network evaluation on 2 CPU cores.
-    "small": UNetSpec((16, 32, 64), 1, (7,), norm_groups=8),
-}
+from .presets import UNET_PRESETS, UNetSpec
 
 
 def unet_config(spec: UNetSpec, image_size: int, in_channels: int, out_channels: int, dropout: float = 0.0,

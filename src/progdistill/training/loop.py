@@ -6,7 +6,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from accelerate import Accelerator
@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..denoiser import Denoiser
 from ..diffusion.weighting import weighted_loss
+from .objectives import Target
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -54,10 +55,143 @@ def make_ema(model: torch.nn.Module, decay: float) -> AveragedModel | None:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
-# objective(this process's rows x of the global batch, their labels, generator, (rank, world))
-#   -> (z_t, logsnr_t, x_target) for those rows (noise and times drawn for the whole global batch), optionally with
-#   a fourth item: keyword inputs of the model's call that replace or add to {"labels": labels} (e.g. "w")
-Objective = Callable[[Tensor, Tensor | None, torch.Generator, tuple[int, int]], tuple]
+# objective(this process's rows x of the global batch, their labels, generator, (rank, world)) -> Target for those
+# rows (noise and times drawn for the whole global batch)
+Objective = Callable[[Tensor, Tensor | None, torch.Generator, tuple[int, int]], Target]
+
+# The logged running loss: an exponential average over about 50 steps (weights of the old value and the new one).
+SMOOTHING = (0.98, 0.02)
+HISTORY_EVERY = 50  # steps between the (step, running loss) pairs a phase keeps in its history
+# A fresh loop seeds the global RNG (dropout) with its noise seed plus this offset, apart from the generator's stream.
+DROPOUT_SEED_OFFSET = 1
+
+
+@dataclass
+class LoopOptions:
+    """How `fit` runs, beyond the optimizer settings."""
+
+    seed: int
+    grad_accum: int = 1
+    desc: str = "train"
+    progress: bool = True
+    log_every: int = 10
+    perf: Any = None  # a PerfConfig, or None
+
+
+class TrainingLoop:
+    """The state of one run of `fit`: the prepared model and optimizer, the learning-rate schedule, the objective's
+    generator, the loss history, and one optimizer step at a time."""
+
+    def __init__(self, denoiser: Denoiser, settings: OptimSettings, accelerator: Accelerator, opts: LoopOptions,
+                 resume: dict | None):
+        self.accelerator, self.settings, self.opts = accelerator, settings, opts
+        self.shard = (accelerator.process_index, accelerator.num_processes)
+        perf = opts.perf
+        self.channels_last = bool(perf and perf.channels_last)
+        if self.channels_last:
+            denoiser.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.Adam(denoiser.parameters(), lr=settings.lr, betas=settings.betas,
+                                     fused=True if perf and perf.fused_adam else None)
+        self.generator = torch.Generator(device=accelerator.device).manual_seed(opts.seed)
+        self.first, self.history, self.running = 1, [], None
+        self.images_seen = 0  # training images (of every process) since the last throughput log
+        if resume is not None:
+            optimizer.load_state_dict(resume["optimizer"])
+            self.generator.set_state(resume["generator"])
+            torch.set_rng_state(resume["torch_rng"])  # the global RNG drives dropout
+            self.first = int(resume["step"]) + 1
+            self.history = [tuple(h) for h in resume.get("history", [])]
+            self.running = resume.get("running")
+            # last_epoch = step - 1, and the constructor's own step() brings it to `step`: lr = lr * factor(step).
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, settings.lr_factor, last_epoch=self.first - 2)
+        else:
+            torch.manual_seed(opts.seed + DROPOUT_SEED_OFFSET)  # the global RNG drives dropout
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, settings.lr_factor)
+        self.model, self.optimizer = accelerator.prepare(denoiser, optimizer)
+        self.model.train()
+        # torch.compile wraps the forward only: weights and state dicts stay the prepared model's.
+        self.forward = torch.compile(self.model) if perf and perf.compile else self.model
+
+    def snapshot(self, step: int, batches) -> Callable[[], dict]:
+        """The loop state after `step`, built on demand (see `fit`)."""
+        state_dict = getattr(batches, "state_dict", None)  # data.Batches knows its data order; a plain iterator not
+        return lambda: {"step": step, "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+                        "torch_rng": torch.get_rng_state(), "history": list(self.history), "running": self.running,
+                        "data": state_dict() if state_dict is not None else None}
+
+    def micro_batch(self, x: Tensor, labels: Tensor | None, objective: Objective, weighting: str, last: bool) -> float:
+        """Forward and backward of one micro-batch; returns its share of the global batch's loss."""
+        accelerator, device = self.accelerator, self.accelerator.device
+        self.images_seen += x.shape[0] * self.shard[1]
+        x = x.to(device, non_blocking=True)
+        labels = labels.to(device) if labels is not None else None
+        with accelerator.autocast():  # distillation: the teacher evaluates in the student's precision
+            target = objective(x, labels, self.generator, self.shard)
+        z_t = target.z_t
+        if self.channels_last and z_t.ndim == 4:
+            z_t = z_t.contiguous(memory_format=torch.channels_last)
+        # Gradients are only all-reduced on the last micro-batch of a step.
+        with contextlib.nullcontext() if last else accelerator.no_sync(self.model):
+            with accelerator.autocast():
+                x_hat = self.forward(z_t, target.logsnr, **({"labels": labels} | target.inputs))
+            loss = weighted_loss(x_hat, target.x, target.logsnr, weighting) / self.opts.grad_accum
+            accelerator.backward(loss)
+        # The loss of the global batch (mean over processes): every process logs and checks the same value.
+        return (accelerator.reduce(loss.detach(), reduction="mean") if self.shard[1] > 1 else loss).item()
+
+    def clip_and_check(self, step: int, value: float) -> Tensor | None:
+        """Clip the gradient norm (returned) and stop before the update when the loss or the norm is not finite."""
+        grad_norm = (self.accelerator.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
+                     if self.settings.grad_clip > 0 else None)
+        if not math.isfinite(value) or (grad_norm is not None and not torch.isfinite(grad_norm)):
+            raise NonFiniteLossError(
+                f"{self.opts.desc}: non-finite loss ({value}) or gradient norm at step {step}; stopping before the "
+                "update. Lower the learning rate, keep grad_clip > 0, or check the data for NaNs."
+            )
+        return grad_norm
+
+    def update(self, step: int, value: float, ema: AveragedModel | None) -> None:
+        """The optimizer, learning-rate, EMA and running-loss updates after a checked step."""
+        self.optimizer.step()
+        self.scheduler.step()
+        if ema is not None:
+            ema.update_parameters(self.accelerator.unwrap_model(self.model))
+        keep, new = SMOOTHING
+        self.running = value if self.running is None else keep * self.running + new * value
+        if step % HISTORY_EVERY == 0 or step == self.settings.total_steps:
+            self.history.append((step, self.running))
+
+    def step(self, step: int, batches, objective: Objective, weighting: str, ema: AveragedModel | None
+             ) -> tuple[float, Tensor | None]:
+        """One optimizer step over grad_accum micro-batches; returns (loss, gradient norm)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        value = 0.0
+        for micro in range(self.opts.grad_accum):
+            x, labels = next(batches)  # this process's rows of the global batch
+            value += self.micro_batch(x, labels, objective, weighting, micro == self.opts.grad_accum - 1)
+        grad_norm = self.clip_and_check(step, value)
+        self.update(step, value, ema)
+        return value, grad_norm
+
+
+class ScalarLog:
+    """Every `every` steps and at the last: the step's loss, its smoothed value, the learning rate, the gradient norm
+    and the throughput in training images per second since the last call."""
+
+    def __init__(self, log: Callable[[int, dict], None] | None, every: int, total: int):
+        self.log, self.every, self.total = log, every, total
+        self.clock = time.perf_counter()
+
+    def __call__(self, step: int, value: float, loop: TrainingLoop, grad_norm: Tensor | None) -> None:
+        if self.log is None or not (step % self.every == 0 or step == self.total):
+            return
+        now = time.perf_counter()
+        scalars = {"loss": value, "loss_smoothed": loop.running, "lr": loop.scheduler.get_last_lr()[0],
+                   "images_per_s": loop.images_seen / max(now - self.clock, 1e-9)}
+        if grad_norm is not None:
+            scalars["grad_norm"] = float(grad_norm)
+        self.log(step, scalars)
+        self.clock, loop.images_seen = now, 0
 
 
 def fit(
@@ -80,102 +214,29 @@ def fit(
     perf=None,
 ) -> list[tuple[int, float]]:
     """Run settings.total_steps optimizer steps of  w(lambda) ||x_target - x_hat(z_t)||^2; returns (step, loss)
-    pairs logged along the way. `on_step(step, loss)` runs after every step (1-based), e.g. to checkpoint.
-    Every optimizer step averages the gradients of `grad_accum` micro-batches drawn from `batches`.
+    pairs logged along the way. Every optimizer step averages the gradients of `grad_accum` micro-batches drawn
+    from `batches`, which yields this process's rows of every global batch.
 
-    Exact resume: `on_step(step, loss, snapshot)` may call `snapshot()` for the loop state after `step` (optimizer,
-    objective RNG, loss history); passing that dict back as `resume` (with the EMA restored by the caller and
-    `batches` advanced by step * grad_accum micro-batches) continues bit for bit as if never interrupted. `batches`
-    yields this process's rows of every global batch; when it has a `state_dict()` (data.Batches), the snapshot
-    holds it under "data", the data order to resume from.
+    Exact resume: `on_step(step, loss, snapshot)` runs after every step (1-based) and may call `snapshot()` for the
+    loop state after `step` (optimizer, objective RNG, loss history, and the data order under "data" when `batches`
+    has a `state_dict()`); passing that dict back as `resume` (with the EMA restored by the caller and `batches`
+    advanced by step * grad_accum micro-batches) continues bit for bit as if never interrupted.
 
-    `log(step, scalars)` receives, every `log_every` steps and at the last, the step's loss, its smoothed value,
-    the learning rate, the gradient norm and the throughput in training images per second since the last call.
-
-    `perf` (a PerfConfig) switches on channels-last memory, fused Adam and torch.compile; the objective (for
-    distillation: the two teacher evaluations, without gradients) runs under the same autocast as the student."""
-    device = accelerator.device
-    shard = (accelerator.process_index, accelerator.num_processes)
-    channels_last = bool(perf and perf.channels_last)
-    if channels_last:
-        denoiser.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(denoiser.parameters(), lr=settings.lr, betas=settings.betas,
-                                 fused=True if perf and perf.fused_adam else None)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    first = 1
-    history: list[tuple[int, float]] = []
-    running = None
-    if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])
-        generator.set_state(resume["generator"])
-        torch.set_rng_state(resume["torch_rng"])  # the global RNG drives dropout
-        first = int(resume["step"]) + 1
-        history = [tuple(h) for h in resume.get("history", [])]
-        running = resume.get("running")
-        # last_epoch = step - 1, and the constructor's own step() brings it to `step`: lr = lr * factor(step).
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, settings.lr_factor, last_epoch=first - 2)
-    else:
-        torch.manual_seed(seed + 1)  # the global RNG drives dropout
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, settings.lr_factor)
-    model, optimizer = accelerator.prepare(denoiser, optimizer)
-    model.train()
-    forward = torch.compile(model) if perf and perf.compile else model  # weights and state dicts stay model's
-
-    def snapshot_at(step: int):
-        return lambda: {"step": step, "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                        "torch_rng": torch.get_rng_state(), "history": list(history), "running": running,
-                        "data": batches.state_dict() if hasattr(batches, "state_dict") else None}
-
-    bar = tqdm(range(first, settings.total_steps + 1), desc=desc, disable=not progress, leave=False,
-               dynamic_ncols=True, initial=first - 1, total=settings.total_steps)
-    clock, images_seen = time.perf_counter(), 0
+    `log(step, scalars)`: see `ScalarLog`. `perf` (a PerfConfig) switches on channels-last memory, fused Adam and
+    torch.compile; the objective (for distillation: the two teacher evaluations, without gradients) runs under the
+    same autocast as the student."""
+    opts = LoopOptions(seed, grad_accum, desc, progress, log_every, perf)
+    loop = TrainingLoop(denoiser, settings, accelerator, opts, resume)
+    bar = tqdm(range(loop.first, settings.total_steps + 1), desc=desc, disable=not progress, leave=False,
+               dynamic_ncols=True, initial=loop.first - 1, total=settings.total_steps)
+    scalar_log = ScalarLog(log, log_every, settings.total_steps)
     for step in bar:
-        optimizer.zero_grad(set_to_none=True)
-        value = 0.0
-        for micro in range(grad_accum):
-            x, labels = next(batches)  # this process's rows of the global batch
-            images_seen += x.shape[0] * shard[1]
-            x = x.to(device, non_blocking=True)
-            labels = labels.to(device) if labels is not None else None
-            with accelerator.autocast():  # distillation: the teacher evaluates in the student's precision
-                z_t, logsnr, x_target, *extra = objective(x, labels, generator, shard)
-            inputs = {"labels": labels} | (extra[0] if extra else {})  # e.g. dropped labels, guidance weight w
-            if channels_last and z_t.ndim == 4:
-                z_t = z_t.contiguous(memory_format=torch.channels_last)
-            # Gradients are only all-reduced on the last micro-batch of a step.
-            sync = contextlib.nullcontext() if micro == grad_accum - 1 else accelerator.no_sync(model)
-            with sync:
-                with accelerator.autocast():
-                    x_hat = forward(z_t, logsnr, **inputs)
-                loss = weighted_loss(x_hat, x_target, logsnr, weighting) / grad_accum
-                accelerator.backward(loss)
-            # The loss of the global batch (mean over processes): every process logs and checks the same value.
-            value += (accelerator.reduce(loss.detach(), reduction="mean") if shard[1] > 1 else loss).item()
-        grad_norm = (accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
-                     if settings.grad_clip > 0 else None)
-        if not math.isfinite(value) or (grad_norm is not None and not torch.isfinite(grad_norm)):
-            raise NonFiniteLossError(
-                f"{desc}: non-finite loss ({value}) or gradient norm at step {step}; stopping before the update. "
-                "Lower the learning rate, keep grad_clip > 0, or check the data for NaNs."
-            )
-        optimizer.step()
-        scheduler.step()
-        if ema is not None:
-            ema.update_parameters(accelerator.unwrap_model(model))
-        running = value if running is None else 0.98 * running + 0.02 * value
-        if step % 50 == 0 or step == settings.total_steps:
-            history.append((step, running))
-            bar.set_postfix(loss=f"{running:.4g}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-        if log is not None and (step % log_every == 0 or step == settings.total_steps):
-            now = time.perf_counter()
-            scalars = {"loss": value, "loss_smoothed": running, "lr": scheduler.get_last_lr()[0],
-                       "images_per_s": images_seen / max(now - clock, 1e-9)}
-            if grad_norm is not None:
-                scalars["grad_norm"] = float(grad_norm)
-            log(step, scalars)
-            clock, images_seen = now, 0
+        value, grad_norm = loop.step(step, batches, objective, weighting, ema)
+        if step % HISTORY_EVERY == 0 or step == settings.total_steps:
+            bar.set_postfix(loss=f"{loop.running:.4g}", lr=f"{loop.scheduler.get_last_lr()[0]:.2e}")
+        scalar_log(step, value, loop, grad_norm)
         if on_step is not None:
-            on_step(step, value, snapshot_at(step))
+            on_step(step, value, loop.snapshot(step, batches))
     bar.close()
-    model.eval()
-    return history
+    loop.model.eval()
+    return loop.history

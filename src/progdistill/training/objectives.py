@@ -1,16 +1,16 @@
 """What a training step regresses x_hat onto: the data (teacher), the guided teacher's x_hat_w (guided
 distillation, stage 1) or the two-teacher-step target (distillation).
 
-Each returns (z_t, logsnr_t, x_target), and, when the student's inputs differ from the batch's, a fourth item: the
-keyword inputs of the student's call ({"labels": labels with some dropped to the null class}, {"w": w}); the loop
-and the loss are shared (ARCHITECTURE point 4). Every random draw is made for the whole global batch from the
+Each returns one `Target`: the noisy input z_t, its log-SNR, the regression target and the keyword inputs of the
+student's call that differ from the batch's ({"labels": labels with some dropped to the null class}, {"w": w}); the
+loop and the loss are shared by every objective. Every random draw is made for the whole global batch from the
 generator, so results do not depend on the process count.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -61,6 +61,36 @@ def training_w_range(w_min: float, w_max: float, margin: float) -> tuple[float, 
 
 
 @dataclass
+class Target:
+    """What one training step regresses the student onto: w(lambda) ||x - x_hat(z_t, logsnr, **inputs)||^2, where
+    `inputs` replace or add to the call's {"labels": labels} (e.g. dropped labels, the guidance weight w)."""
+
+    z_t: Tensor
+    logsnr: Tensor
+    x: Tensor
+    inputs: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UniformW:
+    """The guidance weight drawn per example, w ~ U[lo, hi] (guided distillation; see `training_w_range`)."""
+
+    lo: float
+    hi: float
+
+    def draw(self, generator: torch.Generator, n: int, rows: slice, like: Tensor) -> Tensor:
+        return _uniform(self.lo, self.hi, generator, n, rows, like)
+
+
+def _draw_times(schedule: Schedule, x: Tensor, generator: torch.Generator, shard: Shard):
+    """(global batch size, this process's rows, log-SNR at t ~ U(0, 1), z_t) for this process's rows x."""
+    n, rows = global_rows(x.shape[0], shard)
+    t = torch.rand(n, generator=generator, device=x.device, dtype=torch.float64)[rows]
+    logsnr = schedule(t).to(x.dtype)
+    return n, rows, logsnr, _noisy(x, logsnr, generator, n, rows)
+
+
+@dataclass
 class TeacherObjective:
     """Continuous time: t ~ U(0, 1), target x. With `label_dropout` > 0, each example's label is replaced by the
     null class `null_label` with that probability (classifier-free guidance's unconditional model)."""
@@ -69,16 +99,13 @@ class TeacherObjective:
     label_dropout: float = 0.0
     null_label: int = 0
 
-    def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator, shard: Shard = (0, 1)):
+    def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator, shard: Shard = (0, 1)) -> Target:
         """x, labels: this process's rows of the global batch (the sampler shards the data)."""
-        n, rows = global_rows(x.shape[0], shard)
-        t = torch.rand(n, generator=generator, device=x.device, dtype=torch.float64)[rows]
-        logsnr = self.schedule(t).to(x.dtype)
-        z_t = _noisy(x, logsnr, generator, n, rows)
+        n, rows, logsnr, z_t = _draw_times(self.schedule, x, generator, shard)
         if self.label_dropout <= 0 or labels is None:  # draws nothing more: unguided runs are as before
-            return z_t, logsnr, x
+            return Target(z_t, logsnr, x)
         drop = torch.rand(n, generator=generator, device=x.device, dtype=torch.float64)[rows] < self.label_dropout
-        return z_t, logsnr, x, {"labels": torch.where(drop, torch.full_like(labels, self.null_label), labels)}
+        return Target(z_t, logsnr, x, {"labels": torch.where(drop, torch.full_like(labels, self.null_label), labels)})
 
 
 @dataclass
@@ -93,16 +120,13 @@ class GuidedObjective:
     w_max: float
     null_label: int
 
-    def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator, shard: Shard = (0, 1)):
+    def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator, shard: Shard = (0, 1)) -> Target:
         """x, labels: this process's rows of the global batch (the sampler shards the data)."""
-        n, rows = global_rows(x.shape[0], shard)
-        t = torch.rand(n, generator=generator, device=x.device, dtype=torch.float64)[rows]
-        logsnr = self.schedule(t).to(x.dtype)
-        z_t = _noisy(x, logsnr, generator, n, rows)
-        w = _uniform(self.w_min, self.w_max, generator, n, rows, x)
+        n, rows, logsnr, z_t = _draw_times(self.schedule, x, generator, shard)
+        w = UniformW(self.w_min, self.w_max).draw(generator, n, rows, x)
         with torch.no_grad():  # both branches in one teacher call on the doubled batch
             x_w = ClassifierFreeGuidance(self.teacher, w, self.null_label)(z_t, logsnr, labels)
-        return z_t, logsnr, x_w, {"w": w}
+        return Target(z_t, logsnr, x_w, {"w": w})
 
 
 def teacher_clip_threshold(mode: str, logsnr: float) -> float:
@@ -112,39 +136,72 @@ def teacher_clip_threshold(mode: str, logsnr: float) -> float:
 
 
 @dataclass
+class GridDraw:
+    """A draw on the student's grid of M steps: i ~ U{1..M}, t = i/M, t' = t - 1/(2M), t'' = t - 1/M, z_t; with
+    `w` (guided students), w ~ U[w.lo, w.hi] per example, an input of the teacher and of the student."""
+
+    i: Tensor
+    logsnr: tuple[Tensor, Tensor, Tensor]  # at t, t', t''
+    z_t: Tensor
+    teacher: DenoiserFn
+    inputs: dict[str, Tensor]
+
+
+def _grid_draw(teacher: DenoiserFn, schedule: Schedule, m: int, w: UniformW | None, x: Tensor,
+               generator: torch.Generator, shard: Shard) -> GridDraw:
+    """Random grid points (and w) for this process's rows x of the global batch."""
+    n, rows = global_rows(x.shape[0], shard)
+    i = torch.randint(1, m + 1, (n,), generator=generator, device=x.device)[rows]
+    t = i.double() / m
+    # Evaluated in float64 then cast, exactly as `step_grid` builds the sampler's grid.
+    logsnr = tuple(schedule(s).to(x.dtype) for s in (t, t - 0.5 / m, t - 1.0 / m))
+    z_t = _noisy(x, logsnr[0], generator, n, rows)
+    if w is None:
+        return GridDraw(i, logsnr, z_t, teacher, {})
+    w_drawn = w.draw(generator, n, rows, x)
+    return GridDraw(i, logsnr, z_t, lambda z, s, lab: teacher(z, s, lab, w=w_drawn), {"w": w_drawn})
+
+
+@dataclass
 class DistillObjective:
-    """Discrete time on the student's grid of M steps: i ~ U{1..M}, t = i/M, t' = t - 1/(2M), t'' = t - 1/M;
-    target x_tilde from two unclipped teacher DDIM steps (paper Algorithm 2).
+    """Discrete time on the student's grid of M steps (`GridDraw`); target x_tilde from two unclipped teacher DDIM
+    steps (paper Algorithm 2).
 
     `clip_below`: student steps starting at a log-SNR below it take their target from two *clipped* teacher steps
-    (see diffusion.distillation; -inf, the default, is the paper). `substeps` = 1 is the warm-up of a student of
-    another parameterization: on the same M-step grid, the target is the teacher's own x_hat at t.
-
-    `w_range` (guided distillation, stage 2; the training range, `training_w_range`): w ~ U[w_range] per example;
-    the w-conditioned teacher takes its two steps at that w, and the student is called with it."""
+    (see diffusion.distillation; -inf, the default, is the paper). `w_range` (guided distillation, stage 2; the
+    training range, `training_w_range`): w ~ U[w_range] per example; the w-conditioned teacher takes its two steps at
+    that w, and the student is called with it."""
 
     teacher: DenoiserFn
     schedule: Schedule
     student_steps: int
     clip_below: float = -math.inf
-    substeps: int = 2
     w_range: tuple[float, float] | None = None
 
-    def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator, shard: Shard = (0, 1)):
+    def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator, shard: Shard = (0, 1)) -> Target:
         """x, labels: this process's rows of the global batch (the sampler shards the data)."""
-        m = self.student_steps
-        n, rows = global_rows(x.shape[0], shard)
-        i = torch.randint(1, m + 1, (n,), generator=generator, device=x.device)[rows]
-        t = i.double() / m
-        # Evaluated in float64 then cast, exactly as `step_grid` builds the sampler's grid.
-        logsnr_t, logsnr_tp, logsnr_tpp = (self.schedule(s).to(x.dtype) for s in (t, t - 0.5 / m, t - 1.0 / m))
-        z_t = _noisy(x, logsnr_t, generator, n, rows)
-        clip = logsnr_t < self.clip_below
-        teacher, extra = self.teacher, ()
-        if self.w_range is not None:
-            w = _uniform(*self.w_range, generator, n, rows, x)
-            teacher, extra = (lambda z, logsnr, lab: self.teacher(z, logsnr, lab, w=w)), ({"w": w},)
-        if self.substeps == 1:
-            return z_t, logsnr_t, conversion_target(teacher, z_t, logsnr_t, labels, clip), *extra
-        x_tilde = distillation_target(teacher, z_t, logsnr_t, logsnr_tp, logsnr_tpp, i == 1, labels, clip)
-        return z_t, logsnr_t, x_tilde, *extra
+        w = UniformW(*self.w_range) if self.w_range is not None else None
+        d = _grid_draw(self.teacher, self.schedule, self.student_steps, w, x, generator, shard)
+        logsnr_t, logsnr_tp, logsnr_tpp = d.logsnr
+        x_tilde = distillation_target(d.teacher, d.z_t, logsnr_t, logsnr_tp, logsnr_tpp, d.i == 1, labels,
+                                      logsnr_t < self.clip_below)
+        return Target(d.z_t, logsnr_t, x_tilde, d.inputs)
+
+
+@dataclass
+class ConversionObjective:
+    """The warm-up of a student of another parameterization (training/reparam.py): on the same M-step grid as
+    `DistillObjective`, the target is the teacher's own x_hat at t (one teacher step = one student step), clipped
+    where the distillation target is."""
+
+    teacher: DenoiserFn
+    schedule: Schedule
+    student_steps: int
+    clip_below: float = -math.inf
+
+    def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator, shard: Shard = (0, 1)) -> Target:
+        """x, labels: this process's rows of the global batch (the sampler shards the data)."""
+        d = _grid_draw(self.teacher, self.schedule, self.student_steps, None, x, generator, shard)
+        logsnr_t = d.logsnr[0]
+        return Target(d.z_t, logsnr_t, conversion_target(d.teacher, d.z_t, logsnr_t, labels,
+                                                         logsnr_t < self.clip_below))

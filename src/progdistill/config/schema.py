@@ -1,0 +1,258 @@
+"""The config's sections as dataclasses (every field's default and, where it has one, its declared constraint),
+and the rules between fields, checked after every field's own constraint (so each rule may assume valid fields);
+each rule raises ConfigError naming the fields and what to set."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from . import choices
+from .constraints import (ConfigError, EvenAtLeast, Listed, PowerOfTwo, at_least, check_distill_steps,
+                          check_fields, checked, one_of, positive, unit_interval)
+
+
+@dataclass
+class DataConfig:
+    name: str = checked("ring", one_of(choices.TOY_DISTRIBUTIONS, choices.IMAGE_DATASETS))
+    # 2-D: ring, checkerboard, moons, swissroll, ring_classes (labelled); images: fashion-mnist, cifar10, folder
+    size: int = checked(100_000, positive())  # training examples drawn for 2-D data
+    seed: int = 0
+    flip: bool = False  # random horizontal flips
+    root: str = ""  # image data folder ("": fashion-mnist looks in /usr/share/datasets/fashion-mnist, then the cache)
+    download: bool = False  # fetch Fashion-MNIST into the cache (checksums verified) when it is not found
+    # folder data: centre crop and resize to this size (0: the data set's native size)
+    image_size: int = checked(0, at_least(0))
+    conditional: bool = True  # class-conditional model where the data has labels
+    limit: int = checked(0, at_least(0))  # use only the first `limit` training images (0: all)
+    # folder data: 1 (grayscale) or 3 (RGB); 0: the data set's own (folders: RGB)
+    channels: int = checked(0, Listed((0, 1, 3), "1 (grayscale), 3 (RGB) or 0 (the data set's own)"))
+    # DataLoader worker processes per training process (0: load in the training process)
+    workers: int = checked(2, at_least(0))
+
+
+@dataclass
+class ModelConfig:
+    # mlp (flat data), unet (images) or diffusers (an imported diffusers UNet2DModel)
+    arch: str = checked("mlp", one_of(choices.NET_KINDS))
+    # U-Net preset: small (CPU, 28x28), cifar10, imagenet64 (the paper's)
+    unet: str = checked("small", one_of(choices.UNET_PRESETS))
+    parameterization: str = checked("v", one_of(choices.PARAMETERIZATIONS))  # eps, x, v or both
+    hidden: int = checked(256, positive())
+    depth: int = checked(4, positive())
+    emb_dim: int = checked(128, EvenAtLeast(4))
+    dropout: float = checked(0.0, unit_interval())
+    diffusers_unet: str = ""  # arch = diffusers: the UNet2DModel config as JSON (written by import-diffusers)
+
+
+@dataclass
+class DiffusionConfig:
+    # cosine, linear (DDPM betas, continuous time) or discrete (a diffusers scheduler's)
+    schedule: str = checked("cosine", one_of(choices.SCHEDULES))
+    logsnr_min: float = -20.0
+    logsnr_max: float = 20.0
+    weighting: str = checked("snr_plus1", one_of(choices.WEIGHTINGS))  # the teacher's loss weighting
+    # schedule = discrete: diffusers' alpha_bar over num_timesteps (timestep j sits at t = (j + 1) / num_timesteps)
+    num_timesteps: int = checked(1000, positive())
+    beta_schedule: str = checked("linear", one_of(choices.BETA_SCHEDULES))
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+
+@dataclass
+class TrainConfig:
+    steps: int = checked(20_000, positive())
+    batch_size: int = checked(512, positive())
+    lr: float = checked(1e-3, positive())
+    warmup: int = checked(500, at_least(0))
+    # after warmup: constant, linear (to 0) or cosine (to 0)
+    lr_decay: str = checked("constant", one_of(choices.LR_DECAYS))
+    grad_clip: float = checked(1.0, at_least(0))  # gradient-norm clipping; 0 turns it off
+    adam_beta1: float = checked(0.9, unit_interval())
+    adam_beta2: float = checked(0.999, unit_interval())
+    ema_decay: float = checked(0.999, unit_interval())  # 0 turns EMA off
+    checkpoint_every: int = checked(5_000, positive())
+    keep_checkpoints: int = checked(3, positive())
+    seed: int = 0
+    # micro-batches per optimizer step (batch_size is the micro-batch)
+    grad_accum: int = checked(1, positive())
+    # Classifier-free guidance: the share of training examples whose label is replaced by the null class (index
+    # num_classes, an extra class-embedding row), so the network also learns the unconditional x_hat (0: off).
+    label_dropout: float = checked(0.0, unit_interval())
+
+
+@dataclass
+class DistillConfig:
+    start_steps: int = checked(256, PowerOfTwo())  # the first teacher's DDIM step count N
+    target_steps: int = checked(1, PowerOfTwo())  # distil down to this many student steps
+    updates_per_round: int = checked(4_000, positive())
+    # updates for rounds whose student has <= long_round_max_steps (0: as above)
+    final_updates_per_round: int = checked(0, at_least(0))
+    long_round_max_steps: int = 2
+    batch_size: int = checked(512, positive())
+    lr: float = checked(5e-4, positive())  # linearly annealed to 0 within every round
+    warmup: int = checked(0, at_least(0))
+    grad_clip: float = checked(1.0, at_least(0))
+    adam_beta1: float = checked(0.9, unit_interval())
+    adam_beta2: float = checked(0.999, unit_interval())
+    ema_decay: float = checked(0.0, unit_interval())  # the paper uses no EMA while distilling
+    dropout: float = checked(0.0, unit_interval())
+    weighting: str = checked("snr_trunc", one_of(choices.WEIGHTINGS))
+    seed: int = 1
+    grad_accum: int = checked(1, positive())
+    # mid-round checkpoints (the newest 2 kept) for exact resume; 0: none
+    checkpoint_every: int = checked(1_000, at_least(0))
+    # per round: samples for the logged grid and the student-vs-teacher gap (0: none)
+    log_samples: int = checked(16, at_least(0))
+    # The students' output: "same" (the teacher's) or eps, x, v (a teacher of another one of these three hands its
+    # weights over, the output read the new way) or both (only from a "both" teacher); "auto": v for an eps
+    # teacher, else the teacher's own. docs/imported_teachers.md
+    parameterization: str = checked("auto", one_of(("auto", "same"), choices.PARAMETERIZATIONS))
+    # A student of another parameterization: warm-up updates onto the teacher's x_hat before the first round
+    # (-1, auto: 2 x updates_per_round when the parameterization changes, else 0).
+    convert_updates: int = checked(-1, at_least(-1, "-1: auto"))
+    # Targets from clipped teacher DDIM steps (a deviation from the paper, for low terminal log-SNR teachers):
+    # none (the paper), noisy (student steps starting below log-SNR teacher_clip_logsnr), all, or auto (noisy for
+    # an eps teacher, else none).
+    teacher_clip: str = checked("auto", one_of(("auto",), choices.TEACHER_CLIPS))
+    teacher_clip_logsnr: float = 0.0
+
+
+@dataclass
+class GuidedConfig:
+    """Guided distillation (docs/guided.md): stage 1 trains a w-conditioned student on the label-dropout teacher's
+    guided x_hat_w, w ~ U[w_min, w_max] per example; stage 2 is progressive distillation ([distill]) with w."""
+
+    # the trained range of the guidance weight w (guidance_scale = 1 + w); paper: [0, 4]
+    w_min: float = checked(0.0, at_least(0, "w = 0 is the conditional model"))
+    w_max: float = 4.0
+    # Training draws w from [w_min - w_margin, w_max] (for a range, not a single w), so that w_min is not the edge
+    # of what the student is fitted on; sampling stays within [w_min, w_max]. 0: the paper's (docs/guided.md).
+    w_margin: float = checked(0.0, at_least(0, "0: w drawn from [w_min, w_max] only"))
+    # stage-1 optimizer steps (its other settings: lr, batch size, ... of [distill])
+    stage1_updates: int = checked(2_000, positive())
+    # the stage-1 loss weighting; auto: the teacher's (diffusion.weighting)
+    stage1_weighting: str = checked("auto", one_of(("auto",), choices.WEIGHTINGS))
+    stage1_lr: float = checked(0.0, at_least(0, "0: distill.lr"))  # stage 1's peak learning rate; 0: distill.lr
+    # sinusoidal features of w, before the small MLP into the noise embedding
+    embed_dim: int = checked(64, EvenAtLeast(4))
+    embed_scale: float = checked(1000.0, positive())  # the sinusoidal embedding's argument is embed_scale * w
+    class_gate: bool = False  # w also scales the class embedding's offset from the null class's (docs/guided.md)
+    # stage-1 checkpoints (the newest 2 kept) for exact resume; 0: none
+    checkpoint_every: int = checked(500, at_least(0))
+
+
+@dataclass
+class SampleConfig:
+    variance: str = checked("small", one_of(choices.VARIANCES))  # ancestral: small, large or interp
+    clip: bool = True  # clip x_hat to [-1, 1] while sampling (never during distillation)
+
+
+@dataclass
+class PerfConfig:
+    """Speed switches; none changes the math. tf32 and sdpa only matter on CUDA / for attention, channels_last and
+    fused_adam are harmless on the CPU, compile costs a compilation at the start of every training phase."""
+
+    tf32: bool = True  # CUDA: TF32 matmuls and convolutions (float32 runs only; bf16 autocast is unaffected)
+    sdpa: bool = True  # attention through torch's scaled_dot_product_attention (False: diffusers' plain AttnProcessor)
+    channels_last: bool = False  # NHWC memory format for U-Nets and their inputs
+    fused_adam: bool = False  # torch's fused Adam kernel
+    compile: bool = False  # torch.compile the network's forward for training and distillation
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    guided: GuidedConfig = field(default_factory=GuidedConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
+    device: str = checked("auto", one_of(choices.DEVICES))  # auto, cpu or cuda
+    # no, fp16 or bf16 (accelerate autocast; fp16 only on CUDA)
+    mixed_precision: str = checked("no", one_of(choices.MIXED_PRECISIONS))
+
+    def validate(self) -> "Config":
+        """Check every field's declared constraint, then the cross-field rules; raise ConfigError naming the field."""
+        check_fields(self)
+        for rule in CROSS_FIELD_RULES:
+            rule(self)
+        return self
+
+    def to_dict(self) -> dict:
+        """The config as nested dicts of plain values (what checkpoints and reports record as JSON)."""
+        return asdict(self)
+
+
+def network_fits_data(cfg: Config) -> None:
+    """Refuse a network unfit for the data, or an imported one without its config or its discrete schedule."""
+    name, arch = cfg.data.name, cfg.model.arch
+    images = name in choices.IMAGE_DATASETS
+    if images and arch not in ("unet", "diffusers"):
+        raise ConfigError(f"data.name {name!r} is an image data set: set model.arch = \"unet\"")
+    if arch == "diffusers" and not cfg.model.diffusers_unet:
+        raise ConfigError("model.arch 'diffusers' needs model.diffusers_unet (the UNet2DModel config); create "
+                          "such a run with `progdistill import-diffusers`")
+    if not images and arch != "mlp":
+        raise ConfigError(f"data.name {name!r} is 2-D data: set model.arch = \"mlp\"")
+    if arch == "diffusers" and cfg.diffusion.schedule != "discrete":
+        raise ConfigError("model.arch 'diffusers' is a discrete-time model: set diffusion.schedule = \"discrete\"")
+
+
+def image_source_is_complete(cfg: Config) -> None:
+    """Refuse a folder without its path or image size, and data.channels set against a data set's own."""
+    data = cfg.data
+    if data.name == "folder" and (not data.root or data.image_size <= 0):
+        raise ConfigError("data.name 'folder' needs data.root (a folder of images) and data.image_size > 0")
+    native = choices.NATIVE_CHANNELS.get(data.name)
+    if native and data.channels not in (0, native):
+        raise ConfigError(f"data.channels = {data.channels}: {data.name} images have {native} "
+                          f"channel(s); data.channels is for folders (leave it 0)")
+
+
+def label_dropout_has_labels(cfg: Config) -> None:
+    """Refuse label dropout without labelled data and a class-conditional model trained here."""
+    if cfg.train.label_dropout <= 0:
+        return
+    name = cfg.data.name
+    if name not in choices.IMAGE_DATASETS and name not in choices.TOY_LABELLED:
+        raise ConfigError(f"train.label_dropout > 0 needs class labels, and data.name {name!r} has none "
+                          "(2-D data with classes: ring_classes)")
+    if not cfg.data.conditional:
+        raise ConfigError("train.label_dropout > 0 trains a class-conditional model: set data.conditional = true")
+    if cfg.model.arch == "diffusers":
+        raise ConfigError("train.label_dropout is for teachers trained here (model.arch unet or mlp), not for "
+                          "imported diffusers models")
+
+
+def guidance_range_is_ordered(cfg: Config) -> None:
+    """Refuse guided.w_min above guided.w_max (equal: a student for one w only)."""
+    if not cfg.guided.w_min <= cfg.guided.w_max:
+        raise ConfigError(f"guided.w_min ({cfg.guided.w_min}) must not exceed guided.w_max ({cfg.guided.w_max})")
+
+
+def teacher_loss_trains(cfg: Config) -> None:
+    """Refuse a teacher parameterization and loss weighting known to diverge together."""
+    # distill.weighting is checked by student_config (an eps teacher is trainable; it just cannot be distilled).
+    reason = choices.FORBIDDEN.get((cfg.model.parameterization, cfg.diffusion.weighting))
+    if reason:
+        raise ConfigError(f"diffusion.weighting: {reason}")
+
+
+def logsnr_range_is_ordered(cfg: Config) -> None:
+    """Refuse an empty log-SNR range."""
+    if not cfg.diffusion.logsnr_min < cfg.diffusion.logsnr_max:
+        raise ConfigError("diffusion.logsnr_min must be below diffusion.logsnr_max")
+
+
+def distill_steps_halve(cfg: Config) -> None:
+    """Refuse step counts that distillation cannot halve from the start down to the target."""
+    check_distill_steps(cfg.distill.start_steps, cfg.distill.target_steps)
+
+
+CROSS_FIELD_RULES: tuple[Callable[[Config], None], ...] = (
+    network_fits_data, image_source_is_complete, label_dropout_has_labels, guidance_range_is_ordered,
+    teacher_loss_trains, logsnr_range_is_ordered, distill_steps_halve,
+)
