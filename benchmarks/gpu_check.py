@@ -238,7 +238,7 @@ def _loss_curve(tp, cfg, teacher, objective_of, data, batch, steps) -> list[floa
 
     losses = []
     acc = tp.make_accelerator(cfg)
-    settings = OptimSettings(lr=cfg.train.lr, total_steps=steps, warmup=0, decay="constant", grad_clip=1.0)
+    settings = OptimSettings(lr=cfg.train.optim.lr, total_steps=steps, warmup=0, decay="constant", grad_clip=1.0)
     den = copy.deepcopy(teacher).to(acc.device)
     fit(den, data.batches(batch, 0), objective_of(cfg), "snr_trunc", settings, accelerator=acc, seed=0,
         ema=make_ema(den, 0.9999), on_step=lambda step, loss, snap: losses.append(float(loss)), progress=False,

@@ -107,11 +107,11 @@ def test_renamed_config_fields_do_not_break_loading(tmp_path):
     record = json.loads(path.read_text())
     record["config"]["model"]["preset"] = record["config"]["model"].pop("unet")  # a renamed field
     record["config"]["sampling"] = record["config"].pop("sample")  # a renamed section
-    record["config"]["train"]["lr"] = "fast"  # a value of another type
+    record["config"]["train"]["optim"]["lr"] = "fast"  # a value of another type
     path.write_text(json.dumps(record))
     loaded = load_checkpoint(stem)
     assert loaded.spec == d.spec and loaded.sampling["steps"] == 4
-    assert any("model.preset" in n for n in loaded.notes) and any("train.lr" in n for n in loaded.notes)
+    assert any("model.preset" in n for n in loaded.notes) and any("train.optim.lr" in n for n in loaded.notes)
 
 
 def _edit(stem, change):

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from safetensors.torch import load_file
 
 from progdistill.build import build_denoiser, denoiser_from_spec, load_denoiser
 from progdistill.cli import main
+from kill_at import kill_after
 from progdistill.config import ConfigError, load_config
 from progdistill.diffusion.dpm_solver import dpm_solver_pp_2m
 from progdistill.diffusion.samplers import ancestral, ddim_step, stochastic, stochastic_step
@@ -367,16 +367,6 @@ def _sets(items: list[str]) -> list[str]:
     return [x for s in items for x in ("--set", s)]
 
 
-def _kill_when(args: list[str], ready) -> None:
-    proc = subprocess.Popen(_cli(*args), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while not ready() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed; lengthen it"
-
-
 def _same_tensors(a: Path, b: Path) -> None:
     ta, tb = load_file(a), load_file(b)
     assert ta.keys() == tb.keys()
@@ -393,11 +383,10 @@ def test_guided_distillation_resumes_exactly_after_kills_in_stage1_and_stage2(te
     assert stage1["kind"] == "guided_stage1" and stage1["model"]["guidance"]["w_max"] == 3.0
     assert stage1["model"]["null_class"] and not list((ref / "checkpoints").glob("*.json"))
     out = tmp_path / "run"
-    _kill_when([*args, "--out", str(out)], lambda: (out / "checkpoints" / "stage1_step00000100.json").exists())
+    kill_after([*args, "--out", str(out)], "stage1_step00000100", env=ENV)
     assert not (out / "stage1.json").exists()
     partials = out / "students" / "checkpoints"
-    _kill_when(["distill", "--resume", "--out", str(out), "--no-progress"],
-               lambda: (partials / "round02_step00000050.json").exists())
+    kill_after(["distill", "--resume", "--out", str(out), "--no-progress"], "round02_step00000050", env=ENV)
     assert (out / "students" / "student_0002steps.json").exists()
     assert not (out / "students" / "student_0001steps.json").exists()
     _run("distill", "--resume", "--out", str(out), "--no-progress")
@@ -431,7 +420,7 @@ def test_stage1_options_reach_the_model_and_the_optimizer():
     from progdistill.training.guided import stage1_settings
 
     cfg = load_config("toy2d", TOY)
-    assert cfg.guided.stage1_lr == 0 and stage1_settings(cfg).lr == cfg.distill.lr  # 0: the [distill] rate
+    assert cfg.guided.stage1_lr == 0 and stage1_settings(cfg).lr == cfg.distill.optim.lr  # 0: the [distill] rate
     fast = load_config("toy2d", TOY + ["guided.stage1_lr=1e-3"])
     assert stage1_settings(fast).lr == 1e-3 and stage1_settings(fast).total_steps == fast.guided.stage1_updates
     preset = load_config("fashion_mnist", []).guided  # measured in BENCHMARKS.md, "Guided stage 1"

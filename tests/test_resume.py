@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from dataclasses import replace
@@ -16,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from progdistill.cli import main
+from kill_at import kill_after
 from progdistill.config import ConfigError, load_config
 from progdistill import checkpoint as ckpt_mod
 from progdistill.checkpoint import CheckpointError, load_tensors, save_checkpoint
@@ -23,12 +23,12 @@ from progdistill.training.loop import NonFiniteLossError
 from progdistill.training.resume import latest_loadable
 from progdistill.training.teacher import train_teacher
 
-# A 2-D run long enough (several seconds) to be killed part-way; one thread, so every run does identical float ops.
+# A 2-D run killed part-way (at a checkpoint it stops at itself); one thread, so every run does identical float ops.
 TEACHER = ["model.hidden=64", "model.depth=2", "model.emb_dim=32", "data.size=4000", "train.batch_size=128",
-           "train.steps=1500", "train.checkpoint_every=100", "train.warmup=50", 'train.lr_decay="cosine"',
+           "train.steps=400", "train.checkpoint_every=100", "train.warmup=50", 'train.lr_decay="cosine"',
            "train.keep_checkpoints=2"]
-DISTILL = ["distill.start_steps=8", "distill.batch_size=128", "distill.updates_per_round=400",
-           "distill.final_updates_per_round=600", "distill.checkpoint_every=50"]
+DISTILL = ["distill.start_steps=8", "distill.batch_size=128", "distill.updates_per_round=200",
+           "distill.final_updates_per_round=300", "distill.checkpoint_every=50"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
 
@@ -38,18 +38,6 @@ def _cli(*args: str) -> list[str]:
 
 def _run(*args: str) -> None:
     subprocess.run(_cli(*args), check=True, env=ENV, capture_output=True, timeout=600)
-
-
-def _kill_when(args: list[str], ready, finished: Path) -> None:
-    """Start the CLI, SIGKILL it as soon as ready() holds, and make sure it really was interrupted."""
-    proc = subprocess.Popen(_cli(*args), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while not ready() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed; lengthen it"
-    assert not finished.exists()
 
 
 def _same_tensors(a: Path, b: Path) -> None:
@@ -74,8 +62,8 @@ def reference(tmp_path_factory):
 
 def test_teacher_killed_and_resumed_matches_uninterrupted(reference, tmp_path):
     out = tmp_path / "run"
-    _kill_when(["train", "--out", str(out), "--no-progress", *_sets(TEACHER + DISTILL)],
-               lambda: (out / "checkpoints" / "teacher_step00000300.json").exists(), out / "teacher.json")
+    kill_after(["train", "--out", str(out), "--no-progress", *_sets(TEACHER + DISTILL)], "teacher_step00000300",
+                out / "teacher.json", env=ENV)
     _run("train", "--out", str(out), "--resume", "--no-progress")
     _same_tensors(out / "teacher.safetensors", reference / "teacher.safetensors")
     ref, got = (json.loads((d / "teacher.json").read_text()) for d in (reference, out))
@@ -88,8 +76,8 @@ def test_distillation_killed_mid_round_and_resumed_matches(reference, tmp_path):
     for suffix in (".safetensors", ".json"):  # the same teacher as the reference run
         (out / f"teacher{suffix}").write_bytes((reference / f"teacher{suffix}").read_bytes())
     partials = out / "students" / "checkpoints"
-    _kill_when(["distill", "--from", str(out / "teacher"), "--no-progress", *_sets(DISTILL)],
-               lambda: (partials / "round02_step00000150.json").exists(), out / "students" / "student_0001steps.json")
+    kill_after(["distill", "--from", str(out / "teacher"), "--no-progress", *_sets(DISTILL)], "round02_step00000150",
+                out / "students" / "student_0001steps.json", env=ENV)
     assert (out / "students" / "student_0004steps.json").exists()  # round 1 finished, round 2 interrupted
     _run("distill", "--resume", "--out", str(out), "--no-progress")
     for m in (4, 2, 1):

@@ -1,5 +1,6 @@
 """Reading configs: TOML presets and files, `section.key=value` overrides and checkpoint records (strictly or
-leniently); writing them as JSON."""
+leniently); writing them as JSON. Every source is read in the current layout after `nest_optimizer_keys`, so the
+flat optimizer keys of configs and checkpoints written before [train.optim] and [distill.optim] still load."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from .constraints import ConfigError
-from .schema import Config
+from .schema import Config, OptimConfig
+
+# The sections whose optimizer settings moved into an `optim` sub-table, and the settings that moved.
+OPTIM_SECTIONS = ("train", "distill")
+OPTIM_FIELDS = frozenset(field.name for field in dataclasses.fields(OptimConfig))
 
 
 def _check_type(name: str, value: Any, tp: Any) -> Any:
@@ -29,8 +34,15 @@ def _check_type(name: str, value: Any, tp: Any) -> Any:
     raise ConfigError(f"{name}: unsupported field type {tp}")  # pragma: no cover - guards new fields
 
 
-def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
-    """Build dataclass `cls` from nested dicts, refusing unknown keys and wrong types."""
+def _field_default(cls: type, name: str) -> Any:
+    """The default value of dataclass `cls`'s field `name` (a fresh one where the field has a factory)."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
+
+
+def from_dict(cls: type, data: Any, prefix: str = "", default: Any = None) -> Any:
+    """Build dataclass `cls` from nested dicts, refusing unknown keys and wrong types; fields left out keep their
+    value in `default` (else cls's defaults), so a partial sub-table keeps its section's defaults."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'} must be a table, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -44,10 +56,10 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
         tp = hints[key]
         name = f"{prefix}.{key}" if prefix else key
         if dataclasses.is_dataclass(tp):
-            kwargs[key] = from_dict(tp, value, name)
+            kwargs[key] = from_dict(tp, value, name, _field_default(cls, key))
         else:
             kwargs[key] = _check_type(name, value, tp)
-    return cls(**kwargs)
+    return dataclasses.replace(cls() if default is None else default, **kwargs)
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -58,8 +70,36 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def nest_optimizer_keys(data: Any, notes: list[str] | None = None) -> Any:
+    """data (a config as nested dicts) with the flat optimizer keys of [train] and [distill] (train.lr,
+    distill.warmup, ...: the layout before [train.optim] and [distill.optim]) moved into their `optim` sub-table.
+    A setting given both ways raises ConfigError naming both, or, with `notes` (a lenient read), keeps the nested
+    one and says so there."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for section in OPTIM_SECTIONS:
+        table = out.get(section)
+        if not isinstance(table, dict) or not OPTIM_FIELDS & table.keys():
+            continue
+        flat = {key: value for key, value in table.items() if key in OPTIM_FIELDS}
+        rest = {key: value for key, value in table.items() if key not in OPTIM_FIELDS}
+        nested = table.get("optim", {})
+        if not isinstance(nested, dict):  # reading names the sub-table that is not a table
+            out[section] = rest
+            continue
+        for key in sorted(flat.keys() & nested.keys()):
+            message = f"{section}.{key} and {section}.optim.{key} are the same setting, given twice"
+            if notes is None:
+                raise ConfigError(f"{message}: give only {section}.optim.{key}")
+            notes.append(f"{message} ({section}.optim.{key} used)")
+        out[section] = rest | {"optim": flat | nested}
+    return out
+
+
 def parse_override(text: str) -> dict:
-    """'train.lr=1e-3' -> {'train': {'lr': 0.001}}; the value is read as TOML, or as a bare string if it is not."""
+    """'train.lr=1e-3' -> {'train': {'lr': 0.001}}; the value is read as TOML, or as a bare string if it is not
+    (the key as written: `nest_optimizer_keys` reads flat optimizer keys)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.lr=1e-3)")
     key, raw = text.split("=", 1)
@@ -85,7 +125,7 @@ def preset_names() -> list[str]:
 
 
 def read_toml(source: str) -> dict:
-    """A preset name (see `preset_names`) or a path to a TOML file, as a dict."""
+    """A preset name (see `preset_names`) or a path to a TOML file, as a dict in the current layout."""
     path = Path(source)
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
@@ -97,27 +137,29 @@ def read_toml(source: str) -> dict:
             raise ConfigError(f"no preset called {source!r} and no such file; presets: {', '.join(preset_names())}")
         text = res.read_text()
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config {source}: invalid TOML: {e}") from None
+    return nest_optimizer_keys(data)
 
 
 def load_config(source: str | None = None, overrides: list[str] | tuple[str, ...] = (),
                 base: dict | None = None) -> Config:
     """Defaults (or `base`, e.g. a checkpoint's config), then a preset or TOML file, then `section.key=value`
-    overrides; validated."""
-    data = dict(base or {})
+    overrides (later ones win; one setting in its flat and nested spelling is an error); validated."""
+    data = nest_optimizer_keys(dict(base or {}))
     if source:
         data = _merge(data, read_toml(source))
+    command_line: dict = {}
     for text in overrides:
-        data = _merge(data, parse_override(text))
-    return from_dict(Config, data).validate()
+        command_line = _merge(command_line, parse_override(text))
+    return from_dict(Config, _merge(data, nest_optimizer_keys(command_line))).validate()
 
 
 def config_from_json(data: dict) -> Config:
     """The Config recorded in a checkpoint, to continue its run: fields this version no longer has (removed as
-    unused) are dropped; every other value must still be valid."""
-    return from_dict(Config, _known_fields(Config, data)).validate()
+    unused) are dropped, flat optimizer keys read into their sub-table; every other value must still be valid."""
+    return from_dict(Config, _known_fields(Config, nest_optimizer_keys(data))).validate()
 
 
 def _known_fields(cls: type, data: Any) -> Any:
@@ -129,11 +171,13 @@ def _known_fields(cls: type, data: Any) -> Any:
             for k, v in data.items() if k in hints}
 
 
-def _lenient(cls: type, data: Any, prefix: str, notes: list[str]) -> Any:
-    """Dataclass `cls` from data, skipping unknown keys and wrongly typed values (noted in `notes`)."""
+def _lenient(cls: type, data: Any, prefix: str, notes: list[str], default: Any = None) -> Any:
+    """Dataclass `cls` from data, skipping unknown keys and wrongly typed values (noted in `notes`); what is left
+    out or skipped keeps its value in `default` (else cls's defaults)."""
+    default = cls() if default is None else default
     if not isinstance(data, dict):
         notes.append(f"{prefix or 'config'} is not a table (defaults used)")
-        return cls()
+        return default
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -142,21 +186,22 @@ def _lenient(cls: type, data: Any, prefix: str, notes: list[str]) -> Any:
         if key not in names:
             notes.append(f"{name} is unknown to this version (ignored)")
         elif dataclasses.is_dataclass(hints[key]):
-            kwargs[key] = _lenient(hints[key], value, name, notes)
+            kwargs[key] = _lenient(hints[key], value, name, notes, _field_default(cls, key))
         else:
             try:
                 kwargs[key] = _check_type(name, value, hints[key])
             except ConfigError as e:
                 notes.append(f"{e} (default used)")
-    return cls(**kwargs)
+    return dataclasses.replace(default, **kwargs)
 
 
 def config_from_record(data: Any) -> tuple[Config, list[str]]:
     """The training config a checkpoint records, read leniently: unknown or renamed fields are skipped, values
     of the wrong type take their defaults; returns it with notes on what was skipped and why it does not validate
-    (it is provenance: loading a checkpoint needs only the record's model block)."""
+    (it is provenance: loading a checkpoint needs only the record's model block). Flat optimizer keys are read
+    into their sub-table."""
     notes: list[str] = []
-    cfg = _lenient(Config, data, "", notes)
+    cfg = _lenient(Config, nest_optimizer_keys(data, notes), "", notes)
     try:
         cfg.validate()
     except ConfigError as e:

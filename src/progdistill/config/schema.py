@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 from . import choices
 from .constraints import (ConfigError, EvenAtLeast, Listed, PowerOfTwo, at_least, check_distill_steps,
@@ -60,17 +61,28 @@ class DiffusionConfig:
 
 
 @dataclass
-class TrainConfig:
-    steps: int = checked(20_000, positive())
-    batch_size: int = checked(512, positive())
-    lr: float = checked(1e-3, positive())
-    warmup: int = checked(500, at_least(0))
-    # after warmup: constant, linear (to 0) or cosine (to 0)
-    lr_decay: str = checked("constant", one_of(choices.LR_DECAYS))
+class OptimConfig:
+    """The optimizer of a training phase (Adam, learning-rate warmup, gradient-norm clipping, EMA): [train.optim]
+    trains the teacher; [distill.optim] every distillation round, the warm-up of reparameterised students and guided
+    stage 1, which takes guided.stage1_lr as its learning rate when that is > 0. The defaults here are the
+    teacher's; [distill.optim] has its own (see DistillConfig). The flat keys of earlier versions (train.lr,
+    distill.warmup, ...) in TOML, --set and recorded configs are read into it (loading.nest_optimizer_keys)."""
+
+    lr: float = checked(1e-3, positive())  # the peak learning rate, reached after warmup
+    warmup: int = checked(500, at_least(0))  # optimizer steps of linear learning-rate warmup
     grad_clip: float = checked(1.0, at_least(0))  # gradient-norm clipping; 0 turns it off
     adam_beta1: float = checked(0.9, unit_interval())
     adam_beta2: float = checked(0.999, unit_interval())
     ema_decay: float = checked(0.999, unit_interval())  # 0 turns EMA off
+
+
+@dataclass
+class TrainConfig:
+    steps: int = checked(20_000, positive())
+    batch_size: int = checked(512, positive())
+    optim: OptimConfig = field(default_factory=OptimConfig)  # [train.optim]
+    # after warmup: constant, linear (to 0) or cosine (to 0)
+    lr_decay: str = checked("constant", one_of(choices.LR_DECAYS))
     checkpoint_every: int = checked(5_000, positive())
     keep_checkpoints: int = checked(3, positive())
     seed: int = 0
@@ -90,12 +102,8 @@ class DistillConfig:
     final_updates_per_round: int = checked(0, at_least(0))
     long_round_max_steps: int = 2
     batch_size: int = checked(512, positive())
-    lr: float = checked(5e-4, positive())  # linearly annealed to 0 within every round
-    warmup: int = checked(0, at_least(0))
-    grad_clip: float = checked(1.0, at_least(0))
-    adam_beta1: float = checked(0.9, unit_interval())
-    adam_beta2: float = checked(0.999, unit_interval())
-    ema_decay: float = checked(0.0, unit_interval())  # the paper uses no EMA while distilling
+    # [distill.optim]: lr linearly annealed to 0 within every round; no EMA while distilling (the paper's)
+    optim: OptimConfig = field(default_factory=partial(OptimConfig, lr=5e-4, warmup=0, ema_decay=0.0))
     dropout: float = checked(0.0, unit_interval())
     weighting: str = checked("snr_trunc", one_of(choices.WEIGHTINGS))
     seed: int = 1
@@ -129,11 +137,12 @@ class GuidedConfig:
     # Training draws w from [w_min - w_margin, w_max] (for a range, not a single w), so that w_min is not the edge
     # of what the student is fitted on; sampling stays within [w_min, w_max]. 0: the paper's (docs/guided.md).
     w_margin: float = checked(0.0, at_least(0, "0: w drawn from [w_min, w_max] only"))
-    # stage-1 optimizer steps (its other settings: lr, batch size, ... of [distill])
+    # stage-1 optimizer steps (its other settings: batch size, ... of [distill], optimizer of [distill.optim])
     stage1_updates: int = checked(2_000, positive())
     # the stage-1 loss weighting; auto: the teacher's (diffusion.weighting)
     stage1_weighting: str = checked("auto", one_of(("auto",), choices.WEIGHTINGS))
-    stage1_lr: float = checked(0.0, at_least(0, "0: distill.lr"))  # stage 1's peak learning rate; 0: distill.lr
+    # stage 1's peak learning rate; 0: distill.optim.lr (stage 1's other optimizer settings: [distill.optim])
+    stage1_lr: float = checked(0.0, at_least(0, "0: distill.optim.lr"))
     # sinusoidal features of w, before the small MLP into the noise embedding
     embed_dim: int = checked(64, EvenAtLeast(4))
     embed_scale: float = checked(1000.0, positive())  # the sinusoidal embedding's argument is embed_scale * w

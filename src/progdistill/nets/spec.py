@@ -10,7 +10,9 @@ arguments whose defaults keep the old behaviour; an argument the installed code 
 Classifier-free guidance (docs/guided.md) adds two optional fields, written only when set, so older records read
 as before: `null_class` (the network has one class-embedding row more than `num_classes`, the "no label" class at
 index num_classes, learnt with label dropout) and `guidance` (the network takes the guidance weight w as an input:
-{"w_min", "w_max"} the range it was trained for, {"embed_dim", "embed_scale"} its w embedding).
+{"w_min", "w_max"} the range it samples, {"embed_dim", "embed_scale"} its w embedding, and optionally "class_gate"
+(written only when true) and "w_margin", the margin below w_min that training drew w from (written by every
+guided stage 1 since it was added; records from before lack it)).
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ class ModelSpec:
     def w_range(self) -> tuple[float, float] | None:
         """(w_min, w_max) a w-conditioned network was trained for; None for any other network."""
         return (self.guidance["w_min"], self.guidance["w_max"]) if self.guidance else None
+
+    @property
+    def w_margin(self) -> float | None:
+        """The margin below w_min that its training drew w from, as recorded (None: no w input, or a record
+        written before the margin was recorded)."""
+        return self.guidance.get("w_margin") if self.guidance else None
 
     def to_dict(self) -> dict:
         out = {"kind": self.kind, "args": _jsonable(self.args), "parameterization": self.parameterization,
@@ -90,24 +98,30 @@ class ModelSpec:
         return replace(self, args=self.args | {"dropout": float(dropout)})
 
 
-GUIDANCE_KEYS = ("w_min", "w_max", "embed_dim", "embed_scale")  # required; "class_gate" (bool) is optional
+GUIDANCE_KEYS = ("w_min", "w_max", "embed_dim", "embed_scale")  # required; "class_gate", "w_margin" optional
+OPTIONAL_GUIDANCE_KEYS = {"class_gate", "w_margin"}
 
 
 def guidance_block(w_min: float, w_max: float, embed_dim: int = 64, embed_scale: float = 1000.0,
-                   class_gate: bool = False) -> dict:
+                   class_gate: bool = False, w_margin: float | None = None) -> dict:
     """The `guidance` field of a w-conditioned network's spec ("class_gate" written only when true, so that the
     records of networks without it are those written before it existed)."""
     block = {"w_min": float(w_min), "w_max": float(w_max), "embed_dim": int(embed_dim),
              "embed_scale": float(embed_scale)}
-    return check_guidance_block(block | ({"class_gate": True} if class_gate else {}))
+    block |= {"class_gate": True} if class_gate else {}
+    block |= {"w_margin": float(w_margin)} if w_margin is not None else {}
+    return check_guidance_block(block)
 
 
 def check_guidance_block(block: Any) -> dict | None:
     if block is None:
         return None
-    if not isinstance(block, dict) or sorted(set(block) - {"class_gate"}) != sorted(GUIDANCE_KEYS):
+    if not isinstance(block, dict) or sorted(set(block) - OPTIONAL_GUIDANCE_KEYS) != sorted(GUIDANCE_KEYS):
         raise SpecError(f"model.guidance must be an object with exactly {', '.join(GUIDANCE_KEYS)} (and optionally "
-                        f"class_gate), got {block!r}")
+                        f"{' and '.join(sorted(OPTIONAL_GUIDANCE_KEYS))}), got {block!r}")
+    margin = block.get("w_margin", 0.0)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0:
+        raise SpecError(f"model.guidance.w_margin must be a number >= 0, got {margin!r}")
     if not isinstance(block.get("class_gate", False), bool):
         raise SpecError(f"model.guidance.class_gate must be true or false, got {block['class_gate']!r}")
     numbers = all(isinstance(block[k], (int, float)) and not isinstance(block[k], bool) for k in GUIDANCE_KEYS)
@@ -115,7 +129,8 @@ def check_guidance_block(block: Any) -> dict | None:
         raise SpecError(f"model.guidance needs numbers with w_min <= w_max and an even embed_dim >= 4, got {block!r}")
     out = {"w_min": float(block["w_min"]), "w_max": float(block["w_max"]), "embed_dim": int(block["embed_dim"]),
            "embed_scale": float(block["embed_scale"])}
-    return out | ({"class_gate": True} if block.get("class_gate") else {})
+    return out | ({"class_gate": True} if block.get("class_gate") else {}) | (
+        {"w_margin": float(block["w_margin"])} if "w_margin" in block else {})
 
 
 def build_net(spec: ModelSpec) -> nn.Module:

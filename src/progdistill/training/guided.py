@@ -38,8 +38,8 @@ def stage1_weighting(cfg: Config) -> str:
 
 
 def stage1_settings(cfg: Config):
-    """Stage 1's optimizer: the [distill] settings over guided.stage1_updates, at guided.stage1_lr unless 0."""
-    settings = optim_settings(cfg.distill, cfg.guided.stage1_updates, "linear")
+    """Stage 1's optimizer: [distill.optim] over guided.stage1_updates, at guided.stage1_lr unless 0."""
+    settings = optim_settings(cfg.distill.optim, cfg.guided.stage1_updates, "linear")
     return replace(settings, lr=cfg.guided.stage1_lr) if cfg.guided.stage1_lr > 0 else settings
 
 
@@ -126,7 +126,8 @@ def train_stage1(teacher_stem: str | Path | None, out: Path, cfg: Config | None 
     g = cfg.guided
     check_combination(tspec.parameterization, stage1_weighting(cfg))
     spec = replace(tspec.with_dropout(cfg.distill.dropout),
-                   guidance=guidance_block(g.w_min, g.w_max, g.embed_dim, g.embed_scale, g.class_gate))
+                   guidance=guidance_block(g.w_min, g.w_max, g.embed_dim, g.embed_scale, g.class_gate,
+                                           w_margin=g.w_margin))
     run = Run.open(cfg, out, progress=progress)
     try:
         _check_data(cfg, run.data, tspec)

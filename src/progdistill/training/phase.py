@@ -16,7 +16,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from ..build import load_data, make_accelerator
 from ..checkpoint import checkpoint_paths, prune, save_checkpoint
-from ..config import Config, ConfigError, config_from_json
+from ..config import Config, ConfigError, OptimConfig, config_from_json
 from ..data import ExampleData, make_batches
 from ..denoiser import Denoiser
 from .loop import NonFiniteLossError, Objective, OptimSettings, fit, make_ema
@@ -24,11 +24,11 @@ from .resume import latest_loadable, loop_tensors, restore_loop_state
 from .runlog import RunLog
 
 
-def optim_settings(section, total_steps: int, decay: str) -> OptimSettings:
-    """OptimSettings from a [train] or [distill] config section (the same field names in both)."""
-    return OptimSettings(lr=section.lr, total_steps=total_steps, warmup=section.warmup, decay=decay,
-                         grad_clip=section.grad_clip, betas=(section.adam_beta1, section.adam_beta2),
-                         ema_decay=section.ema_decay)
+def optim_settings(optim: OptimConfig, total_steps: int, decay: str) -> OptimSettings:
+    """OptimSettings from an optimizer sub-table ([train.optim] or [distill.optim]) over `total_steps`."""
+    return OptimSettings(lr=optim.lr, total_steps=total_steps, warmup=optim.warmup, decay=decay,
+                         grad_clip=optim.grad_clip, betas=(optim.adam_beta1, optim.adam_beta2),
+                         ema_decay=optim.ema_decay)
 
 
 def resume_config(record: dict, cfg: Config | None, sections: tuple[str, ...], stem: Path, *,

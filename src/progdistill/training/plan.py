@@ -70,7 +70,7 @@ class DistillPlan:
         record = {"config": self.cfg.to_dict(), "model": student.spec.to_dict(), "sampling": self.sampling | {"steps": m},
                   "round": r, "sampling_steps": m, "teacher": str(teacher_stem)}
         return Phase(name=f"round{r:02d}", desc=f"round {r}: {rnd.teacher_steps} -> {m} steps",
-                     settings=optim_settings(dc, rnd.updates, "linear"), weighting=dc.weighting,
+                     settings=optim_settings(dc.optim, rnd.updates, "linear"), weighting=dc.weighting,
                      seed=dc.seed + ROUND_NOISE_SEED_STRIDE * r, data_seed=dc.seed + r, batch_size=dc.batch_size,
                      batch_field="distill.batch_size", grad_accum=dc.grad_accum,
                      checkpoints=runfolder.round_checkpoints(out), prefix=runfolder.round_prefix(r),
@@ -132,8 +132,10 @@ def plan_distillation(teacher_spec: ModelSpec, record: dict, ckpt_cfg: Config, c
     spec = replace(teacher_spec, parameterization=cfg.model.parameterization)
     schedule = schedule_of(spec)
     _check_students(spec, teacher_param, schedule)
-    # w drawn in training: the model's range, widened below by the guided.w_margin its stage 1 was trained with.
-    w_train = None if spec.w_range is None else training_w_range(*spec.w_range, cfg.guided.w_margin)
+    # w drawn in training: the model's range, widened below by the margin its stage 1 was trained with (as its model
+    # block records; records written before the margin was recorded: guided.w_margin of its config).
+    margin = spec.w_margin if spec.w_margin is not None else cfg.guided.w_margin
+    w_train = None if spec.w_range is None else training_w_range(*spec.w_range, margin)
     return DistillPlan(cfg, spec, schedule, teacher_param, record["sampling"],
                        teacher_clip_threshold(cfg.distill.teacher_clip, cfg.distill.teacher_clip_logsnr), w_train,
                        plan_rounds(cfg, record))

@@ -29,7 +29,7 @@ def warm_up_student(teacher: Denoiser, student: Denoiser, schedule: Schedule, st
     distillation target is); returns the loss history (logged as phase "convert")."""
     dc = run.cfg.distill
     phase = Phase(name="convert", desc=f"warm-up: {run.cfg.model.parameterization} student",
-                  settings=replace(optim_settings(dc, dc.convert_updates, "linear"), ema_decay=0.0),
+                  settings=replace(optim_settings(dc.optim, dc.convert_updates, "linear"), ema_decay=0.0),
                   weighting=dc.weighting, seed=dc.seed + WARM_UP_SEED_OFFSET, data_seed=dc.seed + WARM_UP_SEED_OFFSET,
                   batch_size=dc.batch_size, batch_field="distill.batch_size", grad_accum=dc.grad_accum,
                   checkpoints=runfolder.round_checkpoints(run.out), prefix="convert_step", checkpoint_every=0, keep=0,

@@ -26,7 +26,7 @@ def find_resume_point(out: Path) -> Path | None:
 def teacher_phase(cfg: Config, out: Path, record: dict) -> Phase:
     """The teacher's phase: [train]'s settings, checkpoints in out/checkpoints (kept when it ends), out/teacher."""
     tc = cfg.train
-    return Phase(name="teacher", desc="teacher", settings=optim_settings(tc, tc.steps, tc.lr_decay),
+    return Phase(name="teacher", desc="teacher", settings=optim_settings(tc.optim, tc.steps, tc.lr_decay),
                  weighting=cfg.diffusion.weighting, seed=tc.seed + TEACHER_NOISE_SEED_OFFSET, data_seed=tc.seed,
                  batch_size=tc.batch_size, batch_field="train.batch_size", grad_accum=tc.grad_accum,
                  checkpoints=runfolder.teacher_checkpoints(out), prefix=runfolder.TEACHER_PREFIX,

@@ -1,0 +1,43 @@
+"""`progdistill export-diffusers`: write a checkpoint as a diffusers pipeline folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import at_least, warn_off_student
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add the export-diffusers command and its options."""
+    parser = commands.add_parser(
+        "export-diffusers", help="write a checkpoint as a diffusers pipeline folder (UNet2DModel + DDIMScheduler)",
+        description="Write a standard diffusers pipeline folder whose DDIM sampler takes exactly the steps of "
+                    "`progdistill sample` (same noise, same images to float rounding). Unconditional eps/x/v "
+                    "models load with DDIMPipeline.from_pretrained(OUT); class-conditional and 'both' models ship "
+                    "their pipeline/component code and load with DiffusionPipeline.from_pretrained(OUT, "
+                    "trust_remote_code=True).")
+    parser.add_argument("--ckpt", required=True, help="student or teacher checkpoint (image model)")
+    parser.add_argument("--out", required=True, help="new folder for the pipeline")
+    parser.add_argument("--steps", type=int, help="sampling steps the pipeline is set up for (default: the student's)")
+    parser.add_argument("--train-timesteps", type=int, help="the scheduler's num_train_timesteps, a multiple of the "
+                        "steps (default: the multiple nearest 1024; imported models keep their own)")
+    parser.add_argument("--no-clip", action="store_true", help="set clip_sample=False (default: the config's)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Export --ckpt to --out and print how to load and call the pipeline."""
+    from ..checkpoint import read_record
+    from ..interop.diffusers_io import export_diffusers
+
+    at_least("--steps", args.steps)
+    at_least("--train-timesteps", args.train_timesteps)
+    if args.steps is not None:
+        warn_off_student(read_record(args.ckpt), args.steps)
+    summary = export_diffusers(args.ckpt, Path(args.out), steps=args.steps, train_timesteps=args.train_timesteps,
+                               clip=False if args.no_clip else None)
+    print(f"diffusers pipeline written to {args.out}: {summary['steps']} steps, prediction_type "
+          f"{summary['prediction_type']}, {summary['num_train_timesteps']} training timesteps\n"
+          f"  pipe = {summary['load'].replace('folder', repr(args.out))}\n"
+          f"  images = {summary['call']}.images")
