@@ -112,11 +112,9 @@ def test_config_and_cli_take_their_choices_from_the_registry(capsys):
     (action,) = [a for a in sample._actions if a.dest == "sampler"]
     assert list(action.choices) == list(SAMPLERS)
     # evaluate's report names map onto registry samplers (diffusers' own DDIM is the one outside it)
-    from progdistill.evaluation.guided import _KINDS
-    from progdistill.evaluation.images import SAMPLER_KINDS
+    from progdistill.evaluation.rows import DIFFUSERS_SAMPLER, ROWS
 
-    assert set(SAMPLER_KINDS.values()) - {"diffusers"} <= set(SAMPLERS)
-    assert {kind for kind, _ in _KINDS.values()} <= set(SAMPLERS)
+    assert {row.sampler for row in ROWS.values()} - {DIFFUSERS_SAMPLER} <= set(SAMPLERS)
 
 
 @pytest.mark.parametrize("clip", [False, True])

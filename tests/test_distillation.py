@@ -66,7 +66,7 @@ def test_distill_objective_uses_the_student_grid():
     obj = DistillObjective(Denoiser(Recorder(), "x"), schedule, student_steps=4)
     x = torch.zeros(256, 2)
     out = obj(x, None, torch.Generator().manual_seed(0))
-    z_t, logsnr_t, x_tilde = out.z_t, out.logsnr, out.x
+    logsnr_t, x_tilde = out.logsnr, out.x
     student_grid = step_grid(schedule, 4)  # t = 1, 3/4, 1/2, 1/4, 0
     assert set(logsnr_t.tolist()) <= set(student_grid[:-1].tolist())
     assert len(set(logsnr_t.tolist())) == 4  # every student step is drawn

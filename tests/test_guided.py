@@ -3,7 +3,6 @@ initialisation, the stage-1 and stage-2 targets, the stochastic sampler, exact r
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -385,7 +384,6 @@ def test_guided_distillation_resumes_exactly_after_kills_in_stage1_and_stage2(te
     out = tmp_path / "run"
     kill_after([*args, "--out", str(out)], "stage1_step00000100", env=ENV)
     assert not (out / "stage1.json").exists()
-    partials = out / "students" / "checkpoints"
     kill_after(["distill", "--resume", "--out", str(out), "--no-progress"], "round02_step00000050", env=ENV)
     assert (out / "students" / "student_0002steps.json").exists()
     assert not (out / "students" / "student_0001steps.json").exists()

@@ -3,7 +3,6 @@ weights as an uninterrupted run; interrupted writes, damaged checkpoints and non
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path

@@ -24,12 +24,16 @@ from .nets.unet import UNET_PRESETS, resolve_unet2d_config, unet_config
 from .checkpoint import FORMAT_VERSION, CheckpointError, checkpoint_paths, load_into, read_record
 
 
+# 2-D data: the test split is drawn from data.seed plus this offset, a stream no training draw shares.
+TEST_SPLIT_SEED_OFFSET = 100_003
+
+
 def load_data(cfg: Config, split: str = "train", *, progress: bool = True) -> ExampleData:
     """The training examples the config names (uint8 images, scaled to [-1, 1] per batch; labels only when
     data.conditional). In a multi-process run the main process builds a folder's cache while the others wait."""
     d = cfg.data
     if d.name not in IMAGE_DATASETS:
-        seed = d.seed if split == "train" else d.seed + 100_003
+        seed = d.seed if split == "train" else d.seed + TEST_SPLIT_SEED_OFFSET
         x, labels = sample_toy_labelled(d.name, d.size, seed)
         return ExampleData(x, labels if d.conditional else None, flip=d.flip)
     # Only once accelerate is set up (training): each machine's first process builds a folder cache, then the rest.
@@ -99,10 +103,10 @@ def denoiser_from_spec(spec: ModelSpec, perf: PerfConfig | None = None) -> Denoi
     """A freshly initialised denoiser of `spec` (its network plus parameterization); `.spec` holds the spec.
     `perf` only picks kernels (sdpa off: diffusers' plain attention), never the math."""
     net = build_net(spec)
-    if perf is not None and not perf.sdpa and hasattr(net, "unet"):
+    if perf is not None and not perf.sdpa:
         from diffusers.models.attention_processor import Attention, AttnProcessor
 
-        for module in net.unet.modules():
+        for module in net.diffusers_modules():
             if isinstance(module, Attention):
                 module.set_processor(AttnProcessor())
     denoiser = Denoiser(net, spec.parameterization)

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
-import torch
 from torch import Tensor, nn
 
 from .diffusion.parameterization import eps_from_x, get_parameterization
 from .diffusion.schedules import alpha_sigma, broadcast
+from .nets.base import noise_condition  # noqa: F401 (re-exported: the conditioning networks are fed)
 
 
-def noise_condition(logsnr: Tensor) -> Tensor:
-    """arctan(exp(-lambda / 2)) / (pi / 2): a schedule-independent noise level in [0, 1] (= t for the cosine
-    schedule), which networks embed; this is the conditioning the paper's code feeds its U-Net."""
-    return torch.atan(torch.exp(-0.5 * logsnr.float())) / (0.5 * math.pi)
 
 
 class Denoiser(nn.Module):
@@ -31,6 +25,8 @@ class Denoiser(nn.Module):
         (a number or one per example; see `guidance.py` for guided sampling of either kind of model)."""
         # Under mixed precision the network may answer in bf16/fp16; the parameterization runs in z's dtype.
         # Networks of discrete-time models (imported ones) bring their own map from log-SNR to their timestep.
+        # Any module net(z, cond, labels) is accepted (an open type: tests and users wrap their own networks);
+        # the project's networks (nets.base.DenoiserNet) may bring their own condition.
         cond = self.net.condition(logsnr) if hasattr(self.net, "condition") else noise_condition(logsnr)
         out = (self.net(z, cond, labels) if w is None else self.net(z, cond, labels, w)).to(z.dtype)
         alpha, sigma = alpha_sigma(broadcast(logsnr.to(z.dtype), z))

@@ -85,7 +85,7 @@ def demo_config(args: argparse.Namespace, images: bool) -> tuple[Config, int]:
 def run(args: argparse.Namespace) -> None:
     """Train a teacher, distil it and evaluate every sampler and student, into a new run folder --out."""
     from ..data.images import IMAGE_DATASETS
-    from ..evaluation.report import evaluate_run
+    from ..evaluation.report import IMAGE_SAMPLERS_WITHOUT_ANCESTRAL, evaluate_run
     from ..training.rounds import distill
     from ..training.teacher import train_teacher
 
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> None:
     distill(stem, out, cfg, progress=progress)
     print(f"[3/3] evaluating every sampler and student on {num} samples each")
     device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and cuda_available()) else "cpu"
-    extra = {"samplers": ("teacher_ddim", "dpm_solver", "student"), "device": device} if images else {}
+    extra = {"samplers": IMAGE_SAMPLERS_WITHOUT_ANCESTRAL, "device": device} if images else {}
     report = runfolder.eval_dir(out)
     rows = evaluate_run(out, report, num=num, progress=progress, **extra)
     print_report(rows)

@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> None:
 def run_plain(args: argparse.Namespace, steps: list[int] | None) -> None:
     """Evaluate the teacher's samplers and every student of the run, and print a table per metric."""
     from ..evaluation.report import evaluate_run
+    from ..evaluation.rows import BASELINE_ROWS
 
     if args.teacher_steps is not None or args.guided_dir is not None:
         raise ConfigError("--teacher-steps and --guided-dir belong to a guided evaluation: add --guidance W,W,...")
@@ -65,7 +66,7 @@ def run_plain(args: argparse.Namespace, steps: list[int] | None) -> None:
     if args.samplers:
         options["samplers"] = name_list(args.samplers)
     if args.max_baseline_steps is not None:
-        options["max_steps"] = {"teacher_ancestral": args.max_baseline_steps, "dpm_solver": args.max_baseline_steps}
+        options["max_steps"] = dict.fromkeys(BASELINE_ROWS, args.max_baseline_steps)
     if args.inception_weights:
         options["inception_weights"] = args.inception_weights
     if args.device != "cpu":

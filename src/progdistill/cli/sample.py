@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..config import ConfigError
 from ..config.choices import VARIANCES
-from ..diffusion.registry import SAMPLERS
+from ..diffusion.sampler_names import SAMPLER_DESCRIPTIONS
 from .common import add_progress_arg, at_least, warn_off_student
 
 if TYPE_CHECKING:
@@ -24,8 +24,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int,
                         help="sampling steps, >= 1 (default: the checkpoint's: a student's own, which is the only "
                              "count a student is trained for; a teacher's distill.start_steps)")
-    parser.add_argument("--sampler", choices=list(SAMPLERS), default="ddim",
-                        help="; ".join(f"{name}: {s.description}" for name, s in SAMPLERS.items()))
+    parser.add_argument("--sampler", choices=list(SAMPLER_DESCRIPTIONS), default="ddim",
+                        help="; ".join(f"{name}: {text}" for name, text in SAMPLER_DESCRIPTIONS.items()))
     parser.add_argument("--variance", choices=list(VARIANCES),
                         help="ancestral sampler variance (default: the checkpoint's)")
     parser.add_argument("--no-clip", action="store_true",

@@ -208,10 +208,9 @@ class Batches:
         return self.sampler.state_dict(self.position)
 
     def close(self) -> None:
-        """Stop the loader's worker processes."""
-        it, self._it = self._it, None
-        if it is not None and hasattr(it, "_shutdown_workers"):
-            it._shutdown_workers()
+        """Stop the loader's worker processes: the last reference to its iterator goes, and the iterator's
+        finaliser shuts its workers down."""
+        self._it = None
 
 
 def make_batches(data: ExampleData, batch_size: int, seed: int, *, shard: tuple[int, int] = (0, 1),

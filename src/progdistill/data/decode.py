@@ -28,3 +28,12 @@ def _load_square(path: Path, size: int, mode: str) -> np.ndarray:
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise DataError(f"cannot read image {path}: {e}; delete or replace the file") from e
     return arr.reshape(size, size, -1)
+
+
+SPLITS = ("train", "test")
+
+
+def check_split(split: str) -> None:
+    """Raise DataError unless split is 'train' or 'test'."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")

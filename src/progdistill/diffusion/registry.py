@@ -8,6 +8,7 @@ from typing import Callable
 from torch import Tensor
 
 from .dpm_solver import dpm_solver_pp_2m
+from .sampler_names import SAMPLER_DESCRIPTIONS
 from .samplers import VARIANCES, ancestral, ddim, stochastic
 
 __all__ = ["SAMPLERS", "SamplerInfo", "VARIANCES", "get_sampler"]
@@ -39,11 +40,9 @@ def _stochastic(denoiser, z, grid, *, labels=None, clip=False, variance="small",
 
 
 SAMPLERS: dict[str, SamplerInfo] = {
-    "ddim": SamplerInfo(_ddim, "deterministic DDIM (the sampler students are distilled for)"),
-    "ancestral": SamplerInfo(_ancestral, "stochastic ancestral sampling (variance small, large or interp)"),
-    "dpm_solver": SamplerInfo(_dpm_solver, "DPM-Solver++(2M), one network evaluation per step"),
-    "stochastic": SamplerInfo(_stochastic, "guided distillation's stochastic N-step sampler: a DDIM step of twice "
-                              "the length, then noise back to the next grid point; the last step deterministic"),
+    name: SamplerInfo(run, SAMPLER_DESCRIPTIONS[name])
+    for name, run in (("ddim", _ddim), ("ancestral", _ancestral), ("dpm_solver", _dpm_solver),
+                      ("stochastic", _stochastic))
 }
 
 

@@ -38,7 +38,8 @@ def check_combination(parameterization: str, weighting: str) -> None:
 
 
 def per_example_x_mse(x_hat: Tensor, x_target: Tensor) -> Tensor:
-    """||x - x_hat||^2 averaged over every non-batch dimension (averaged, not summed: see PAPER pitfalls)."""
+    """||x - x_hat||^2 averaged over every non-batch dimension (averaged, not summed: a sum would scale the loss,
+    and so the learning rate that suits it, with the data size)."""
     return (x_hat - x_target).pow(2).flatten(1).mean(dim=1)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from .. import runfolder
 from ..build import build_denoiser, load_checkpoint, load_data, model_record, schedule_of
 from ..config import Config, ConfigError
 from ..denoiser import noise_condition
@@ -296,7 +297,7 @@ def import_diffusers(folder: str | Path, out: str | Path, base: Config) -> Path:
     denoiser = build_denoiser(cfg, shape, num_classes)
     denoiser.net.unet.load_state_dict(unet.state_dict())
     out = Path(out)
-    return save_checkpoint(out / "teacher", {"model": denoiser}, {
+    return save_checkpoint(runfolder.teacher_stem(out), {"model": denoiser}, {
         "kind": "teacher", "config": cfg.to_dict(), **model_record(denoiser.spec, cfg, cfg.distill.start_steps),
         "sampling_weights": "model", "step": 0, "imported_from": str(Path(folder).resolve()),
         "diffusers_scheduler": sched,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .base import DenoiserNet
 from .embedding import GuidanceEmbedding, SinusoidalEmbedding, guidance_input
 
 
@@ -24,7 +25,7 @@ class _Block(nn.Module):
         return h + y
 
 
-class MLPNet(nn.Module):
+class MLPNet(DenoiserNet):
     """net(z, cond, labels) -> output of `out_dim` features; the output layer starts at zero (as the paper's U-Net)."""
 
     def __init__(

@@ -152,8 +152,6 @@ def build_net(spec: ModelSpec) -> nn.Module:
         raise SpecError(f"the network's arguments make {net.num_classes} class rows, the spec says "
                         f"{spec.num_classes} classes" + (" plus the null class" if spec.null_class else ""))
     if spec.guidance is not None:
-        if not hasattr(net, "condition_on_w"):
-            raise SpecError(f"a {spec.kind!r} network cannot be conditioned on the guidance weight")
         if spec.guidance.get("class_gate") and not spec.null_class:
             raise SpecError("model.guidance.class_gate scales the class embedding's offset from the null class's, "
                             "and this network has no null class (its teacher was trained without label dropout)")

@@ -1,17 +1,20 @@
 """The paper's U-Net (improved-DDPM style) through diffusers' UNet2DModel, behind net(z, cond, labels).
 
 GroupNorm + SiLU, scale/shift noise conditioning, residual up/down sampling, zero-initialised output convolution
-(PAPER section 6). The noise condition c in [0, 1] is passed as the timestep 1000 c, which diffusers embeds
+(the paper's section 6). The noise condition c in [0, 1] is passed as the timestep 1000 c, which diffusers embeds
 sinusoidally.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 from diffusers import UNet2DModel
 from torch import Tensor, nn
 
 from .args import resolve_args
+from .base import DenoiserNet
 from .embedding import GuidanceEmbedding, guidance_input
 from .presets import UNET_PRESETS, UNetSpec
 
@@ -43,7 +46,7 @@ def resolve_unet2d_config(config: dict) -> dict:
                         "diffusers' UNet2DModel")
 
 
-class WConditioned(nn.Module):
+class WConditioned(DenoiserNet):
     """A UNet2DModel (`self.unet`) with the guidance weight w as an optional extra input: its embedding is added to
     the output of `unet.time_embedding` by a forward hook (where diffusers then adds the class embedding), so the
     UNet2DModel's own parameters and state-dict keys stay those of the unguided network."""
@@ -64,6 +67,9 @@ class WConditioned(nn.Module):
         self.unet.time_embedding.register_forward_hook(self._add_w)
         if class_gate:
             self.unet.class_embedding.register_forward_hook(self._gate_classes)
+
+    def diffusers_modules(self) -> Iterable[nn.Module]:
+        return self.unet.modules()
 
     def _add_w(self, module: nn.Module, args, emb: Tensor) -> Tensor:
         return emb + self.w_embed(self._w).to(emb.dtype)

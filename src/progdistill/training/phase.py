@@ -46,8 +46,9 @@ def resume_config(record: dict, cfg: Config | None, sections: tuple[str, ...], s
     differ = [s for s in names if getattr(cfg, s) != getattr(saved, s)]
     if differ:
         what = "config" if sections == ("all",) else " and ".join(f"[{s}]" for s in sections) + " settings"
+        only = f"; only {', '.join(free)} may differ" if free else ""
         raise ConfigError(f"--resume continues with the {what} saved in {stem}.json; drop --config/--set (start a new "
-                          f"run to change them; {', '.join(differ)} differ)")
+                          f"run to change settings{only}; here {', '.join(differ)} differ)")
     return saved
 
 
