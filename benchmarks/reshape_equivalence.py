@@ -82,8 +82,10 @@ def compare_checkpoints(a: Path, b: Path) -> dict:
             for r in (ra, rb):
                 r.pop("token", None)
                 r.pop("config", None)  # the config's JSON layout changed on purpose (CHANGELOG 0.2.0)
-                # Guided models now record their training margin (CHANGELOG 0.2.0); the rest must be equal.
+                # Models now record their guided training margin and students their target clipping (CHANGELOG
+                # 0.2.0); the rest of the model block must be equal.
                 (r.get("model", {}).get("guidance") or {}).pop("w_margin", None)
+                r.get("model", {}).pop("teacher_clip", None)
         if ra != rb:
             differ.append(f"record {path.relative_to(a)}")
     return {"checkpoints": tensors, "records": records, "differ": differ}

@@ -109,6 +109,13 @@ def test_plan_of_an_eps_teacher_gives_v_students_a_warm_up_and_clipped_targets()
     assert plan.spec.parameterization == "v" and plan.teacher_parameterization == "eps"
     assert plan.cfg.distill.convert_updates == 2 * cfg.distill.updates_per_round
     assert plan.clip_below == 0.0 and plan.w_train is None
+    assert plan.spec.teacher_clip == {"mode": "noisy", "logsnr": 0.0}  # recorded in every student's model block
+    # Continuing from such a student (a v network) with a fresh config: its recorded clipping, not "auto" for v.
+    student_record = {"kind": "student", "sampling_steps": 4, "round": 1, "sampling": record["sampling"]}
+    fresh = load_config("toy2d", ["distill.weighting=snr_plus1"])
+    assert plan_distillation(plan.spec, student_record, fresh, None).clip_below == 0.0
+    explicit = load_config("toy2d", ["distill.teacher_clip=none"])
+    assert plan_distillation(plan.spec, student_record, explicit, None).clip_below == -math.inf
     same = plan_distillation(*_teacher(load_config("toy2d")), load_config("toy2d"), None)
     assert same.spec.parameterization == "v" and same.clip_below == -math.inf  # a v teacher: the paper's targets
 

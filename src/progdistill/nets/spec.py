@@ -36,6 +36,9 @@ class ModelSpec:
     num_classes: int = 0
     null_class: bool = False  # class-embedding row num_classes is "no label" (label dropout; guided sampling)
     guidance: dict | None = field(default=None, hash=False)  # a w-conditioned network: GUIDANCE_KEYS
+    # A distilled student: how its targets were built, {"mode": none|noisy|all, "logsnr": threshold}
+    # (distill.teacher_clip), so that continuing its distillation builds them the same way.
+    teacher_clip: dict | None = field(default=None, hash=False)
 
     @property
     def class_rows(self) -> int:
@@ -61,6 +64,8 @@ class ModelSpec:
             out["null_class"] = True
         if self.guidance is not None:
             out["guidance"] = _jsonable(self.guidance)
+        if self.teacher_clip is not None:
+            out["teacher_clip"] = dict(self.teacher_clip)
         return out
 
     @classmethod
@@ -91,7 +96,7 @@ class ModelSpec:
             raise SpecError(f"model.null_class must be true or false (true only with num_classes > 0), got "
                             f"{null_class!r}")
         return cls(kind, dict(args), data["parameterization"], dict(schedule), tuple(shape), num_classes,
-                   null_class, check_guidance_block(data.get("guidance")))
+                   null_class, check_guidance_block(data.get("guidance")), check_teacher_clip(data.get("teacher_clip")))
 
     def with_dropout(self, dropout: float) -> "ModelSpec":
         """The same network with another dropout rate (students may train with their own)."""
@@ -131,6 +136,20 @@ def check_guidance_block(block: Any) -> dict | None:
            "embed_scale": float(block["embed_scale"])}
     return out | ({"class_gate": True} if block.get("class_gate") else {}) | (
         {"w_margin": float(block["w_margin"])} if "w_margin" in block else {})
+
+
+TEACHER_CLIP_MODES = ("none", "noisy", "all")
+
+
+def check_teacher_clip(block: Any) -> dict | None:
+    """A student's recorded target clipping, {"mode", "logsnr"} (None: not a student, or recorded before it was)."""
+    if block is None:
+        return None
+    if (not isinstance(block, dict) or set(block) != {"mode", "logsnr"} or block["mode"] not in TEACHER_CLIP_MODES
+            or isinstance(block["logsnr"], bool) or not isinstance(block["logsnr"], (int, float))):
+        raise SpecError(f"model.teacher_clip must be {{\"mode\": one of {', '.join(TEACHER_CLIP_MODES)}, \"logsnr\": "
+                        f"a number}}, got {block!r}")
+    return {"mode": block["mode"], "logsnr": float(block["logsnr"])}
 
 
 def build_net(spec: ModelSpec) -> nn.Module:

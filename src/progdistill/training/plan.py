@@ -92,6 +92,16 @@ def run_settings(ckpt_cfg: Config, cfg: Config | None) -> Config:
                    mixed_precision=cfg.mixed_precision).validate()
 
 
+def with_recorded_clipping(cfg: Config, teacher_spec: ModelSpec) -> Config:
+    """Continuing from a student: its recorded target clipping, unless distill.teacher_clip is set explicitly
+    ("auto" would otherwise be resolved for the student's parameterization, not the first teacher's)."""
+    recorded = teacher_spec.teacher_clip
+    if recorded is None or cfg.distill.teacher_clip != "auto":
+        return cfg
+    return replace(cfg, distill=replace(cfg.distill, teacher_clip=recorded["mode"],
+                                        teacher_clip_logsnr=recorded["logsnr"]))
+
+
 def _check_students(spec: ModelSpec, teacher_param: str, schedule: Schedule) -> None:
     """Refuse students that cannot be distilled (ConfigError saying what to change)."""
     if spec.w_range is not None and spec.parameterization != teacher_param:
@@ -124,12 +134,13 @@ def plan_rounds(cfg: Config, record: dict) -> list[Round]:
 def plan_distillation(teacher_spec: ModelSpec, record: dict, ckpt_cfg: Config, cfg: Config | None) -> DistillPlan:
     """Resolve a distillation of the checkpoint (`teacher_spec`, `record`, its config `ckpt_cfg`) with the [distill]
     settings of `cfg` (default: the checkpoint's own)."""
-    cfg = run_settings(ckpt_cfg, cfg)
+    cfg = with_recorded_clipping(run_settings(ckpt_cfg, cfg), teacher_spec)
     teacher_param = teacher_spec.parameterization
     # The students' parameterization (distill.parameterization, its "auto" values resolved) from here on.
     cfg = student_config(replace(cfg, model=replace(cfg.model, parameterization=teacher_param)))
-    # Students are the teacher's network, whatever the presets say now.
-    spec = replace(teacher_spec, parameterization=cfg.model.parameterization)
+    # Students are the teacher's network, whatever the presets say now; they record how their targets were built.
+    clipping = {"mode": cfg.distill.teacher_clip, "logsnr": cfg.distill.teacher_clip_logsnr}
+    spec = replace(teacher_spec, parameterization=cfg.model.parameterization, teacher_clip=clipping)
     schedule = schedule_of(spec)
     _check_students(spec, teacher_param, schedule)
     # w drawn in training: the model's range, widened below by the margin its stage 1 was trained with (as its model
