@@ -131,8 +131,9 @@ def main() -> None:
         result |= json.loads((args.out / "equivalence.json").read_text())
     for name, src in (("before", args.before.resolve()), ("after", HERE)):
         if args.compare_only:
-            reports[name] = {key: path for key, path in (("ring_quick", "ring"), ("fashion_mnist_quick", "fashion"))
-                             if (path := args.out / name / "demo" / path / "eval" / "report.json").exists()}
+            found = {key: args.out / name / "demo" / folder / "eval" / "report.json"
+                     for key, folder in (("ring_quick", "ring"), ("fashion_mnist_quick", "fashion"))}
+            reports[name] = {key: path for key, path in found.items() if path.exists()}
             continue
         print(f"{name}: training every mode, quick demos, start times", flush=True)
         train_every_mode(src, args.out / name / "train")

@@ -165,3 +165,54 @@ def test_future_format_asks_to_upgrade(tmp_path):
     _edit(stem, lambda r: r.update(format_version="2"))
     with pytest.raises(CheckpointError, match="invalid format_version"):
         load_checkpoint(stem)
+
+
+RELEASE = Path(__file__).parent / "data" / "release_0_1_0"  # written by 0.1.0 (scripts/make_release_checkpoints.sh)
+
+
+def _copy_release(tmp_path: Path) -> Path:
+    """The 0.1.0 checkpoints in a folder of their own, their records' teacher paths pointing into it."""
+    import shutil
+
+    run = tmp_path / "release"
+    shutil.copytree(RELEASE, run)
+    for record_path in run.rglob("*.json"):
+        record = json.loads(record_path.read_text())
+        parts = Path(record.get("teacher", "")).parts
+        if "plain" in parts:  # the path 0.1.0 wrote, in its own temporary folder: the same file here
+            record["teacher"] = str(run.joinpath(*parts[len(parts) - parts[::-1].index("plain") - 1:]))
+            record_path.write_text(json.dumps(record, indent=2, sort_keys=True))
+    return run
+
+
+def test_a_previous_release_mid_round_checkpoint_resumes_to_its_students_bitwise(tmp_path):
+    """A distillation that 0.1.0 stopped mid-round continues with today's code to exactly the students 0.1.0 wrote
+    when it ran uninterrupted (flat optimizer keys in the recorded config, no teacher_clip in the model block)."""
+    from progdistill.training.rounds import distill
+
+    run = _copy_release(tmp_path)
+    record = json.loads((run / "plain" / "students" / "checkpoints" / "round02_step00000020.json").read_text())
+    assert "lr" in record["config"]["distill"] and "teacher_clip" not in record["model"]  # written by 0.1.0
+    stems = distill(None, run / "plain", resume=True, progress=False)
+    assert [s.name for s in stems] == ["student_0002steps", "student_0001steps"]
+    for stem in stems:
+        ours, theirs = load_file(f"{stem}.safetensors"), load_file(run / "plain_reference" / f"{stem.name}.safetensors")
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_a_previous_release_guided_stage1_model_continues_with_its_configs_margin(tmp_path, monkeypatch):
+    from progdistill.training import plan as plan_module
+    from progdistill.training.rounds import distill
+
+    run = _copy_release(tmp_path)
+    stage1 = load_checkpoint(run / "guided" / "stage1")
+    assert stage1.spec.w_margin is None and stage1.config.guided.w_margin == 0.5  # 0.1.0 kept it in the config
+    seen = []
+    real = plan_module.plan_distillation
+    monkeypatch.setattr("progdistill.training.rounds.plan_distillation",
+                        lambda *args: seen.append(real(*args)) or seen[-1])
+    distill(run / "guided" / "stage1", run / "stage2", progress=False)
+    assert seen[0].w_train == (-0.5, 2.0)  # [w_min - margin, w_max] with 0.1.0's recorded config margin
+    # From here on the margin is recorded: the students' model blocks hold it.
+    student = json.loads((run / "stage2" / "students" / "student_0001steps.json").read_text())
+    assert student["model"]["guidance"]["w_margin"] == 0.5

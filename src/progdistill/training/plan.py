@@ -147,6 +147,8 @@ def plan_distillation(teacher_spec: ModelSpec, record: dict, ckpt_cfg: Config, c
     # block records; records written before the margin was recorded: guided.w_margin of its config).
     margin = spec.w_margin if spec.w_margin is not None else cfg.guided.w_margin
     w_train = None if spec.w_range is None else training_w_range(*spec.w_range, margin)
+    if spec.guidance is not None and spec.w_margin is None:  # recorded from here on
+        spec = replace(spec, guidance=spec.guidance | {"w_margin": float(margin)})
     return DistillPlan(cfg, spec, schedule, teacher_param, record["sampling"],
                        teacher_clip_threshold(cfg.distill.teacher_clip, cfg.distill.teacher_clip_logsnr), w_train,
                        plan_rounds(cfg, record))
