@@ -18,8 +18,3 @@ def guided_x_hat(x_cond: Tensor, x_uncond: Tensor, w: Tensor | float) -> Tensor:
     if isinstance(w, Tensor):
         w = broadcast(w.to(x_cond.dtype), x_cond)
     return (1 + w) * x_cond - w * x_uncond
-
-
-def guidance_scale(w: float) -> float:
-    """diffusers' guidance_scale for guidance weight w: 1 + w."""
-    return 1.0 + w
