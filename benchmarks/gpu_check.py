@@ -8,19 +8,21 @@ Sections, in this order (each one is timed, recorded as ok / failed / skipped in
 rewritten after every section, so a run that is cut off keeps what it measured):
 
 1. env: card, torch, CUDA, the card's dense bf16 peak used for MFU.
-2. throughput: the `cifar10` preset's U-Net (58.9M parameters) in bf16, batch 128: our fast path (channels_last,
+2. compile (first, so that it is measured whatever time is left after it): ours eager against ours compiled
+   (perf.compile) side by side on the same network, batch and precision: teacher step, distillation step, DDIM
+   sampling, and the first (compiling) step's time (`throughput.compare_compile`; skipped in the dry run).
+3. throughput: the `cifar10` preset's U-Net (58.9M parameters) in bf16, batch 128: our fast path (channels_last,
    fused Adam, SDPA, TF32; no torch.compile) against the plain diffusers-example loop on the same network, batch and
    precision (teacher training step), our distillation step, DDIM sampling ours vs the DDIMPipeline loop, and the
    model FLOPs utilisation of the training step (FLOPs counted as `throughput.py` counts them).
-3. latency: sampling latency and throughput of 1-, 4- and 8-step students against the teacher's 256-step DDIM at
+4. latency: sampling latency and throughput of 1-, 4- and 8-step students against the teacher's 256-step DDIM at
    batch 1 and 256 (the same network: a student costs what its teacher costs per step), bf16 autocast.
-4. agreement: the bf16 fast path against float32 (TF32 off) for a few teacher-training and distillation steps from
+5. agreement: the bf16 fast path against float32 (TF32 off) for a few teacher-training and distillation steps from
    the same weights, data and noise: per-step loss differences against a stated tolerance.
-5. e2e: the command line on the GPU on CIFAR-shaped data the script writes (python batches): `train`, `distill`
+6. e2e: the command line on the GPU on CIFAR-shaped data the script writes (python batches): `train`, `distill`
    (two rounds, 4 -> 1 steps), `evaluate`, `export-diffusers` and a call of the exported pipeline; wall time of each.
-6. profile: only when a goal is missed (fast path < 1.3x the plain loop, MFU < 35%): torch.profiler over a few
+7. profile: only when a goal is missed (fast path < 1.3x the plain loop, MFU < 35%): torch.profiler over a few
    training steps, the operator table kept as OUT/profile_train.txt with the time by operator kind.
-7. compile: the training step again with torch.compile, if the time budget has room left.
 
 Goals (issue 14): fast path >= 1.3x the plain loop (training step); MFU >= 35% of the card's bf16 peak; the 4-step
 student >= 50x faster than the 256-step teacher at batch 256.
@@ -118,11 +120,10 @@ def _sync(device: str) -> None:
 CHANNELS_LAST = {"on": False}  # --channels-last: off by default (GroupNorm U-Nets pay a copy per norm layer for it)
 
 
-def _config(tp, size: dict, device: str, precision: str, fast: bool, compile_: bool = False):
+def _config(tp, size: dict, device: str, precision: str, fast: bool):
     over = [f'device="{device}"', f'mixed_precision="{precision}"', f'model.unet="{size["unet"]}"']
     if fast:
-        over += [f"perf.channels_last={str(CHANNELS_LAST['on']).lower()}", "perf.fused_adam=true",
-                 f"perf.compile={str(compile_).lower()}"]
+        over += [f"perf.channels_last={str(CHANNELS_LAST['on']).lower()}", "perf.fused_adam=true"]
     else:
         over += ["perf.tf32=false"]
     return tp.load_config("cifar10", over)
@@ -147,25 +148,23 @@ def section_env(device: str) -> dict:
     return info
 
 
-def section_throughput(size: dict, device: str, precision: str, compile_: bool = False) -> dict:
+def section_throughput(size: dict, device: str, precision: str) -> dict:
     tp = _throughput_module()
-    cfg = _config(tp, size, device, precision, fast=True, compile_=compile_)
+    cfg = _config(tp, size, device, precision, fast=True)
     shape, batch = (3, 32, 32), size["batch"]
     data = tp.synthetic(shape, max(4 * batch, 64), 0)
     torch.manual_seed(0)
     teacher = tp.build_denoiser(cfg, shape, 0)
     plain_unet = copy.deepcopy(teacher.net.unet)
     res = {"preset": "cifar10", "unet": size["unet"], "precision": precision, "batch": batch, "steps": size["steps"],
-           "warmup": size["warmup"], "repeats": size["repeats"], "compile": compile_,
+           "warmup": size["warmup"], "repeats": size["repeats"], "compile": False,
            "channels_last": CHANNELS_LAST["on"],
            "parameters": sum(p.numel() for p in teacher.parameters())}
     runs = {"teacher_ours": [], "teacher_plain": [], "distill_ours": []}
     frozen = copy.deepcopy(teacher).to(device).eval().requires_grad_(False)
-    for _ in range(1 if compile_ else size["repeats"]):  # compiled: one measurement (each fit compiles anew)
+    for _ in range(size["repeats"]):
         runs["teacher_ours"].append(tp.time_fit(cfg, copy.deepcopy(teacher), tp.TeacherObjective(tp.schedule_of(cfg)),
                                                 data, batch, size["steps"], size["warmup"], cfg.diffusion.weighting))
-        if compile_:
-            continue  # the plain loop and the distillation step were measured without compile
         runs["teacher_plain"].append(tp.time_plain_loop(cfg, copy.deepcopy(plain_unet), data, batch, size["steps"],
                                                         size["warmup"]))
         runs["distill_ours"].append(tp.time_fit(cfg, copy.deepcopy(teacher),
@@ -177,13 +176,12 @@ def section_throughput(size: dict, device: str, precision: str, compile_: bool =
             res[key + "_all"] = values
     fwd, full = tp.step_flops(teacher, shape, 0, 2, device)
     res["flops_per_image_forward"], res["flops_per_image_train"] = fwd / 2, full / 2
-    if not compile_:
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            res["sample_ours"], res["sample_plain"] = tp.time_sampling(
-                teacher, copy.deepcopy(teacher.net.unet), cfg, shape, 0, batch, size["nfe"], device, size["repeats"])
-        res["teacher_ratio"] = res["teacher_ours"] / res["teacher_plain"]
-        res["sample_ratio"] = res["sample_ours"] / res["sample_plain"]
-        res["distill_step_cost"] = res["teacher_ours"] / res["distill_ours"]
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        res["sample_ours"], res["sample_plain"] = tp.time_sampling(
+            teacher, copy.deepcopy(teacher.net.unet), cfg, shape, 0, batch, size["nfe"], device, size["repeats"])
+    res["teacher_ratio"] = res["teacher_ours"] / res["teacher_plain"]
+    res["sample_ratio"] = res["sample_ours"] / res["sample_plain"]
+    res["distill_step_cost"] = res["teacher_ours"] / res["distill_ours"]
     if device == "cuda":
         peak = next((v for k, v in tp.PEAK_BF16.items() if k in torch.cuda.get_device_name()), None)
         if peak:
@@ -192,6 +190,21 @@ def section_throughput(size: dict, device: str, precision: str, compile_: bool =
             if "teacher_plain" in res:
                 res["mfu_teacher_plain"] = res["teacher_plain"] * res["flops_per_image_train"] / peak
     return res
+
+
+def section_compile(size: dict, device: str, precision: str) -> dict:
+    """Ours eager against ours compiled (throughput.compare_compile) on the cifar10 U-Net, side by side: teacher
+    step, distillation step and DDIM sampling, and the first (compiling) step's time."""
+    from types import SimpleNamespace
+
+    tp = _throughput_module()
+    over = [f'device="{device}"', f'mixed_precision="{precision}"', f'model.unet="{size["unet"]}"',
+            "perf.fused_adam=true"]
+    shape, batch = (3, 32, 32), size["batch"]
+    data = tp.synthetic(shape, max(4 * batch, 64), 0)
+    timing = SimpleNamespace(repeats=size["repeats"], steps=size["steps"], warmup=size["warmup"], nfe=size["nfe"],
+                             device=device)
+    return tp.compare_compile("cifar10", over, shape, 0, data, batch, timing)
 
 
 @torch.no_grad()
@@ -417,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=float, default=420.0,
                    help="time budget in seconds: a section that would start with less left than it needs is skipped "
                         "(default 420; the whole run stays well inside a 10-minute command limit)")
-    p.add_argument("--sections", default="env,throughput,latency,agreement,e2e,profile,compile",
+    p.add_argument("--sections", default="env,compile,throughput,latency,agreement,e2e,profile",
                    help="comma-separated subset of the sections to run")
     p.add_argument("--channels-last", action="store_true",
                    help="fast path with channels_last memory (off by default: slower for these GroupNorm U-Nets)")
@@ -449,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as work:
         plan["e2e"] = lambda: section_e2e(size, device, a.precision, Path(work), out)
-        plan["compile"] = lambda: section_throughput(size, device, a.precision, compile_=True)
+        plan["compile"] = lambda: section_compile(size, device, a.precision)
         plan["profile"] = lambda: section_profile(size, device, a.precision, out)
         for name in wanted:  # in the order given
             if name not in plan:
@@ -494,9 +507,12 @@ def summarize(results: dict) -> str:
                          f"{thr.get('mfu_teacher_plain', float('nan')):.1%} | |")
     comp = s.get("compile", {})
     if comp.get("status") == "ok":
-        lines += ["", f"With torch.compile: teacher step {comp['teacher_ours']:.1f} images/s"
-                  + (f", MFU {comp['mfu_teacher_ours']:.1%}" if "mfu_teacher_ours" in comp else "")
-                  + (f" ({comp['teacher_ours'] / thr['teacher_plain']:.2f}x the plain loop)"
+        lines += ["", "With torch.compile (eager -> compiled, images/s): teacher step "
+                  f"{comp['teacher_eager']:.1f} -> {comp['teacher_compiled']:.1f} ({comp['teacher_speedup']:.2f}x), "
+                  f"distillation step {comp['distill_eager']:.1f} -> {comp['distill_compiled']:.1f} "
+                  f"({comp['distill_speedup']:.2f}x), DDIM sampling {comp['sample_eager']:.1f} -> "
+                  f"{comp['sample_compiled']:.1f} ({comp['sample_speedup']:.2f}x)"
+                  + (f"; compiled teacher step {comp['teacher_compiled'] / thr['teacher_plain']:.2f}x the plain loop"
                      if thr.get("teacher_plain") else "")]
     lat = s.get("latency", {})
     if lat.get("status") == "ok":

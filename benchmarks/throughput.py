@@ -16,6 +16,10 @@ is out of the comparison for both). Images per second:
 --fast turns on the [perf] switches fused_adam and compile for ours (--channels-last adds channels_last, which made
 the cifar10 U-Net slower on an H200: its GroupNorm layers copy every channels-last activation back); --precision sets
 both sides.
+--compare-compile measures ours eager and ours compiled (perf.compile: the student's forward and backward, the
+teacher's two evaluations in distillation, and the sampler's network calls) side by side in the same run, with the
+time of the first (compiling) step of each, and writes compile.json/compile.md; it replaces the comparison with the
+plain loop.
 On CUDA the FLOPs of a training step (torch.utils.flop_counter) give the model FLOPs utilisation (MFU) against
 the card's dense bf16 peak. Also written: the compute of a whole distillation in the paper's CIFAR-10 setting
 (8192 -> 1 steps, 50k updates per round, 100k for the last two, batch 128) in teacher-training steps.
@@ -172,6 +176,87 @@ def step_flops(denoiser, shape, num_classes, batch, device) -> tuple[float, floa
     return float(fwd.get_total_flops()), float(full.get_total_flops())
 
 
+def first_step_seconds(cfg, denoiser, objective, data, batch, weighting) -> float:
+    """Wall time of one optimizer step from a fresh loop: with perf.compile, mostly compilation."""
+    acc = make_accelerator(cfg)
+    settings = OptimSettings(lr=1e-4, total_steps=1, warmup=0, decay="constant", grad_clip=1.0)
+    start = time.perf_counter()
+    fit(denoiser.to(acc.device), data.batches(batch, 0), objective, weighting, settings, accelerator=acc, seed=0,
+        progress=False, perf=cfg.perf)
+    return time.perf_counter() - start
+
+
+def compare_compile(preset: str, over: list[str], shape, num_classes: int, data, batch: int, a) -> dict:
+    """Ours eager against ours compiled: images/s of the teacher step, the distillation step and DDIM sampling,
+    and the seconds of the first (compiling) step; medians of alternating repeats."""
+    from progdistill.training.compiled import CompiledOrEager
+
+    res: dict = {}
+    cfgs = {mode: load_config(preset, over + [f"perf.compile={str(mode == 'compiled').lower()}"])
+            for mode in ("eager", "compiled")}
+    torch.manual_seed(0)
+    teacher = build_denoiser(cfgs["eager"], shape, num_classes)
+    frozen = copy.deepcopy(teacher).to(a.device).eval().requires_grad_(False)
+    teacher_for = {"eager": frozen, "compiled": CompiledOrEager(frozen, "the frozen teacher")}
+    objectives = {"teacher": lambda mode: TeacherObjective(schedule_of(cfgs[mode])),
+                  "distill": lambda mode: DistillObjective(teacher_for[mode], schedule_of(cfgs[mode]), 4)}
+    weighting = {"teacher": cfgs["eager"].diffusion.weighting, "distill": cfgs["eager"].distill.weighting}
+    for kind, objective_of in objectives.items():
+        for mode, cfg in cfgs.items():
+            res[f"{kind}_{mode}_first_step_s"] = first_step_seconds(cfg, copy.deepcopy(teacher), objective_of(mode),
+                                                                    data, batch, weighting[kind])
+        runs = {mode: [] for mode in cfgs}
+        for _ in range(a.repeats):
+            for mode, cfg in cfgs.items():
+                runs[mode].append(time_fit(cfg, copy.deepcopy(teacher), objective_of(mode), data, batch, a.steps,
+                                           a.warmup, weighting[kind]))
+        for mode, values in runs.items():
+            res[f"{kind}_{mode}"] = sorted(values)[len(values) // 2]
+            res[f"{kind}_{mode}_all"] = values
+        res[f"{kind}_speedup"] = res[f"{kind}_compiled"] / res[f"{kind}_eager"]
+    sampler = copy.deepcopy(teacher).to(a.device).eval()
+    compiled_sampler = CompiledOrEager(sampler, "the sampler's network")
+    res["sample_compiled"], res["sample_eager"] = time_sampling_pair(compiled_sampler, sampler, cfgs["eager"], shape,
+                                                                     num_classes, batch, a.nfe, a.device, a.repeats)
+    res["sample_speedup"] = res["sample_compiled"] / res["sample_eager"]
+    return res
+
+
+@torch.no_grad()
+def time_sampling_pair(first, second, cfg, shape, num_classes, batch, nfe, device, repeats) -> tuple[float, float]:
+    """Images per second per network evaluation of two denoisers, DDIM with `nfe` steps, alternating."""
+    labels = torch.arange(batch) % num_classes if num_classes else None
+    sched = schedule_of(cfg)
+    fns = [lambda d=d: generate(d, sched, nfe, batch, shape, batch_size=batch, device=device, labels=labels)
+           for d in (first, second)]
+    for fn in fns:
+        fn()  # warm-up (and, compiled, compilation)
+    times = [[], []]
+    for _ in range(repeats):
+        for k, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times[k].append(time.perf_counter() - t0)
+    return tuple(batch * nfe / sorted(t)[len(t) // 2] for t in times)
+
+
+def write_compile_report(res: dict, out: Path) -> None:
+    """compile.json and a markdown table of ours eager against ours compiled."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compile.json").write_text(json.dumps(res, indent=2))
+    lines = ["| measure | eager | compiled | compiled / eager | first step eager / compiled |", "|---|---|---|---|---|"]
+    for kind, label in (("teacher", "teacher step, images/s"), ("distill", "distillation step, images/s")):
+        lines.append(f"| {label} | {res[kind + '_eager']:.1f} | {res[kind + '_compiled']:.1f} | "
+                     f"{res[kind + '_speedup']:.2f} | {res[kind + '_eager_first_step_s']:.1f} s / "
+                     f"{res[kind + '_compiled_first_step_s']:.1f} s |")
+    lines.append(f"| DDIM sampling, image-NFE/s | {res['sample_eager']:.1f} | {res['sample_compiled']:.1f} | "
+                 f"{res['sample_speedup']:.2f} | |")
+    (out / "compile.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
@@ -187,6 +272,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--nfe", type=int, default=8, help="sampling steps")
     p.add_argument("--repeats", type=int, default=3, help="alternating repetitions of every measurement (median)")
+    p.add_argument("--compare-compile", action="store_true",
+                   help="ours eager against ours compiled (perf.compile), side by side, instead of the plain loop")
     a = p.parse_args()
 
     batch = a.batch or (128 if a.preset == "cifar10" else 64)
@@ -198,6 +285,15 @@ def main() -> None:
     shape = (3, 32, 32) if a.preset == "cifar10" else (1, 28, 28)
     num_classes = 10 if cfg.data.conditional and a.preset != "cifar10" else 0
     data = synthetic(shape, max(4 * batch, 512), num_classes)
+    if a.compare_compile:
+        res = compare_compile(a.preset, [f'device="{a.device}"', f'mixed_precision="{a.precision}"'], shape,
+                              num_classes, data, batch, a)
+        res |= {"preset": a.preset, "device": a.device, "precision": a.precision, "batch": batch, "steps": a.steps,
+                "warmup": a.warmup, "repeats": a.repeats, "nfe": a.nfe, "torch": torch.__version__,
+                "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+                "date": time.strftime("%Y-%m-%d"), "card": torch.cuda.get_device_name() if a.device == "cuda" else None}
+        write_compile_report(res, Path(a.out))
+        return
     torch.manual_seed(0)
     teacher = build_denoiser(cfg, shape, num_classes)
     plain_unet = copy.deepcopy(teacher.net.unet)

@@ -22,6 +22,7 @@ from ..config import Config, ConfigError
 from ..diffusion.weighting import check_combination
 from ..guidance import check_guidance
 from ..nets.spec import ModelSpec, guidance_block
+from .compiled import maybe_compiled
 from .objectives import GuidedObjective, training_w_range
 from .phase import Phase, Run, optim_settings, resume_config, run_phase
 from .resume import latest_loadable
@@ -133,7 +134,8 @@ def train_stage1(teacher_stem: str | Path | None, out: Path, cfg: Config | None 
         _check_data(cfg, run.data, tspec)
         student = _stage1_student(teacher, spec, cfg, run)
         teacher = teacher.to(run.accelerator.device)
-        objective = GuidedObjective(teacher, schedule_of(tspec), *training_w_range(g.w_min, g.w_max, g.w_margin),
+        evaluate = maybe_compiled(teacher, "the guided teacher", cfg.perf.compile)
+        objective = GuidedObjective(evaluate, schedule_of(tspec), *training_w_range(g.w_min, g.w_max, g.w_margin),
                                     null_label=tspec.num_classes)
         phase = stage1_phase(cfg, out, Path(teacher_stem), record, spec)
         run_phase(phase, student, objective, run, resume_from=start)

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..denoiser import Denoiser
 from ..diffusion.weighting import weighted_loss
+from .compiled import maybe_compiled
 from .objectives import Target
 
 
@@ -94,6 +95,10 @@ class TrainingLoop:
                                      fused=True if perf and perf.fused_adam else None)
         self.generator = torch.Generator(device=accelerator.device).manual_seed(opts.seed)
         self.first, self.history, self.running = 1, [], None
+        # Steps run but not yet read back: (step, its micro-batches' losses, gradient norm), all on the device. The
+        # host reads them (one sync) at log points, checkpoints and the end, not every step.
+        self.pending: list[tuple[int, list[Tensor], Tensor | None]] = []
+        self.last_value, self.last_norm = math.nan, None  # the newest read-back step's loss and gradient norm
         self.images_seen = 0  # training images (of every process) since the last throughput log
         if resume is not None:
             optimizer.load_state_dict(resume["optimizer"])
@@ -109,18 +114,24 @@ class TrainingLoop:
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, settings.lr_factor)
         self.model, self.optimizer = accelerator.prepare(denoiser, optimizer)
         self.model.train()
-        # torch.compile wraps the forward only: weights and state dicts stay the prepared model's.
-        self.forward = torch.compile(self.model) if perf and perf.compile else self.model
+        # Compiling wraps the forward (and so its backward) only: weights and state dicts stay the prepared model's.
+        self.forward = maybe_compiled(self.model, f"the {opts.desc} step's network", bool(perf and perf.compile))
 
     def snapshot(self, step: int, batches) -> Callable[[], dict]:
         """The loop state after `step`, built on demand (see `fit`)."""
         state_dict = getattr(batches, "state_dict", None)  # data.Batches knows its data order; a plain iterator not
-        return lambda: {"step": step, "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
-                        "torch_rng": torch.get_rng_state(), "history": list(self.history), "running": self.running,
-                        "data": state_dict() if state_dict is not None else None}
 
-    def micro_batch(self, x: Tensor, labels: Tensor | None, objective: Objective, weighting: str, last: bool) -> float:
-        """Forward and backward of one micro-batch; returns its share of the global batch's loss."""
+        def snapshot() -> dict:
+            self.flush()  # a checkpoint is written only after its steps are checked finite
+            return {"step": step, "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+                    "torch_rng": torch.get_rng_state(), "history": list(self.history), "running": self.running,
+                    "data": state_dict() if state_dict is not None else None}
+
+        return snapshot
+
+    def micro_batch(self, x: Tensor, labels: Tensor | None, objective: Objective, weighting: str, last: bool
+                    ) -> Tensor:
+        """Forward and backward of one micro-batch; returns its share of the global batch's loss (on the device)."""
         accelerator, device = self.accelerator, self.accelerator.device
         self.images_seen += x.shape[0] * self.shard[1]
         x = x.to(device, non_blocking=True)
@@ -137,41 +148,50 @@ class TrainingLoop:
             loss = weighted_loss(x_hat, target.x, target.logsnr, weighting) / self.opts.grad_accum
             accelerator.backward(loss)
         # The loss of the global batch (mean over processes): every process logs and checks the same value.
-        return (accelerator.reduce(loss.detach(), reduction="mean") if self.shard[1] > 1 else loss).item()
+        return (accelerator.reduce(loss.detach(), reduction="mean") if self.shard[1] > 1 else loss).detach()
 
-    def clip_and_check(self, step: int, value: float) -> Tensor | None:
-        """Clip the gradient norm (returned) and stop before the update when the loss or the norm is not finite."""
+    def flush(self) -> None:
+        """Read the pending steps' losses and gradient norms back (one sync), check them in order and update the
+        running loss and history; NonFiniteLossError at the first non-finite step (its weights and every later
+        step's are never written: checkpoints flush first)."""
+        if not self.pending:
+            return
+        losses = torch.stack([loss.float() for _, micro, _ in self.pending for loss in micro]).tolist()
+        norms = [norm for _, _, norm in self.pending]
+        finite_norms = torch.isfinite(torch.stack(norms)).tolist() if norms[0] is not None else [True] * len(norms)
+        at, pending, self.pending = 0, self.pending, []
+        for (step, micro, norm), norm_ok in zip(pending, finite_norms):
+            value = 0.0
+            for loss in losses[at:at + len(micro)]:  # summed on the host in this order, as the history always was
+                value += loss
+            at += len(micro)
+            if not math.isfinite(value) or not norm_ok:
+                raise NonFiniteLossError(
+                    f"{self.opts.desc}: non-finite loss ({value}) or gradient norm at step {step}; stopping (no "
+                    "checkpoint is written from it on). Lower the learning rate, keep grad_clip > 0, or check the "
+                    "data for NaNs.")
+            keep, new = SMOOTHING
+            self.running = value if self.running is None else keep * self.running + new * value
+            if step % HISTORY_EVERY == 0 or step == self.settings.total_steps:
+                self.history.append((step, self.running))
+            self.last_value, self.last_norm = value, norm
+
+    def step(self, step: int, batches, objective: Objective, weighting: str, ema: AveragedModel | None) -> Tensor:
+        """One optimizer step over grad_accum micro-batches, its checks left pending (see `flush`); returns the
+        step's loss on the device."""
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = []
+        for micro in range(self.opts.grad_accum):
+            x, labels = next(batches)  # this process's rows of the global batch
+            losses.append(self.micro_batch(x, labels, objective, weighting, micro == self.opts.grad_accum - 1))
         grad_norm = (self.accelerator.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
                      if self.settings.grad_clip > 0 else None)
-        if not math.isfinite(value) or (grad_norm is not None and not torch.isfinite(grad_norm)):
-            raise NonFiniteLossError(
-                f"{self.opts.desc}: non-finite loss ({value}) or gradient norm at step {step}; stopping before the "
-                "update. Lower the learning rate, keep grad_clip > 0, or check the data for NaNs."
-            )
-        return grad_norm
-
-    def update(self, step: int, value: float, ema: AveragedModel | None) -> None:
-        """The optimizer, learning-rate, EMA and running-loss updates after a checked step."""
         self.optimizer.step()
         self.scheduler.step()
         if ema is not None:
             ema.update_parameters(self.accelerator.unwrap_model(self.model))
-        keep, new = SMOOTHING
-        self.running = value if self.running is None else keep * self.running + new * value
-        if step % HISTORY_EVERY == 0 or step == self.settings.total_steps:
-            self.history.append((step, self.running))
-
-    def step(self, step: int, batches, objective: Objective, weighting: str, ema: AveragedModel | None
-             ) -> tuple[float, Tensor | None]:
-        """One optimizer step over grad_accum micro-batches; returns (loss, gradient norm)."""
-        self.optimizer.zero_grad(set_to_none=True)
-        value = 0.0
-        for micro in range(self.opts.grad_accum):
-            x, labels = next(batches)  # this process's rows of the global batch
-            value += self.micro_batch(x, labels, objective, weighting, micro == self.opts.grad_accum - 1)
-        grad_norm = self.clip_and_check(step, value)
-        self.update(step, value, ema)
-        return value, grad_norm
+        self.pending.append((step, losses, grad_norm))
+        return sum(losses[1:], losses[0])
 
 
 class ScalarLog:
@@ -182,14 +202,15 @@ class ScalarLog:
         self.log, self.every, self.total = log, every, total
         self.clock = time.perf_counter()
 
-    def __call__(self, step: int, value: float, loop: TrainingLoop, grad_norm: Tensor | None) -> None:
+    def __call__(self, step: int, loop: TrainingLoop) -> None:
+        """Log `step` (already read back by loop.flush) when it is a log step."""
         if self.log is None or not (step % self.every == 0 or step == self.total):
             return
         now = time.perf_counter()
-        scalars = {"loss": value, "loss_smoothed": loop.running, "lr": loop.scheduler.get_last_lr()[0],
+        scalars = {"loss": loop.last_value, "loss_smoothed": loop.running, "lr": loop.scheduler.get_last_lr()[0],
                    "images_per_s": loop.images_seen / max(now - self.clock, 1e-9)}
-        if grad_norm is not None:
-            scalars["grad_norm"] = float(grad_norm)
+        if loop.last_norm is not None:
+            scalars["grad_norm"] = float(loop.last_norm)
         self.log(step, scalars)
         self.clock, loop.images_seen = now, 0
 
@@ -217,7 +238,12 @@ def fit(
     pairs logged along the way. Every optimizer step averages the gradients of `grad_accum` micro-batches drawn
     from `batches`, which yields this process's rows of every global batch.
 
-    Exact resume: `on_step(step, loss, snapshot)` runs after every step (1-based) and may call `snapshot()` for the
+    NaN guard: a non-finite loss or gradient norm stops the run with NonFiniteLossError naming the step. Losses and
+    norms stay on the device and are read back every `log_every` steps, at every snapshot (checkpoint) and at the
+    end, so a step costs no host sync; the updates after a bad step are thrown away with the run, never written.
+
+    Exact resume: `on_step(step, loss, snapshot)` runs after every step (1-based; `loss` a 0-dim tensor on the
+    device, which reading syncs) and may call `snapshot()` for the
     loop state after `step` (optimizer, objective RNG, loss history, and the data order under "data" when `batches`
     has a `state_dict()`); passing that dict back as `resume` (with the EMA restored by the caller and `batches`
     advanced by step * grad_accum micro-batches) continues bit for bit as if never interrupted.
@@ -231,12 +257,14 @@ def fit(
                dynamic_ncols=True, initial=loop.first - 1, total=settings.total_steps)
     scalar_log = ScalarLog(log, log_every, settings.total_steps)
     for step in bar:
-        value, grad_norm = loop.step(step, batches, objective, weighting, ema)
+        loss = loop.step(step, batches, objective, weighting, ema)
+        if step % log_every == 0 or step % HISTORY_EVERY == 0 or step == settings.total_steps:
+            loop.flush()  # the only per-step host sync, every log_every steps
         if step % HISTORY_EVERY == 0 or step == settings.total_steps:
             bar.set_postfix(loss=f"{loop.running:.4g}", lr=f"{loop.scheduler.get_last_lr()[0]:.2e}")
-        scalar_log(step, value, loop, grad_norm)
+        scalar_log(step, loop)
         if on_step is not None:
-            on_step(step, value, loop.snapshot(step, batches))
+            on_step(step, loss, loop.snapshot(step, batches))
     bar.close()
     loop.model.eval()
     return loop.history

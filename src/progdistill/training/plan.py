@@ -18,6 +18,7 @@ from ..diffusion.schedules import Schedule
 from ..nets.spec import ModelSpec
 from .objectives import DistillObjective, teacher_clip_threshold, training_w_range
 from .phase import Phase, Run, optim_settings
+from .compiled import maybe_compiled
 from .reparam import warm_up_student
 
 # eps students are distillable only while 1/alpha at t = 1 stays moderate: log-SNR -12 is 1/alpha ~ 400 (DDPM's
@@ -62,7 +63,9 @@ class DistillPlan:
             warm_up_student(teacher, student, self.schedule, rnd.teacher_steps, run, clip_below=self.clip_below)
 
     def objective(self, teacher: Denoiser, rnd: Round) -> DistillObjective:
-        return DistillObjective(teacher, self.schedule, rnd.student_steps, self.clip_below, w_range=self.w_train)
+        """The round's targets: two steps of `teacher` (compiled with perf.compile) per student step."""
+        evaluate = maybe_compiled(teacher, f"round {rnd.number}'s teacher", self.cfg.perf.compile)
+        return DistillObjective(evaluate, self.schedule, rnd.student_steps, self.clip_below, w_range=self.w_train)
 
     def phase(self, rnd: Round, out: Path, teacher_stem: Path, student: Denoiser) -> Phase:
         """The round's phase: mid-round checkpoints in RUN/students/checkpoints, the student in RUN/students."""
