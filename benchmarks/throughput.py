@@ -189,7 +189,7 @@ def first_step_seconds(cfg, denoiser, objective, data, batch, weighting) -> floa
 def compare_compile(preset: str, over: list[str], shape, num_classes: int, data, batch: int, a) -> dict:
     """Ours eager against ours compiled: images/s of the teacher step, the distillation step and DDIM sampling,
     and the seconds of the first (compiling) step; medians of alternating repeats."""
-    from progdistill.training.compiled import CompiledOrEager
+    from progdistill.compiling import CompiledOrEager
 
     res: dict = {}
     cfgs = {mode: load_config(preset, over + [f"perf.compile={str(mode == 'compiled').lower()}"])

@@ -7,8 +7,8 @@ import torch
 
 from progdistill.build import load_denoiser
 from progdistill.config import load_config
-from progdistill.training import compiled as compiled_module
-from progdistill.training.compiled import CompiledOrEager
+from progdistill import compiling as compiled_module
+from progdistill.compiling import CompiledOrEager
 from progdistill.training.rounds import distill
 from progdistill.training.teacher import train_teacher
 
@@ -58,3 +58,16 @@ def test_compiled_and_eager_training_agree_for_the_teacher_and_a_round(tmp_path)
         a, b = _weights(eager), _weights(compiled)
         assert not torch.equal(_weights(stems["false"][0]), _weights(stems["false"][1]))  # the round trained
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)  # float rounding of fused kernels only
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_compiled_sampling_matches_eager(tmp_path):
+    from progdistill.build import schedule_of
+    from progdistill.sampling import generate
+
+    cfg = load_config("toy2d", TINY)
+    teacher, _, _ = load_denoiser(train_teacher(cfg, tmp_path, progress=False))
+    kwargs = dict(seed=3, batch_size=64)
+    eager = generate(teacher, schedule_of(teacher.spec), 4, 64, (2,), **kwargs)
+    compiled = generate(teacher, schedule_of(teacher.spec), 4, 64, (2,), compile=True, **kwargs)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)

@@ -26,7 +26,7 @@ ROOT = "progdistill"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("math", ("progdistill.diffusion", "progdistill.data")),
     ("nets", ("progdistill.nets",)),
-    ("denoiser", ("progdistill.denoiser", "progdistill.guidance")),
+    ("denoiser", ("progdistill.denoiser", "progdistill.guidance", "progdistill.compiling")),
     ("checkpoint and config", ("progdistill.checkpoint", "progdistill.config", "progdistill.presets",
                                "progdistill.runfolder")),
     ("sampling and build", ("progdistill.sampling", "progdistill.build")),

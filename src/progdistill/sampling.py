@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from .diffusion.registry import SAMPLERS, get_sampler
 from .diffusion.schedules import Schedule, step_grid
+from .compiling import maybe_compiled
 from .guidance import check_guidance, guided
 
 __all__ = ["SAMPLERS", "balanced_labels", "generate", "sample_in_batches"]
@@ -38,17 +39,22 @@ def generate(
     labels: Tensor | None = None,
     progress: bool = False,
     guidance: float | None = None,
+    compile: bool = False,
 ) -> Tensor:
     """`num` samples on the `steps`-step grid; z_1 ~ N(0, I) from `seed`, so equal seeds give equal noise.
 
     `guidance`: the guidance weight w (diffusers' guidance_scale - 1) for a label-dropout teacher (two network
     evaluations per step) or a w-conditioned student (one); None samples unguided, which a w-conditioned student
-    refuses (see `guidance.guided`)."""
+    refuses (see `guidance.guided`). `compile`: the network through torch.compile (CUDA graphs on CUDA), falling
+    back to eager with a warning when that fails (progdistill.compiling)."""
     run = get_sampler(sampler).run
     if guidance is not None:
         denoiser = guided(denoiser, guidance)
     else:
         check_guidance(getattr(denoiser, "spec", None), None)
+    on_cuda = torch.device(device).type == "cuda"
+    denoiser = maybe_compiled(denoiser, "the sampler's network", compile,
+                              **({"mode": "reduce-overhead"} if on_cuda else {}))
     grid = step_grid(schedule, steps, device=device)
 
     def denoise(z: Tensor, batch_labels: Tensor | None, generator: torch.Generator) -> Tensor:

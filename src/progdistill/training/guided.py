@@ -22,7 +22,7 @@ from ..config import Config, ConfigError
 from ..diffusion.weighting import check_combination
 from ..guidance import check_guidance
 from ..nets.spec import ModelSpec, guidance_block
-from .compiled import maybe_compiled
+from ..compiling import maybe_compiled
 from .objectives import GuidedObjective, training_w_range
 from .phase import Phase, Run, optim_settings, resume_config, run_phase
 from .resume import latest_loadable

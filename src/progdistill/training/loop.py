@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..denoiser import Denoiser
 from ..diffusion.weighting import weighted_loss
-from .compiled import maybe_compiled
+from ..compiling import maybe_compiled
 from .objectives import Target
 
 
@@ -225,7 +225,7 @@ def fit(
     accelerator: Accelerator,
     seed: int,
     ema: AveragedModel | None = None,
-    on_step: Callable[[int, float, Callable[[], dict]], None] | None = None,
+    on_step: Callable[[int, Tensor, Callable[[], dict]], None] | None = None,
     desc: str = "train",
     progress: bool = True,
     grad_accum: int = 1,

@@ -147,7 +147,7 @@ def _checkpointer(phase: Phase, run: Run, denoiser: Denoiser, ema: AveragedModel
     partial_kind = phase.partial_kind or f"{phase.kind}_partial"
     weights = "ema" if ema is not None else "model"
 
-    def on_step(step: int, loss: float, snapshot) -> None:
+    def on_step(step: int, loss: torch.Tensor, snapshot) -> None:
         if not (phase.checkpoint_every and step % phase.checkpoint_every == 0 and step < phase.settings.total_steps
                 and run.accelerator.is_main_process):
             return

@@ -18,7 +18,7 @@ from ..diffusion.schedules import Schedule
 from ..nets.spec import ModelSpec
 from .objectives import DistillObjective, teacher_clip_threshold, training_w_range
 from .phase import Phase, Run, optim_settings
-from .compiled import maybe_compiled
+from ..compiling import maybe_compiled
 from .reparam import warm_up_student
 
 # eps students are distillable only while 1/alpha at t = 1 stays moderate: log-SNR -12 is 1/alpha ~ 400 (DDPM's
