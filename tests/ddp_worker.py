@@ -13,7 +13,7 @@ OVERRIDES = ["model.hidden=32", "model.depth=2", "model.emb_dim=16", "data.size=
              "distill.batch_size=64", "data.workers=2", "distill.updates_per_round=4", "distill.final_updates_per_round=0", "distill.checkpoint_every=2", 'device="cpu"']
 
 
-def main(out: Path) -> None:
+def main(out: Path, extra: list[str]) -> None:
     rank = int(os.environ["RANK"])  # (accelerate's state is created by the run itself, with its device settings)
     real = phase.save_checkpoint  # every checkpoint of every phase is written by training/phase.py
 
@@ -23,10 +23,10 @@ def main(out: Path) -> None:
         return real(stem, *args, **kwargs)
 
     phase.save_checkpoint = logged
-    cfg = load_config("toy2d", OVERRIDES)
+    cfg = load_config("toy2d", OVERRIDES + extra)
     stem = teacher.train_teacher(cfg, out, progress=False)
     rounds.distill(stem, out, cfg, progress=False)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2:])  # extra config overrides

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -25,13 +26,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one_and_write_once(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["perf.per_example_noise=true"]], ids=["global_batch_noise", "per_example_noise"])
+def test_two_processes_match_one_and_write_once(tmp_path, extra):
     two, one = tmp_path / "two", tmp_path / "one"
     two.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(_free_port()), str(Path(__file__).parent / "ddp_worker.py"), str(two)],
+         "--master_port", str(_free_port()), str(Path(__file__).parent / "ddp_worker.py"), str(two), *extra],
         env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Only rank 0 wrote, and it wrote every checkpoint once.
@@ -39,7 +41,7 @@ def test_two_processes_match_one_and_write_once(tmp_path):
     written = (two / "writes-rank0.log").read_text().split()
     assert written == ["teacher_step00000003", "teacher", "round01_step00000002", "student_0001steps"]
 
-    cfg = load_config("toy2d", OVERRIDES)
+    cfg = load_config("toy2d", OVERRIDES + extra)
     distill(train_teacher(cfg, one, progress=False), one, cfg, progress=False)
     # Same global batch, same noise per example: equal up to float summation order (mean of two half-batch means
     # and gradients all-reduced by gloo instead of one mean), amplified a little by Adam over the steps.

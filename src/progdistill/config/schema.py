@@ -167,6 +167,9 @@ class PerfConfig:
     channels_last: bool = False  # NHWC memory format for U-Nets and their inputs
     fused_adam: bool = False  # torch's fused Adam kernel
     compile: bool = False  # torch.compile the network's forward for training and distillation
+    # Each example's noise from a counter-based generator (training/noise.py): each process draws only its own rows,
+    # on the device. Another noise stream than the default one (results differ as with another seed).
+    per_example_noise: bool = False
 
 
 @dataclass

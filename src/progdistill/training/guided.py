@@ -23,6 +23,7 @@ from ..diffusion.weighting import check_combination
 from ..guidance import check_guidance
 from ..nets.spec import ModelSpec, guidance_block
 from ..compiling import maybe_compiled
+from .noise import noise_for
 from .objectives import GuidedObjective, training_w_range
 from .phase import Phase, Run, optim_settings, resume_config, run_phase
 from .resume import latest_loadable
@@ -136,7 +137,7 @@ def train_stage1(teacher_stem: str | Path | None, out: Path, cfg: Config | None 
         teacher = teacher.to(run.accelerator.device)
         evaluate = maybe_compiled(teacher, "the guided teacher", cfg.perf.compile)
         objective = GuidedObjective(evaluate, schedule_of(tspec), *training_w_range(g.w_min, g.w_max, g.w_margin),
-                                    null_label=tspec.num_classes)
+                                    null_label=tspec.num_classes, noise=noise_for(cfg.perf.per_example_noise))
         phase = stage1_phase(cfg, out, Path(teacher_stem), record, spec)
         run_phase(phase, student, objective, run, resume_from=start)
     finally:

@@ -19,6 +19,7 @@ from ..diffusion.distillation import conversion_target, distillation_target
 from ..diffusion.samplers import DenoiserFn
 from ..diffusion.schedules import Schedule, alpha_sigma, broadcast
 from ..guidance import ClassifierFreeGuidance
+from .noise import Noise, global_batch_noise
 
 
 Shard = tuple[int, int]  # (this process's rank, number of processes)
@@ -39,10 +40,11 @@ def global_rows(local: int, shard: Shard) -> tuple[int, slice]:
     return n, shard_rows(n, shard)
 
 
-def _noisy(x: Tensor, logsnr: Tensor, generator: torch.Generator, n: int, rows: slice) -> Tensor:
-    """z_t = alpha_t x + sigma_t eps, eps ~ N(0, I), for this process's rows x of a global batch of n (noise drawn
-    for all n rows, so every process count sees the same noise per example)."""
-    eps = torch.randn((n, *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype)[rows]
+def _noisy(x: Tensor, logsnr: Tensor, generator: torch.Generator, n: int, rows: slice,
+           noise: Noise = global_batch_noise) -> Tensor:
+    """z_t = alpha_t x + sigma_t eps, eps ~ N(0, I), for this process's rows x of a global batch of n (every process
+    count sees the same noise per example; training/noise.py)."""
+    eps = noise(tuple(x.shape[1:]), x.dtype, x.device, generator, n, rows)
     alpha, sigma = alpha_sigma(broadcast(logsnr, x))
     return alpha * x + sigma * eps
 
@@ -82,12 +84,12 @@ class UniformW:
         return _uniform(self.lo, self.hi, generator, n, rows, like)
 
 
-def _draw_times(schedule: Schedule, x: Tensor, generator: torch.Generator, shard: Shard):
+def _draw_times(schedule: Schedule, x: Tensor, generator: torch.Generator, shard: Shard, noise: Noise):
     """(global batch size, this process's rows, log-SNR at t ~ U(0, 1), z_t) for this process's rows x."""
     n, rows = global_rows(x.shape[0], shard)
     t = torch.rand(n, generator=generator, device=x.device, dtype=torch.float64)[rows]
     logsnr = schedule(t).to(x.dtype)
-    return n, rows, logsnr, _noisy(x, logsnr, generator, n, rows)
+    return n, rows, logsnr, _noisy(x, logsnr, generator, n, rows, noise)
 
 
 @dataclass
@@ -98,10 +100,11 @@ class TeacherObjective:
     schedule: Schedule
     label_dropout: float = 0.0
     null_label: int = 0
+    noise: Noise = global_batch_noise
 
     def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator, shard: Shard = (0, 1)) -> Target:
         """x, labels: this process's rows of the global batch (the sampler shards the data)."""
-        n, rows, logsnr, z_t = _draw_times(self.schedule, x, generator, shard)
+        n, rows, logsnr, z_t = _draw_times(self.schedule, x, generator, shard, self.noise)
         if self.label_dropout <= 0 or labels is None:  # draws nothing more: unguided runs are as before
             return Target(z_t, logsnr, x)
         drop = torch.rand(n, generator=generator, device=x.device, dtype=torch.float64)[rows] < self.label_dropout
@@ -119,10 +122,11 @@ class GuidedObjective:
     w_min: float
     w_max: float
     null_label: int
+    noise: Noise = global_batch_noise
 
     def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator, shard: Shard = (0, 1)) -> Target:
         """x, labels: this process's rows of the global batch (the sampler shards the data)."""
-        n, rows, logsnr, z_t = _draw_times(self.schedule, x, generator, shard)
+        n, rows, logsnr, z_t = _draw_times(self.schedule, x, generator, shard, self.noise)
         w = UniformW(self.w_min, self.w_max).draw(generator, n, rows, x)
         with torch.no_grad():  # both branches in one teacher call on the doubled batch
             x_w = ClassifierFreeGuidance(self.teacher, w, self.null_label)(z_t, logsnr, labels)
@@ -148,14 +152,14 @@ class GridDraw:
 
 
 def _grid_draw(teacher: DenoiserFn, schedule: Schedule, m: int, w: UniformW | None, x: Tensor,
-               generator: torch.Generator, shard: Shard) -> GridDraw:
+               generator: torch.Generator, shard: Shard, noise: Noise) -> GridDraw:
     """Random grid points (and w) for this process's rows x of the global batch."""
     n, rows = global_rows(x.shape[0], shard)
     i = torch.randint(1, m + 1, (n,), generator=generator, device=x.device)[rows]
     t = i.double() / m
     # Evaluated in float64 then cast, exactly as `step_grid` builds the sampler's grid.
     logsnr = tuple(schedule(s).to(x.dtype) for s in (t, t - 0.5 / m, t - 1.0 / m))
-    z_t = _noisy(x, logsnr[0], generator, n, rows)
+    z_t = _noisy(x, logsnr[0], generator, n, rows, noise)
     if w is None:
         return GridDraw(i, logsnr, z_t, teacher, {})
     w_drawn = w.draw(generator, n, rows, x)
@@ -177,11 +181,12 @@ class DistillObjective:
     student_steps: int
     clip_below: float = -math.inf
     w_range: tuple[float, float] | None = None
+    noise: Noise = global_batch_noise
 
     def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator, shard: Shard = (0, 1)) -> Target:
         """x, labels: this process's rows of the global batch (the sampler shards the data)."""
         w = UniformW(*self.w_range) if self.w_range is not None else None
-        d = _grid_draw(self.teacher, self.schedule, self.student_steps, w, x, generator, shard)
+        d = _grid_draw(self.teacher, self.schedule, self.student_steps, w, x, generator, shard, self.noise)
         logsnr_t, logsnr_tp, logsnr_tpp = d.logsnr
         x_tilde = distillation_target(d.teacher, d.z_t, logsnr_t, logsnr_tp, logsnr_tpp, d.i == 1, labels,
                                       logsnr_t < self.clip_below)
@@ -198,10 +203,11 @@ class ConversionObjective:
     schedule: Schedule
     student_steps: int
     clip_below: float = -math.inf
+    noise: Noise = global_batch_noise
 
     def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator, shard: Shard = (0, 1)) -> Target:
         """x, labels: this process's rows of the global batch (the sampler shards the data)."""
-        d = _grid_draw(self.teacher, self.schedule, self.student_steps, None, x, generator, shard)
+        d = _grid_draw(self.teacher, self.schedule, self.student_steps, None, x, generator, shard, self.noise)
         logsnr_t = d.logsnr[0]
         return Target(d.z_t, logsnr_t, conversion_target(d.teacher, d.z_t, logsnr_t, labels,
                                                          logsnr_t < self.clip_below))

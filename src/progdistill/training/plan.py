@@ -16,6 +16,7 @@ from ..config import Config, ConfigError, check_distill_steps, student_config
 from ..denoiser import Denoiser
 from ..diffusion.schedules import Schedule
 from ..nets.spec import ModelSpec
+from .noise import noise_for
 from .objectives import DistillObjective, teacher_clip_threshold, training_w_range
 from .phase import Phase, Run, optim_settings
 from ..compiling import maybe_compiled
@@ -65,7 +66,8 @@ class DistillPlan:
     def objective(self, teacher: Denoiser, rnd: Round) -> DistillObjective:
         """The round's targets: two steps of `teacher` (compiled with perf.compile) per student step."""
         evaluate = maybe_compiled(teacher, f"round {rnd.number}'s teacher", self.cfg.perf.compile)
-        return DistillObjective(evaluate, self.schedule, rnd.student_steps, self.clip_below, w_range=self.w_train)
+        return DistillObjective(evaluate, self.schedule, rnd.student_steps, self.clip_below, w_range=self.w_train,
+                                noise=noise_for(self.cfg.perf.per_example_noise))
 
     def phase(self, rnd: Round, out: Path, teacher_stem: Path, student: Denoiser) -> Phase:
         """The round's phase: mid-round checkpoints in RUN/students/checkpoints, the student in RUN/students."""

@@ -15,6 +15,7 @@ from dataclasses import replace
 from .. import runfolder
 from ..denoiser import Denoiser
 from ..diffusion.schedules import Schedule
+from .noise import noise_for
 from .objectives import ConversionObjective
 from .phase import Phase, Run, optim_settings, run_phase
 
@@ -34,5 +35,6 @@ def warm_up_student(teacher: Denoiser, student: Denoiser, schedule: Schedule, st
                   batch_size=dc.batch_size, batch_field="distill.batch_size", grad_accum=dc.grad_accum,
                   checkpoints=runfolder.round_checkpoints(run.out), prefix="convert_step", checkpoint_every=0, keep=0,
                   record={}, fallback_note=" (the warm-up before round 1 writes no checkpoints; the teacher is intact)")
-    objective = ConversionObjective(teacher, schedule, steps, clip_below=clip_below)
+    objective = ConversionObjective(teacher, schedule, steps, clip_below=clip_below,
+                                    noise=noise_for(run.cfg.perf.per_example_noise))
     return run_phase(phase, student, objective, run).history

@@ -10,6 +10,7 @@ from .. import runfolder
 from ..build import build_denoiser, denoiser_from_spec, model_record, read_model_record, schedule_of
 from ..checkpoint import CheckpointError, read_record
 from ..config import Config
+from .noise import noise_for
 from .objectives import TeacherObjective
 from .phase import Phase, Run, optim_settings, resume_config, run_phase
 from .resume import latest_loadable
@@ -57,7 +58,8 @@ def train_teacher(cfg: Config | None, out: Path, *, progress: bool = True, resum
     denoiser = denoiser.to(run.accelerator.device)
     record = {"config": cfg.to_dict(), **model_record(denoiser.spec, cfg, cfg.distill.start_steps)}
     # Label dropout (classifier-free guidance) replaces labels by the null class, the embedding row after the classes.
-    objective = TeacherObjective(schedule_of(cfg), cfg.train.label_dropout, null_label=denoiser.spec.num_classes)
+    objective = TeacherObjective(schedule_of(cfg), cfg.train.label_dropout, null_label=denoiser.spec.num_classes,
+                                 noise=noise_for(cfg.perf.per_example_noise))
     phase = teacher_phase(cfg, out, record)
     try:
         run_phase(phase, denoiser, objective, run, resume_from=start)
