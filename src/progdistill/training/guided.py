@@ -83,15 +83,16 @@ def _stage1_student(teacher, spec: ModelSpec, cfg: Config, run: Run):
 
 def stage1_phase(cfg: Config, out: Path, teacher_stem: Path, record: dict, spec: ModelSpec) -> Phase:
     """Stage 1's phase: checkpoints in GUIDED/checkpoints (removed once it ends), the model in GUIDED/stage1."""
-    g, dc = cfg.guided, cfg.distill
+    g, distill_cfg = cfg.guided, cfg.distill
     w_lo, w_hi = training_w_range(g.w_min, g.w_max, g.w_margin)
     trained = f" (trained on [{w_lo:g}, {w_hi:g}])" if (w_lo, w_hi) != (g.w_min, g.w_max) else ""
     base = {"config": cfg.to_dict(), "model": spec.to_dict(), "teacher": str(teacher_stem),
-            "sampling": record["sampling"] | {"steps": dc.start_steps}}
+            "sampling": record["sampling"] | {"steps": distill_cfg.start_steps}}
     return Phase(name="stage1", desc=f"guided stage 1: w in [{g.w_min:g}, {g.w_max:g}]{trained}",
-                 settings=stage1_settings(cfg), weighting=stage1_weighting(cfg), seed=dc.seed + STAGE1_SEED_OFFSET,
-                 data_seed=dc.seed + STAGE1_SEED_OFFSET, batch_size=dc.batch_size, batch_field="distill.batch_size",
-                 grad_accum=dc.grad_accum, checkpoints=runfolder.stage1_checkpoints(out),
+                 settings=stage1_settings(cfg), weighting=stage1_weighting(cfg),
+                 seed=distill_cfg.seed + STAGE1_SEED_OFFSET, data_seed=distill_cfg.seed + STAGE1_SEED_OFFSET,
+                 batch_size=distill_cfg.batch_size, batch_field="distill.batch_size",
+                 grad_accum=distill_cfg.grad_accum, checkpoints=runfolder.stage1_checkpoints(out),
                  prefix=runfolder.STAGE1_PREFIX, checkpoint_every=g.checkpoint_every, keep=2, record=base,
                  kind="guided_stage1", final=runfolder.stage1_stem(out), fallback=Path(teacher_stem),
                  fallback_note=" (guided stage 1; the teacher is intact)")

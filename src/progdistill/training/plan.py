@@ -71,15 +71,17 @@ class DistillPlan:
 
     def phase(self, rnd: Round, out: Path, teacher_stem: Path, student: Denoiser) -> Phase:
         """The round's phase: mid-round checkpoints in RUN/students/checkpoints, the student in RUN/students."""
-        dc, r, m = self.cfg.distill, rnd.number, rnd.student_steps
-        record = {"config": self.cfg.to_dict(), "model": student.spec.to_dict(), "sampling": self.sampling | {"steps": m},
-                  "round": r, "sampling_steps": m, "teacher": str(teacher_stem)}
+        distill_cfg, r, m = self.cfg.distill, rnd.number, rnd.student_steps
+        record = {"config": self.cfg.to_dict(), "model": student.spec.to_dict(),
+                  "sampling": self.sampling | {"steps": m}, "round": r, "sampling_steps": m,
+                  "teacher": str(teacher_stem)}
         return Phase(name=f"round{r:02d}", desc=f"round {r}: {rnd.teacher_steps} -> {m} steps",
-                     settings=optim_settings(dc.optim, rnd.updates, "linear"), weighting=dc.weighting,
-                     seed=dc.seed + ROUND_NOISE_SEED_STRIDE * r, data_seed=dc.seed + r, batch_size=dc.batch_size,
-                     batch_field="distill.batch_size", grad_accum=dc.grad_accum,
+                     settings=optim_settings(distill_cfg.optim, rnd.updates, "linear"),
+                     weighting=distill_cfg.weighting, seed=distill_cfg.seed + ROUND_NOISE_SEED_STRIDE * r,
+                     data_seed=distill_cfg.seed + r, batch_size=distill_cfg.batch_size,
+                     batch_field="distill.batch_size", grad_accum=distill_cfg.grad_accum,
                      checkpoints=runfolder.round_checkpoints(out), prefix=runfolder.round_prefix(r),
-                     checkpoint_every=dc.checkpoint_every, keep=2, record=record, kind="student",
+                     checkpoint_every=distill_cfg.checkpoint_every, keep=2, record=record, kind="student",
                      final=runfolder.student_stem(out, m), fallback=Path(teacher_stem),
                      fallback_note=f" (round {r}; earlier rounds' students are intact)")
 
@@ -123,15 +125,15 @@ def _check_students(spec: ModelSpec, teacher_param: str, schedule: Schedule) -> 
 def plan_rounds(cfg: Config, record: dict) -> list[Round]:
     """N -> N/2 rounds from the checkpoint's step count (a student's own, or distill.start_steps for a teacher)
     down to distill.target_steps."""
-    dc, student = cfg.distill, record["kind"] == "student"
-    start = int(record["sampling_steps"]) if student else dc.start_steps
-    check_distill_steps(start, dc.target_steps,
+    distill_cfg, student = cfg.distill, record["kind"] == "student"
+    start = int(record["sampling_steps"]) if student else distill_cfg.start_steps
+    check_distill_steps(start, distill_cfg.target_steps,
                         start_name="the checkpoint's step count" if student else "distill.start_steps")
     rounds, n, r = [], start, int(record.get("round", 0)) + 1
-    while n > dc.target_steps:
+    while n > distill_cfg.target_steps:
         m = n // 2
-        long_round = dc.final_updates_per_round > 0 and m <= dc.long_round_max_steps
-        rounds.append(Round(r, n, m, dc.final_updates_per_round if long_round else dc.updates_per_round))
+        long_round = distill_cfg.final_updates_per_round > 0 and m <= distill_cfg.long_round_max_steps
+        rounds.append(Round(r, n, m, distill_cfg.final_updates_per_round if long_round else distill_cfg.updates_per_round))
         n, r = m, r + 1
     return rounds
 

@@ -28,11 +28,13 @@ def warm_up_student(teacher: Denoiser, student: Denoiser, schedule: Schedule, st
     """Train `student` (in place, no EMA, no checkpoints: a killed warm-up reruns identically) for
     distill.convert_updates updates onto the teacher's x_hat on the `steps`-step grid (clipped where the
     distillation target is); returns the loss history (logged as phase "convert")."""
-    dc = run.cfg.distill
+    distill_cfg = run.cfg.distill
     phase = Phase(name="convert", desc=f"warm-up: {run.cfg.model.parameterization} student",
-                  settings=replace(optim_settings(dc.optim, dc.convert_updates, "linear"), ema_decay=0.0),
-                  weighting=dc.weighting, seed=dc.seed + WARM_UP_SEED_OFFSET, data_seed=dc.seed + WARM_UP_SEED_OFFSET,
-                  batch_size=dc.batch_size, batch_field="distill.batch_size", grad_accum=dc.grad_accum,
+                  settings=replace(optim_settings(distill_cfg.optim, distill_cfg.convert_updates, "linear"),
+                                   ema_decay=0.0),
+                  weighting=distill_cfg.weighting, seed=distill_cfg.seed + WARM_UP_SEED_OFFSET,
+                  data_seed=distill_cfg.seed + WARM_UP_SEED_OFFSET, batch_size=distill_cfg.batch_size,
+                  batch_field="distill.batch_size", grad_accum=distill_cfg.grad_accum,
                   checkpoints=runfolder.round_checkpoints(run.out), prefix="convert_step", checkpoint_every=0, keep=0,
                   record={}, fallback_note=" (the warm-up before round 1 writes no checkpoints; the teacher is intact)")
     objective = ConversionObjective(teacher, schedule, steps, clip_below=clip_below,

@@ -26,12 +26,12 @@ def find_resume_point(out: Path) -> Path | None:
 
 def teacher_phase(cfg: Config, out: Path, record: dict) -> Phase:
     """The teacher's phase: [train]'s settings, checkpoints in out/checkpoints (kept when it ends), out/teacher."""
-    tc = cfg.train
-    return Phase(name="teacher", desc="teacher", settings=optim_settings(tc.optim, tc.steps, tc.lr_decay),
-                 weighting=cfg.diffusion.weighting, seed=tc.seed + TEACHER_NOISE_SEED_OFFSET, data_seed=tc.seed,
-                 batch_size=tc.batch_size, batch_field="train.batch_size", grad_accum=tc.grad_accum,
+    train = cfg.train
+    return Phase(name="teacher", desc="teacher", settings=optim_settings(train.optim, train.steps, train.lr_decay),
+                 weighting=cfg.diffusion.weighting, seed=train.seed + TEACHER_NOISE_SEED_OFFSET, data_seed=train.seed,
+                 batch_size=train.batch_size, batch_field="train.batch_size", grad_accum=train.grad_accum,
                  checkpoints=runfolder.teacher_checkpoints(out), prefix=runfolder.TEACHER_PREFIX,
-                 checkpoint_every=tc.checkpoint_every, keep=tc.keep_checkpoints, record=record, kind="teacher",
+                 checkpoint_every=train.checkpoint_every, keep=train.keep_checkpoints, record=record, kind="teacher",
                  partial_kind="teacher", final=runfolder.teacher_stem(out), clean_up=False)
 
 
