@@ -32,6 +32,8 @@ def load_data(cfg: Config, split: str = "train", *, progress: bool = True) -> Ex
     """The training examples the config names (uint8 images, scaled to [-1, 1] per batch; labels only when
     data.conditional). In a multi-process run the main process builds a folder's cache while the others wait."""
     d = cfg.data
+    if d.name == "captions":
+        return _captioned_latents(cfg, split, progress)
     if d.name not in IMAGE_DATASETS:
         seed = d.seed if split == "train" else d.seed + TEST_SPLIT_SEED_OFFSET
         x, labels = sample_toy_labelled(d.name, d.size, seed)
@@ -46,6 +48,23 @@ def load_data(cfg: Config, split: str = "train", *, progress: bool = True) -> Ex
     data = data.subset(d.limit if split == "train" else 0, keep_labels=d.conditional)
     data.flip = d.flip
     return data
+
+
+def _captioned_latents(cfg: Config, split: str, progress: bool) -> ExampleData:
+    """A captioned folder as cached latents and caption hidden states (data/captions.py)."""
+    from .data.captions import load_captioned_latents
+
+    d = cfg.data
+    if split != "train":
+        raise ConfigError("captioned folders have only a training split")
+    state = PartialState() if PartialState._shared_state else None
+    first = state.local_main_process_first() if state is not None else contextlib.nullcontext()
+    with first:
+        data = load_captioned_latents(d.root, json.loads(d.components), image_size=d.image_size,
+                                      channels=d.channels or 3, column=d.caption_column, mode=d.latents, seed=d.seed,
+                                      workers=d.workers or None,
+                                      progress=progress and (state is None or state.is_local_main_process))
+    return data.subset(d.limit)
 
 
 def schedule_of(source: Config | ModelSpec) -> Schedule:
@@ -92,6 +111,9 @@ def spec_from_config(cfg: Config, data_shape: tuple[int, ...], num_classes: int 
         if dropout is not None:
             config["dropout"] = dropout
         args = resolve_unet2d_config(config)
+    elif m.arch == "sd_unet":
+        raise ConfigError("model.arch 'sd_unet' models are imported, not built from a config: `progdistill "
+                          "import-diffusers --model SD_FOLDER --captions IMAGES`")
     else:  # pragma: no cover - validate() only admits known archs
         raise ValueError(f"unknown model.arch {m.arch!r}")
     schedule = schedule_spec(d.schedule, d.logsnr_min, d.logsnr_max, num_timesteps=d.num_timesteps,

@@ -24,19 +24,41 @@ class GuidanceError(ValueError):
     """Guidance asked of a model that cannot give it, or at a weight outside what it was trained for."""
 
 
+def null_like(labels: Tensor, null: int | Tensor) -> Tensor:
+    """The null condition for every row of `labels`: the null class (an index), or the empty caption's text-encoder
+    hidden states [L, D] repeated for every example of a text-conditioned batch [B, L, D]."""
+    if isinstance(null, Tensor):
+        return null.to(labels.device, labels.dtype).expand_as(labels)
+    return torch.full_like(labels, int(null))
+
+
+def null_condition(denoiser, spec: ModelSpec | None = None) -> int | Tensor:
+    """What a model's unconditional branch is given: the empty caption's hidden states for a text-to-image model,
+    the null class (index num_classes) otherwise."""
+    spec = spec if spec is not None else denoiser.spec
+    if spec.text_conditioned:
+        net = getattr(denoiser, "net", None) or getattr(getattr(denoiser, "denoiser", None), "net", None)
+        return net.null_text
+    return spec.num_classes
+
+
 class ClassifierFreeGuidance:
     """x_hat_w(z) = (1 + w) x_hat(z, c) - w x_hat(z, null) of a label-dropout teacher, w a number or one per
-    example; both branches in one network call on the doubled batch [z; z] with labels [c; null]."""
+    example; both branches in one network call on the doubled batch [z; z] with labels [c; null]. `null`: the null
+    class's index, or the empty caption's hidden states for a text-to-image model (`null_condition`)."""
 
-    def __init__(self, denoiser, w: float | Tensor, null_label: int):
-        self.denoiser, self.w, self.null_label = denoiser, w, int(null_label)
+    def __init__(self, denoiser, w: float | Tensor, null_label: int | Tensor):
+        self.denoiser, self.w = denoiser, w
+        self.null_label = null_label if isinstance(null_label, Tensor) else int(null_label)
 
     def __call__(self, z: Tensor, logsnr: Tensor, labels: Tensor | None = None) -> Tensor:
+        b = z.shape[0]
+        if labels is None and isinstance(self.null_label, Tensor):  # text-to-image: the empty prompt, unguided
+            labels = self.null_label.expand(b, *self.null_label.shape)
         if labels is None:
             raise GuidanceError("classifier-free guidance needs the class labels to guide towards")
-        b = z.shape[0]
         logsnr = logsnr.expand(b) if logsnr.ndim == 0 else logsnr
-        null = torch.full_like(labels, self.null_label)
+        null = null_like(labels, self.null_label)
         x = self.denoiser(torch.cat([z, z]), torch.cat([logsnr, logsnr]), torch.cat([labels, null]))
         return guided_x_hat(x[:b], x[b:], self.w)
 
@@ -72,6 +94,8 @@ def check_guidance(spec: ModelSpec | None, w: float | None) -> None:
             raise GuidanceError(f"guidance weight w = {w:g} is outside the range this student was trained for, "
                                 f"[{lo:g}, {hi:g}] (guidance_scale {1 + lo:g} to {1 + hi:g}); choose w in it")
         return
+    if spec.text_conditioned:  # the empty caption is the unconditional branch, as in the stock pipeline
+        return
     if spec.num_classes == 0:
         raise GuidanceError("this model is unconditional: classifier-free guidance needs a class-conditional teacher "
                             "trained with label dropout (train.label_dropout > 0)")
@@ -89,4 +113,4 @@ def guided(denoiser, w: float | Tensor, spec: ModelSpec | None = None):
         check_guidance(spec, value)
     if spec.guidance is not None:
         return AtGuidance(denoiser, w)
-    return ClassifierFreeGuidance(denoiser, w, spec.num_classes)
+    return ClassifierFreeGuidance(denoiser, w, null_condition(denoiser, spec))

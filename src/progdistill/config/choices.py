@@ -10,11 +10,14 @@ from __future__ import annotations
 TOY_DISTRIBUTIONS = ("ring", "checkerboard", "moons", "swissroll", "ring_classes")
 TOY_LABELLED = ("ring_classes",)
 IMAGE_DATASETS = ("fashion-mnist", "cifar10", "folder")
+# Captioned images for latent text-to-image models (data.captions), encoded by the model's own VAE and text encoder.
+CAPTIONED = ("captions",)
+LATENT_MODES = ("mean", "sample")
 # Channels of the image data sets with a fixed format (folders: data.channels, RGB by default).
 NATIVE_CHANNELS = {"fashion-mnist": 1, "cifar10": 3}
 
 # nets.presets.NET_KINDS and UNET_PRESETS
-NET_KINDS = ("mlp", "unet", "diffusers")
+NET_KINDS = ("mlp", "unet", "diffusers", "sd_unet")
 UNET_PRESETS = ("cifar10", "imagenet64", "small")
 
 # diffusion.parameterization.PARAMETERIZATIONS, diffusion.schedules.SCHEDULES, diffusion.weighting.WEIGHTINGS,

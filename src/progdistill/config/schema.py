@@ -15,8 +15,9 @@ from .constraints import (ConfigError, EvenAtLeast, Listed, PowerOfTwo, at_least
 
 @dataclass
 class DataConfig:
-    name: str = checked("ring", one_of(choices.TOY_DISTRIBUTIONS, choices.IMAGE_DATASETS))
-    # 2-D: ring, checkerboard, moons, swissroll, ring_classes (labelled); images: fashion-mnist, cifar10, folder
+    name: str = checked("ring", one_of(choices.TOY_DISTRIBUTIONS, choices.IMAGE_DATASETS, choices.CAPTIONED))
+    # 2-D: ring, checkerboard, moons, swissroll, ring_classes (labelled); images: fashion-mnist, cifar10, folder;
+    # captions: a folder of images with metadata.jsonl, for latent text-to-image models (docs/latent.md)
     size: int = checked(100_000, positive())  # training examples drawn for 2-D data
     seed: int = 0
     flip: bool = False  # random horizontal flips
@@ -30,6 +31,12 @@ class DataConfig:
     channels: int = checked(0, Listed((0, 1, 3), "1 (grayscale), 3 (RGB) or 0 (the data set's own)"))
     # DataLoader worker processes per training process (0: load in the training process)
     workers: int = checked(2, at_least(0))
+    # captions: the metadata.jsonl column holding each image's caption
+    caption_column: str = "text"
+    # captions: cache the VAE latent distribution's mean, or one sample per image (drawn from data.seed)
+    latents: str = checked("mean", one_of(choices.LATENT_MODES))
+    # captions: the latent model's frozen components, as JSON (written by import-diffusers; data/components.py)
+    components: str = ""
 
 
 @dataclass
@@ -201,6 +208,17 @@ class Config:
 def network_fits_data(cfg: Config) -> None:
     """Refuse a network unfit for the data, or an imported one without its config or its discrete schedule."""
     name, arch = cfg.data.name, cfg.model.arch
+    if (name in choices.CAPTIONED) != (arch == "sd_unet"):
+        raise ConfigError(f"data.name {name!r} with model.arch {arch!r}: captioned images (data.name 'captions') go "
+                          "with latent text-to-image models (model.arch 'sd_unet') only; create such a run with "
+                          "`progdistill import-diffusers --model SD_FOLDER --captions IMAGES`")
+    if arch == "sd_unet":
+        if not (cfg.data.components and cfg.data.root and cfg.data.image_size > 0):
+            raise ConfigError("data.name 'captions' needs data.root (images with a metadata.jsonl), data.image_size "
+                              "and data.components (written by import-diffusers)")
+        if cfg.diffusion.schedule != "discrete":
+            raise ConfigError("model.arch 'sd_unet' is a discrete-time model: set diffusion.schedule = \"discrete\"")
+        return
     images = name in choices.IMAGE_DATASETS
     if images and arch not in ("unet", "diffusers"):
         raise ConfigError(f"data.name {name!r} is an image data set: set model.arch = \"unet\"")
@@ -234,7 +252,7 @@ def label_dropout_has_labels(cfg: Config) -> None:
                           "(2-D data with classes: ring_classes)")
     if not cfg.data.conditional:
         raise ConfigError("train.label_dropout > 0 trains a class-conditional model: set data.conditional = true")
-    if cfg.model.arch == "diffusers":
+    if cfg.model.arch in ("diffusers", "sd_unet"):
         raise ConfigError("train.label_dropout is for teachers trained here (model.arch unet or mlp), not for "
                           "imported diffusers models")
 

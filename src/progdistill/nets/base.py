@@ -22,6 +22,8 @@ class DenoiserNet(nn.Module):
     condition (imported discrete-time models take their own timestep), the w input, the diffusers modules."""
 
     num_classes: int = 0
+    # The state-dict keys (under this network) that a w-conditioned copy adds to its teacher's start with this.
+    w_input_prefix: str = "w_embed."
 
     def condition(self, logsnr: Tensor) -> Tensor:
         """The `cond` this network is called with at log-SNR `logsnr`."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-NET_KINDS = ("mlp", "unet", "diffusers")
+NET_KINDS = ("mlp", "unet", "diffusers", "sd_unet")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ network is rebuilt from the record alone, never from a preset or the training co
 
 Kinds: "mlp" (MLPNet's arguments), "unet" (the paper's U-Net: the full diffusers UNet2DModel config, conditioned
 on 1000 x the noise level) and "diffusers" (an imported UNet2DModel config, conditioned on its own timesteps of
-the discrete schedule). Arguments a record lacks take the constructor's defaults, so a constructor may gain
+the discrete schedule), "sd_unet" (an imported Stable-Diffusion-layout UNet2DConditionModel: {"unet": its config,
+"text_length", "text_dim"}, text-conditioned, with its folder's frozen components named in `components`). Arguments a record lacks take the constructor's defaults, so a constructor may gain
 arguments whose defaults keep the old behaviour; an argument the installed code does not know is an error.
 
 Classifier-free guidance (docs/guided.md) adds two optional fields, written only when set, so older records read
@@ -39,6 +40,15 @@ class ModelSpec:
     # A distilled student: how its targets were built, {"mode": none|noisy|all, "logsnr": threshold}
     # (distill.teacher_clip), so that continuing its distillation builds them the same way.
     teacher_clip: dict | None = field(default=None, hash=False)
+    # A latent text-to-image model ("sd_unet"): the frozen components of its Stable Diffusion folder that encode its
+    # data and prompts and decode its samples, {"folder", "vae", "text_encoder", "tokenizer", "scaling_factor"}
+    # (interop/stable_diffusion.py: each component's content hash; checked whenever a component is loaded).
+    components: dict | None = field(default=None, hash=False)
+
+    @property
+    def text_conditioned(self) -> bool:
+        """A text-to-image model: its `labels` are text-encoder hidden states, None the empty caption."""
+        return self.kind == "sd_unet"
 
     @property
     def class_rows(self) -> int:
@@ -66,6 +76,8 @@ class ModelSpec:
             out["guidance"] = _jsonable(self.guidance)
         if self.teacher_clip is not None:
             out["teacher_clip"] = dict(self.teacher_clip)
+        if self.components is not None:
+            out["components"] = _jsonable(self.components)
         return out
 
     @classmethod
@@ -95,8 +107,13 @@ class ModelSpec:
         if not isinstance(null_class, bool) or (null_class and num_classes == 0):
             raise SpecError(f"model.null_class must be true or false (true only with num_classes > 0), got "
                             f"{null_class!r}")
+        components = data.get("components")
+        if (kind == "sd_unet") != isinstance(components, dict):
+            raise SpecError("model.components (the Stable Diffusion folder's VAE, tokenizer and text encoder) is "
+                            f"required for an 'sd_unet' model and only for one, got {components!r}")
         return cls(kind, dict(args), data["parameterization"], dict(schedule), tuple(shape), num_classes,
-                   null_class, check_guidance_block(data.get("guidance")), check_teacher_clip(data.get("teacher_clip")))
+                   null_class, check_guidance_block(data.get("guidance")), check_teacher_clip(data.get("teacher_clip")),
+                   components)
 
     def with_dropout(self, dropout: float) -> "ModelSpec":
         """The same network with another dropout rate (students may train with their own)."""
@@ -157,6 +174,7 @@ def build_net(spec: ModelSpec) -> nn.Module:
     from ..diffusion.schedules import schedule_from_spec
     from .diffusers_net import DiffusersUNet
     from .mlp import MLPNet
+    from .sd_net import TextUNet
     from .unet import UNet
 
     if spec.kind == "mlp":
@@ -165,6 +183,9 @@ def build_net(spec: ModelSpec) -> nn.Module:
         net = UNet(spec.args)
     elif spec.kind == "diffusers":
         net = DiffusersUNet(spec.args, schedule_from_spec(spec.schedule))
+    elif spec.kind == "sd_unet":
+        args = resolve_args(TextUNet.__init__, spec.args | {"schedule": None}, "TextUNet")
+        net = TextUNet(**(args | {"schedule": schedule_from_spec(spec.schedule)}))
     else:
         raise SpecError(f"unknown network kind {spec.kind!r}; known: {', '.join(NET_KINDS)}")
     if int(getattr(net, "num_classes", 0)) != spec.class_rows:

@@ -20,7 +20,7 @@ from ..build import denoiser_from_spec, load_denoiser, schedule_of
 from ..checkpoint import CheckpointError, read_record
 from ..config import Config, ConfigError
 from ..diffusion.weighting import check_combination
-from ..guidance import check_guidance
+from ..guidance import check_guidance, null_condition
 from ..nets.spec import ModelSpec, guidance_block
 from ..compiling import maybe_compiled
 from .noise import noise_for
@@ -76,7 +76,8 @@ def _stage1_student(teacher, spec: ModelSpec, cfg: Config, run: Run):
     torch.manual_seed(cfg.distill.seed)  # the w embedding's first layer (its output layer starts at zero)
     student = denoiser_from_spec(spec, cfg.perf)
     missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
-    if unexpected or any(not k.startswith("net.w_embed.") for k in missing):  # pragma: no cover - a network bug
+    prefix = "net." + getattr(student.net, "w_input_prefix", "w_embed.")
+    if unexpected or any(not k.startswith(prefix) for k in missing):  # pragma: no cover - a network bug
         raise RuntimeError(f"the w-conditioned network does not extend its teacher: {missing}, {unexpected}")
     return student.to(run.accelerator.device)
 
@@ -138,7 +139,7 @@ def train_stage1(teacher_stem: str | Path | None, out: Path, cfg: Config | None 
         teacher = teacher.to(run.accelerator.device)
         evaluate = maybe_compiled(teacher, "the guided teacher", cfg.perf.compile)
         objective = GuidedObjective(evaluate, schedule_of(tspec), *training_w_range(g.w_min, g.w_max, g.w_margin),
-                                    null_label=tspec.num_classes, noise=noise_for(cfg.perf.per_example_noise))
+                                    null_label=null_condition(teacher, tspec), noise=noise_for(cfg.perf.per_example_noise))
         phase = stage1_phase(cfg, out, Path(teacher_stem), record, spec)
         run_phase(phase, student, objective, run, resume_from=start)
     finally:

@@ -121,7 +121,7 @@ class GuidedObjective:
     schedule: Schedule
     w_min: float
     w_max: float
-    null_label: int
+    null_label: int | Tensor  # the null class, or the empty caption's hidden states (guidance.null_condition)
     noise: Noise = global_batch_noise
 
     def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator, shard: Shard = (0, 1)) -> Target:

@@ -143,6 +143,8 @@ def plan_distillation(teacher_spec: ModelSpec, record: dict, ckpt_cfg: Config, c
     settings of `cfg` (default: the checkpoint's own)."""
     cfg = with_recorded_clipping(run_settings(ckpt_cfg, cfg), teacher_spec)
     teacher_param = teacher_spec.parameterization
+    if teacher_spec.guidance is not None and cfg.distill.parameterization == "auto":  # guided: always the teacher's
+        cfg = replace(cfg, distill=replace(cfg.distill, parameterization="same"))
     # The students' parameterization (distill.parameterization, its "auto" values resolved) from here on.
     cfg = student_config(replace(cfg, model=replace(cfg.model, parameterization=teacher_param)))
     # Students are the teacher's network, whatever the presets say now; they record how their targets were built.

@@ -1,0 +1,92 @@
+"""An imported Stable-Diffusion-layout UNet2DConditionModel (a latent text-to-image model on its own discrete
+timesteps) behind the project's net(z, cond, labels[, w]) interface.
+
+The text condition takes the place of class labels: `labels` are the text encoder's last hidden states [B, L, D]
+(what StableDiffusionPipeline passes as encoder_hidden_states); None means the empty caption, whose hidden states
+the network keeps as the buffer `null_text` (computed once at import, saved with the weights), so classifier-free
+guidance needs no text encoder. The guidance weight w of a guided student enters through diffusers' own interface:
+`time_cond_proj_dim` adds a projection of `guidance_scale_embedding(w)` to the timestep features, as the stock
+pipeline computes it from guidance_scale - 1; the projection starts at zero, so the student starts as its teacher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from ..diffusion.schedules import DiscreteSchedule
+from .args import SpecError, resolve_args
+from .base import DenoiserNet
+from .embedding import guidance_input
+
+# The w embedding of a guided student: diffusers' guidance_scale_embedding, whose argument is 1000 w.
+SD_W_SCALE = 1000.0
+
+
+def resolve_unet2d_condition_config(config: dict) -> dict:
+    """A UNet2DConditionModel config (private "_" keys dropped) completed with the installed diffusers' defaults."""
+    from diffusers import UNet2DConditionModel
+
+    return resolve_args(UNet2DConditionModel.__init__, {k: v for k, v in dict(config).items() if not k.startswith("_")},
+                        "diffusers' UNet2DConditionModel")
+
+
+def guidance_scale_embedding(w: Tensor, dim: int) -> Tensor:
+    """The stock pipeline's embedding of w = guidance_scale - 1 (its own function, evaluated on the CPU as there)."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline.get_guidance_scale_embedding(None, w.detach().float().cpu(), embedding_dim=dim)
+
+
+class TextUNet(DenoiserNet):
+    """net(z, cond, text, w) of a UNet2DConditionModel: `cond` its (fractional) timestep on `schedule`, `text` the
+    encoder hidden states [B, text_length, text_dim] (None: the empty caption)."""
+
+    def __init__(self, unet: dict, schedule: DiscreteSchedule, text_length: int, text_dim: int,
+                 dropout: float | None = None):
+        super().__init__()
+        from diffusers import UNet2DConditionModel
+
+        config = resolve_unet2d_condition_config(unet)
+        if dropout is not None:
+            config["dropout"] = float(dropout)
+        if config.get("time_cond_proj_dim") is not None:
+            raise SpecError("the U-Net already has a w input (time_cond_proj_dim); give the guidance block instead")
+        if config.get("cross_attention_dim") != text_dim:
+            raise SpecError(f"the U-Net attends to text of width {config.get('cross_attention_dim')}, the text encoder "
+                            f"gives {text_dim}")
+        self.unet = UNet2DConditionModel(**config)
+        self.schedule = schedule
+        self.register_buffer("null_text", torch.zeros(int(text_length), int(text_dim)))
+        self.w_dim: int | None = None
+
+    def condition(self, logsnr: Tensor) -> Tensor:
+        return self.schedule.timestep(logsnr)
+
+    def condition_on_w(self, dim: int, scale: float, class_gate: bool = False) -> None:
+        """A zero-initialised `time_embedding.cond_proj` (diffusers' time_cond_proj_dim = dim)."""
+        if scale != SD_W_SCALE or class_gate:
+            raise SpecError(f"a Stable Diffusion U-Net takes w through diffusers' guidance_scale_embedding (scale "
+                            f"{SD_W_SCALE:g}, no class gate); got scale {scale:g}, class_gate {class_gate}")
+        emb = self.unet.time_embedding
+        emb.cond_proj = nn.Linear(dim, emb.linear_1.in_features, bias=False)
+        nn.init.zeros_(emb.cond_proj.weight)
+        self.unet.register_to_config(time_cond_proj_dim=int(dim))
+        self.w_dim = int(dim)
+
+    w_input_prefix = "unet.time_embedding.cond_proj."
+
+    def diffusers_modules(self) -> Iterable[nn.Module]:
+        return self.unet.modules()
+
+    def forward(self, z: Tensor, cond: Tensor, labels: Tensor | None = None, w: Tensor | float | None = None
+                ) -> Tensor:
+        text = labels if labels is not None else self.null_text.expand(z.shape[0], -1, -1)
+        if text.ndim != 3:
+            raise ValueError(f"a text-conditioned U-Net takes encoder hidden states [B, L, D], got {tuple(text.shape)}")
+        timestep_cond = None
+        if self.w_dim is not None:
+            timestep_cond = guidance_scale_embedding(guidance_input(w, z), self.w_dim).to(z.device, z.dtype)
+        return self.unet(z, cond, encoder_hidden_states=text.to(z.dtype), timestep_cond=timestep_cond).sample
