@@ -16,25 +16,39 @@ def register(commands: argparse._SubParsersAction) -> None:
                     "`progdistill sample` (same noise, same images to float rounding). Unconditional eps/x/v "
                     "models load with DDIMPipeline.from_pretrained(OUT); class-conditional and 'both' models ship "
                     "their pipeline/component code and load with DiffusionPipeline.from_pretrained(OUT, "
-                    "trust_remote_code=True).")
+                    "trust_remote_code=True). Latent text-to-image models (imported Stable Diffusion folders) load "
+                    "with the stock StableDiffusionPipeline.from_pretrained(OUT): pipe(prompt, num_inference_steps="
+                    "N, guidance_scale=1 + w) takes exactly the student's steps, one U-Net call per step for a "
+                    "guided student.")
     parser.add_argument("--ckpt", required=True, help="student or teacher checkpoint (image model)")
     parser.add_argument("--out", required=True, help="new folder for the pipeline")
     parser.add_argument("--steps", type=int, help="sampling steps the pipeline is set up for (default: the student's)")
     parser.add_argument("--train-timesteps", type=int, help="the scheduler's num_train_timesteps, a multiple of the "
                         "steps (default: the multiple nearest 1024; imported models keep their own)")
     parser.add_argument("--no-clip", action="store_true", help="set clip_sample=False (default: the config's)")
+    parser.add_argument("--components", metavar="DIR", help="latent models: the Stable Diffusion folder holding "
+                        "the VAE, tokenizer and text encoder, if it moved since the import (content hashes checked)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
     """Export --ckpt to --out and print how to load and call the pipeline."""
-    from ..checkpoint import read_record
+    from ..build import read_model_record
     from ..interop.diffusers_io import export_diffusers
+    from ..interop.stable_diffusion import export_stable_diffusion
 
     at_least("--steps", args.steps)
     at_least("--train-timesteps", args.train_timesteps)
+    record, spec = read_model_record(args.ckpt)
     if args.steps is not None:
-        warn_off_student(read_record(args.ckpt), args.steps)
+        warn_off_student(record, args.steps)
+    if spec.text_conditioned:
+        summary = export_stable_diffusion(args.ckpt, Path(args.out), steps=args.steps,
+                                          components_folder=args.components)
+        print(f"StableDiffusionPipeline written to {args.out}: {summary['steps']} steps, prediction_type "
+              f"{summary['prediction_type']}, {summary['unet_calls_per_step']} U-Net call(s) per step\n"
+              f"  pipe = StableDiffusionPipeline.from_pretrained({args.out!r})\n  image = {summary['call']}.images[0]")
+        return
     summary = export_diffusers(args.ckpt, Path(args.out), steps=args.steps, train_timesteps=args.train_timesteps,
                                clip=False if args.no_clip else None)
     print(f"diffusers pipeline written to {args.out}: {summary['steps']} steps, prediction_type "

@@ -38,6 +38,11 @@ def register(commands: argparse._SubParsersAction) -> None:
                              "(and needs a w within its trained range)")
     parser.add_argument("--label", type=int, help="class label for every sample (class-conditional models; "
                         "default: all classes in turn)")
+    parser.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                        help="text-to-image models: a prompt (repeatable; samples take them in turn; default: the "
+                             "empty caption, i.e. unconditional)")
+    parser.add_argument("--components", metavar="DIR", help="text-to-image models: the Stable Diffusion folder with "
+                        "the VAE, tokenizer and text encoder, if it moved since the import (hashes checked)")
     parser.add_argument("--device", default="cpu", help="torch device for sampling, e.g. cpu or cuda")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the network (CUDA graphs on cuda); pays off for many samples or steps, "
@@ -62,8 +67,20 @@ def sample_labels(args: argparse.Namespace, num_classes: int) -> Tensor:
     return torch.full((args.num,), args.label)
 
 
+def prompt_labels(args: argparse.Namespace, spec: ModelSpec) -> Tensor | None:
+    """The text-encoder hidden states of every sample's prompt (--prompt in turn; None: the empty caption)."""
+    from ..interop.stable_diffusion import prompt_embeddings
+
+    if not args.prompt:
+        return None
+    embeddings = prompt_embeddings(spec, args.prompt, args.components)
+    return embeddings[[i % len(args.prompt) for i in range(args.num)]]
+
+
 def run(args: argparse.Namespace) -> None:
     """Sample --num points or images from --ckpt and write them to --out."""
+    import torch
+
     from ..build import load_checkpoint, schedule_of
     from ..guidance import check_guidance
     from ..sampling import generate
@@ -76,7 +93,14 @@ def run(args: argparse.Namespace) -> None:
     # A guided student's stochastic sampler is one of its own (Meng et al.), no warning for it.
     own_sampler = args.sampler == "stochastic" and loaded.spec.guidance
     warn_off_student(loaded.record, steps, "ddim" if own_sampler else args.sampler)
-    labels = sample_labels(args, loaded.spec.num_classes)
+    text = loaded.spec.text_conditioned
+    if args.prompt and not text:
+        raise ConfigError("--prompt is for text-to-image models (imported Stable Diffusion folders); this model "
+                          + (f"has {loaded.spec.num_classes} classes: use --label" if loaded.spec.num_classes
+                             else "is unconditional"))
+    if text and args.label is not None:
+        raise ConfigError("--label is for class-conditional models; this is a text-to-image model: use --prompt")
+    labels = prompt_labels(args, loaded.spec) if text else sample_labels(args, loaded.spec.num_classes)
     samples = generate(loaded.denoiser, schedule_of(loaded.spec), steps, args.num, loaded.spec.data_shape,
                        sampler=args.sampler, variance=args.variance or loaded.sampling["variance"],
                        clip=loaded.sampling["clip"] and not args.no_clip, seed=args.seed, labels=labels,
@@ -85,6 +109,12 @@ def run(args: argparse.Namespace) -> None:
     weight_in_title = f" w={args.guidance:g}" if args.guidance is not None else ""
     title = f"{loaded.record['kind']} {args.sampler} {steps} steps{weight_in_title}"
     out = Path(args.out)
+    if text:  # latents through the model's own VAE (hash-checked), as the stock pipeline decodes them
+        from ..data.components import load_components
+
+        vae = load_components(loaded.spec.components, need=("vae",), folder=args.components)
+        samples = torch.cat([vae.decode(samples[i : i + 64]) for i in range(0, len(samples), 64)])
+        labels = None
     write_samples(samples, labels, out, title, loaded.spec)
     weight_note = f", guidance w = {args.guidance:g}" if args.guidance is not None else ""
     print(f"{args.num} samples ({args.sampler}, {steps} steps{weight_note}) written to {out}")
@@ -101,7 +131,7 @@ def write_samples(samples: Tensor, labels: Tensor, out: Path, title: str, spec: 
     if out.suffix == ".pt":
         out.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"samples": samples, "labels": labels}, out)
-    elif len(spec.data_shape) == 3:
+    elif samples.ndim == 4:
         ncols = num_classes if num_classes and num >= num_classes else min(num, 10)
         save_grid([(title if i == 0 else "", samples[i : i + ncols]) for i in range(0, num, ncols)], out, ncols)
     else:
