@@ -249,3 +249,69 @@ def test_command_line_import_distill_resume_export_sample(sd, tmp_path, capsys):
     assert (tmp_path / "grid.png").stat().st_size > 0
     assert _main("sample", "--ckpt", student, "--label", "3", "--num", "2", "--out", str(tmp_path / "x.png")) == 2
     assert "--prompt" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def lora_students(sd):
+    cfg = load_config("stable_diffusion", DISTILL + ["distill.start_steps=4", "distill.lora_rank=4",
+                                                     "distill.optim.lr=1e-2", "mixed_precision=\"no\""])
+    return distill(sd["teacher"], sd["root"] / "lora", cfg, progress=False)
+
+
+def test_lora_student_starts_as_its_teacher_and_shares_its_weights(sd):
+    from progdistill.training.phase import Run
+    from progdistill.training.plan import FrozenAdapter, plan_distillation
+
+    teacher, record, ckpt_cfg = load_denoiser(sd["teacher"])
+    cfg = load_config("stable_diffusion", DISTILL + ["distill.lora_rank=4", "mixed_precision=\"no\""])
+    plan = plan_distillation(teacher.spec, record, ckpt_cfg, cfg)
+    z, text, logsnr = torch.randn(2, 4, 8, 8), torch.randn(2, 16, 32), torch.tensor([-3.0, 1.0])
+    with torch.no_grad():
+        before = teacher.net(z, teacher.net.condition(logsnr), text)
+    student = plan.student(teacher, Run.__new__(Run))
+    assert student.net is teacher.net  # one copy of the base weights
+    trainable = [n for n, p in student.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_" in n for n in trainable)
+    with torch.no_grad():
+        assert torch.equal(student.net(z, student.net.condition(logsnr), text), before)  # B starts at zero
+        for name, p in student.named_parameters():  # train the adapter a little: the round's teacher must not move
+            if ".lora_B" in name:
+                p.add_(0.1)
+        frozen = plan.round_teacher(teacher)
+        assert isinstance(frozen, FrozenAdapter)
+    with torch.no_grad():
+        moved = student.net(z, student.net.condition(logsnr), text)
+    assert not torch.equal(moved, before)
+
+
+def test_exported_lora_on_the_teachers_pipeline_reproduces_the_student(sd, lora_students, tmp_path):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    stem = lora_students[0]  # the 2-step student
+    loaded = load_checkpoint(stem)
+    teacher = load_denoiser(sd["teacher"])[0]
+    assert loaded.spec.args["lora"]["rank"] == 4
+    base = {k.replace(".base_layer", ""): v for k, v in loaded.denoiser.net.unet.state_dict().items() if ".lora_" not in k}
+    assert all(torch.equal(v, base[k]) for k, v in teacher.net.unet.state_dict().items())  # the base never trains
+    ours = generate(loaded.denoiser, schedule_of(loaded.spec), 2, 2, loaded.spec.data_shape, clip=False, seed=3,
+                    labels=prompt_embeddings(loaded.spec, PROMPTS))
+    summary = export_stable_diffusion(stem, tmp_path / "export", steps=2)
+    pipe = StableDiffusionPipeline.from_pretrained(sd["folder"])  # the teacher's own pipeline
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(summary["lora"]["folder"])
+    pipe.scheduler = DDIMScheduler.from_pretrained(summary["lora"]["folder"], subfolder="scheduler")
+    z = torch.randn((2, *loaded.spec.data_shape), generator=torch.Generator().manual_seed(3))
+    theirs = pipe(PROMPTS, num_inference_steps=2, guidance_scale=1.0, latents=z, output_type="latent").images
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-4)
+    assert (ours - generate(teacher, schedule_of(loaded.spec), 2, 2, loaded.spec.data_shape, clip=False, seed=3,
+                            labels=prompt_embeddings(loaded.spec, PROMPTS))).abs().max() > 1e-3  # it trained
+
+
+def test_lora_is_refused_where_it_cannot_ship(sd, students):
+    from progdistill.training.plan import plan_distillation
+
+    cfg = load_config("stable_diffusion", DISTILL + ["distill.lora_rank=4", "distill.weighting=snr",
+                                                     "mixed_precision=\"no\""])
+    guided, record, ckpt_cfg = load_denoiser(students["guided"][2])
+    with pytest.raises(ConfigError, match="guided"):
+        plan_distillation(guided.spec, record, ckpt_cfg, cfg)

@@ -131,6 +131,9 @@ class DistillConfig:
     # an eps teacher, else none).
     teacher_clip: str = checked("auto", one_of(("auto",), choices.TEACHER_CLIPS))
     teacher_clip_logsnr: float = 0.0
+    # Latent text-to-image models: > 0 makes LoRA students of this rank (peft; the attention projections), which share
+    # the base weights with their teacher in memory and ship as LoRA weights (docs/latent.md); 0: full fine-tuning
+    lora_rank: int = checked(0, at_least(0))
 
 
 @dataclass

@@ -170,13 +170,15 @@ def export_stable_diffusion(ckpt: str | Path, out: str | Path, *, steps: int | N
     frozen = load_components(spec.components, folder=components_folder)
     net = loaded.denoiser.net
     unet = UNet2DConditionModel.from_config(dict(net.unet.config))
-    unet.load_state_dict(net.unet.state_dict())
+    unet.load_state_dict(net.merged_unet_state())  # a LoRA student's adapter merged in
     pipe = StableDiffusionPipeline(vae=frozen.vae, text_encoder=frozen.text_encoder, tokenizer=frozen.tokenizer,
                                    unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out)
     summary = _summary(ckpt, spec, steps)
+    if net.lora is not None:
+        summary["lora"] = _save_lora(net, scheduler, out / "lora")
     (out / "progdistill_export.json").write_text(json.dumps(summary, indent=2))
     (out / "README.md").write_text(
         f"# progdistill export\n\nA {loaded.record.get('kind', 'model')} of `{ckpt}` for diffusers' stock "
@@ -184,6 +186,22 @@ def export_stable_diffusion(ckpt: str | Path, out: str | Path, *, steps: int | N
         f"spacing).\n\n```python\nfrom diffusers import StableDiffusionPipeline\n"
         f"pipe = StableDiffusionPipeline.from_pretrained({str(out)!r})\nimage = {summary['call']}.images[0]\n```\n")
     return summary
+
+
+def _save_lora(net, scheduler, out: Path) -> dict:
+    """A LoRA student's adapter as diffusers LoRA weights (pipe.load_lora_weights on the teacher's own pipeline)
+    and the scheduler that takes the student's steps (pipe.scheduler = DDIMScheduler.from_pretrained(out,
+    subfolder="scheduler"))."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(net.unet))
+    StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=layers, safe_serialization=True)
+    scheduler.save_pretrained(out / "scheduler")
+    return {"folder": str(out), "rank": net.lora["rank"], "targets": net.lora["targets"],
+            "load": f"pipe.load_lora_weights({str(out)!r}); pipe.scheduler = DDIMScheduler.from_pretrained("
+                    f"{str(out)!r}, subfolder='scheduler')"}
 
 
 def _summary(ckpt: str | Path, spec: ModelSpec, steps: int) -> dict:

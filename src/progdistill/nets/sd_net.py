@@ -23,6 +23,15 @@ from .embedding import guidance_input
 
 # The w embedding of a guided student: diffusers' guidance_scale_embedding, whose argument is 1000 w.
 SD_W_SCALE = 1000.0
+# LoRA students: the attention projections, as diffusers' LoRA training examples adapt them.
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+LORA_ADAPTER = "default"
+
+
+def lora_block(rank: int, targets=LORA_TARGETS) -> dict:
+    """The `lora` argument of a LoRA student's network: its rank (alpha = rank, scale 1, as diffusers assumes for
+    LoRA weights saved without their alpha) and the modules adapted."""
+    return {"rank": int(rank), "targets": list(targets)}
 
 
 def resolve_unet2d_condition_config(config: dict) -> dict:
@@ -45,7 +54,7 @@ class TextUNet(DenoiserNet):
     encoder hidden states [B, text_length, text_dim] (None: the empty caption)."""
 
     def __init__(self, unet: dict, schedule: DiscreteSchedule, text_length: int, text_dim: int,
-                 dropout: float | None = None):
+                 dropout: float | None = None, lora: dict | None = None):
         super().__init__()
         from diffusers import UNet2DConditionModel
 
@@ -61,6 +70,43 @@ class TextUNet(DenoiserNet):
         self.schedule = schedule
         self.register_buffer("null_text", torch.zeros(int(text_length), int(text_dim)))
         self.w_dim: int | None = None
+        self.lora: dict | None = None
+        if lora is not None:
+            self.add_lora(lora)
+
+    def add_lora(self, lora: dict) -> None:
+        """Make this network a LoRA student (peft, through diffusers' add_adapter): a low-rank adapter on the
+        attention projections whose B starts at zero, so it answers exactly as before; only the adapter trains."""
+        from peft import LoraConfig
+
+        if self.lora is not None:
+            raise SpecError("this network already has a LoRA adapter")
+        rank = int(lora["rank"])
+        self.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                         target_modules=list(lora["targets"])), adapter_name=LORA_ADAPTER)
+        self.lora = dict(lora)
+        self.train_adapter_only()
+
+    def train_adapter_only(self) -> None:
+        """Gradients for the adapter's weights only (the shared base stays frozen)."""
+        for name, param in self.named_parameters():
+            param.requires_grad_(".lora_" in name)
+
+    def adapter_state(self) -> dict[str, Tensor]:
+        """The adapter's weights (a copy): what a LoRA round's teacher adds to the shared base."""
+        return {name: p.detach().clone() for name, p in self.named_parameters() if ".lora_" in name}
+
+    def merged_unet_state(self) -> dict[str, Tensor]:
+        """The U-Net's weights with the adapter merged in, under a plain UNet2DConditionModel's names."""
+        if self.lora is None:
+            return dict(self.unet.state_dict())
+        import copy
+
+        merged = copy.deepcopy(self.unet)
+        for module in merged.modules():
+            if hasattr(module, "base_layer") and hasattr(module, "merge"):
+                module.merge()
+        return {k.replace(".base_layer", ""): v for k, v in merged.state_dict().items() if ".lora_" not in k}
 
     def condition(self, logsnr: Tensor) -> Tensor:
         return self.schedule.timestep(logsnr)

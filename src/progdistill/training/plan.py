@@ -5,7 +5,7 @@ plan without knowing which mode it is."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -50,13 +50,36 @@ class DistillPlan:
     clip_below: float  # targets from clipped teacher steps below this log-SNR (-inf: the paper)
     w_train: tuple[float, float] | None  # guided students: the w drawn in training
     rounds: list[Round]
+    _adapter: dict = field(default_factory=dict)  # LoRA students: the adapter at the round's start (its teacher's)
 
     def student(self, teacher: Denoiser, run: Run) -> Denoiser:
-        """A student of this plan, starting from the teacher's (sampling) weights."""
+        """A student of this plan, starting from the teacher's (sampling) weights. A LoRA student is the teacher's
+        own network (one copy of the base weights) with its adapter training; the round's teacher is that network
+        with the adapter as the round found it (`round_teacher`)."""
+        if self.lora is not None:
+            net = teacher.net
+            if net.lora is None:
+                torch.manual_seed(self.cfg.distill.seed)  # the adapter's A (its B starts at zero)
+                net.add_lora(self.lora)
+            net.train_adapter_only()
+            self._adapter = net.adapter_state()
+            student = Denoiser(net, self.spec.parameterization)
+            student.spec = self.spec
+            return student
         dropout = self.cfg.distill.dropout
         student = denoiser_from_spec(self.spec.with_dropout(dropout), self.cfg.perf).to(run.accelerator.device)
         student.load_state_dict(teacher.state_dict())
         return student
+
+    @property
+    def lora(self) -> dict | None:
+        """A LoRA student's adapter (rank, targets); None for full fine-tuning."""
+        return self.spec.args.get("lora") if self.spec.kind == "sd_unet" else None
+
+    def round_teacher(self, teacher: Denoiser):
+        """What the round's targets come from: the teacher, or for LoRA students the shared network with the
+        adapter frozen at the round's start."""
+        return teacher if self.lora is None else FrozenAdapter(teacher, self._adapter)
 
     def warm_up(self, teacher: Denoiser, student: Denoiser, rnd: Round, run: Run) -> None:
         """A student of another parameterization learns its teacher's x_hat first (training/reparam.py)."""
@@ -75,8 +98,11 @@ class DistillPlan:
         record = {"config": self.cfg.to_dict(), "model": student.spec.to_dict(),
                   "sampling": self.sampling | {"steps": m}, "round": r, "sampling_steps": m,
                   "teacher": str(teacher_stem)}
+        settings = optim_settings(distill_cfg.optim, rnd.updates, "linear")
+        if self.lora is not None:  # an EMA copy of the network would duplicate the shared base weights
+            settings = replace(settings, ema_decay=0.0)
         return Phase(name=f"round{r:02d}", desc=f"round {r}: {rnd.teacher_steps} -> {m} steps",
-                     settings=optim_settings(distill_cfg.optim, rnd.updates, "linear"),
+                     settings=settings,
                      weighting=distill_cfg.weighting, seed=distill_cfg.seed + ROUND_NOISE_SEED_STRIDE * r,
                      data_seed=distill_cfg.seed + r, batch_size=distill_cfg.batch_size,
                      batch_field="distill.batch_size", grad_accum=distill_cfg.grad_accum,
@@ -89,6 +115,33 @@ class DistillPlan:
     def log_w(self) -> float | None:
         """The guidance weight of the per-round sample log: the middle of a guided student's range."""
         return None if self.spec.w_range is None else 0.5 * sum(self.spec.w_range)
+
+
+class FrozenAdapter:
+    """A LoRA round's teacher: the network its student trains, evaluated (in eval mode, without gradients) with the
+    adapter weights it had when the round began, swapped in for the call and back out after it."""
+
+    def __init__(self, teacher: Denoiser, adapter: dict[str, torch.Tensor]):
+        self.teacher, self.adapter, self.spec = teacher, adapter, teacher.spec
+
+    @torch.no_grad()
+    def __call__(self, *args, **kwargs):
+        net = self.teacher.net
+        params = dict(net.named_parameters())
+        live = {name: params[name].data for name in self.adapter}
+        training = net.training
+        try:
+            net.eval()
+            for name, frozen in self.adapter.items():
+                params[name].data = frozen
+            return self.teacher(*args, **kwargs)
+        finally:
+            for name, data in live.items():
+                params[name].data = data
+            net.train(training)
+
+    def eval(self) -> "FrozenAdapter":
+        return self
 
 
 def run_settings(ckpt_cfg: Config, cfg: Config | None) -> Config:
@@ -107,6 +160,22 @@ def with_recorded_clipping(cfg: Config, teacher_spec: ModelSpec) -> Config:
         return cfg
     return replace(cfg, distill=replace(cfg.distill, teacher_clip=recorded["mode"],
                                         teacher_clip_logsnr=recorded["logsnr"]))
+
+
+def with_lora(spec: ModelSpec, rank: int) -> ModelSpec:
+    """The students' spec with a LoRA adapter of `rank` (distill.lora_rank > 0; a LoRA teacher keeps its own)."""
+    recorded = spec.args.get("lora") if spec.kind == "sd_unet" else None
+    if rank <= 0 or recorded is not None:
+        if recorded is not None and rank > 0 and rank != recorded["rank"]:
+            raise ConfigError(f"this checkpoint is a LoRA student of rank {recorded['rank']}; its students keep that "
+                              f"rank (distill.lora_rank = {rank})")
+        return spec
+    if spec.kind != "sd_unet" or spec.guidance is not None:
+        raise ConfigError("distill.lora_rank is for plain distillation of latent text-to-image models (imported "
+                          "Stable Diffusion folders); a guided student's w input cannot ship as LoRA weights")
+    from ..nets.sd_net import lora_block
+
+    return replace(spec, args=spec.args | {"lora": lora_block(rank)})
 
 
 def _check_students(spec: ModelSpec, teacher_param: str, schedule: Schedule) -> None:
@@ -150,6 +219,7 @@ def plan_distillation(teacher_spec: ModelSpec, record: dict, ckpt_cfg: Config, c
     # Students are the teacher's network, whatever the presets say now; they record how their targets were built.
     clipping = {"mode": cfg.distill.teacher_clip, "logsnr": cfg.distill.teacher_clip_logsnr}
     spec = replace(teacher_spec, parameterization=cfg.model.parameterization, teacher_clip=clipping)
+    spec = with_lora(spec, cfg.distill.lora_rank)
     schedule = schedule_of(spec)
     _check_students(spec, teacher_param, schedule)
     # w drawn in training: the model's range, widened below by the margin its stage 1 was trained with (as its model

@@ -96,6 +96,7 @@ def distill(
     try:
         for rnd in plan.rounds:
             student, resume_from = plan.student(teacher, run), start.resume_from(rnd)
+            teacher = plan.round_teacher(teacher)
             if resume_from is None and rnd is plan.rounds[0]:
                 plan.warm_up(teacher, student, rnd, run)
             phase = plan.phase(rnd, out, teacher_stem, student)
