@@ -92,9 +92,11 @@ def _latent_config(base: Config, folder: Path, unet_cfg: dict, sched: dict, para
                   distill=replace(base.distill, teacher_clip="none"), sample=replace(base.sample, clip=False))
     if not cfg.data.root:
         raise ConfigError("give the captioned images to distil on: --captions DIR (images with a metadata.jsonl)")
+    # The students' loss weighting for the parameterization they will get; distill.parameterization stays as given
+    # ("auto": v students for an epsilon teacher, its own parameterization for a guided run's w-conditioned model).
     settings = resolve_distill(cfg).distill
     student = param if settings.parameterization == "same" else settings.parameterization
-    return replace(cfg, distill=replace(settings, weighting=DISTILL_WEIGHTINGS.get(student, settings.weighting))
+    return replace(cfg, distill=replace(cfg.distill, weighting=DISTILL_WEIGHTINGS.get(student, settings.weighting))
                    ).validate()
 
 
