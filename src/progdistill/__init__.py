@@ -2,7 +2,8 @@
 
 The public API (docs/api.md) is importable from here: `progdistill.load_config`, `train_teacher`, `distill`,
 `distill_guided`, `load_checkpoint`, `schedule_of`, `generate`, `evaluate_run`, `export_diffusers`,
-`import_diffusers`. Names load on first use, so `import progdistill` stays cheap."""
+`import_diffusers`, and for latent text-to-image models `import_stable_diffusion`, `export_stable_diffusion`,
+`prompt_embeddings`. Names load on first use, so `import progdistill` stays cheap."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ PUBLIC_API = {
     "evaluate_run": "progdistill.evaluation.report",
     "export_diffusers": "progdistill.interop.diffusers_io",
     "import_diffusers": "progdistill.interop.diffusers_io",
+    "import_stable_diffusion": "progdistill.interop.stable_diffusion",
+    "export_stable_diffusion": "progdistill.interop.stable_diffusion",
+    "prompt_embeddings": "progdistill.interop.stable_diffusion",
 }
 
 __all__ = sorted(PUBLIC_API)
