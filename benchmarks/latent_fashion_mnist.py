@@ -420,13 +420,13 @@ def stage_distill(a) -> dict:
     teacher = str(out / "run" / "teacher")
     guided = {"guided.w_min": 0.0, "guided.w_max": max(W_VALUES), "guided.stage1_updates": a.stage1_updates,
               "guided.embed_dim": 64, "guided.stage1_lr": a.distill_lr, "distill.weighting": "snr"}
-    memory["lora"] = cli(["distill", "--from", teacher, "--out", str(out / "lora"), "--no-progress",
-                          *sets(distill_settings(a) | {"distill.lora_rank": a.lora_rank,
-                                                       "distill.optim.lr": a.lora_lr})], "LoRA", times, "lora_s")
-    memory["plain"] = cli(["distill", "--from", teacher, "--out", str(out / "run"), "--no-progress",
-                           *sets(distill_settings(a))], "plain distillation", times, "plain_s")
-    memory["guided"] = cli(["distill", "--from", teacher, "--guided", "--out", str(out / "guided"), "--no-progress",
-                            *sets(distill_settings(a) | guided)], "guided distillation", times, "guided_s")
+    jobs = {"lora": (["--out", str(out / "lora")], {"distill.lora_rank": a.lora_rank, "distill.optim.lr": a.lora_lr}),
+            "plain": (["--out", str(out / "run")], {}),
+            "guided": (["--guided", "--out", str(out / "guided")], guided)}
+    for name, (args, extra) in jobs.items():
+        if a.only in (None, name):
+            memory[name] = cli(["distill", "--from", teacher, "--no-progress", *args,
+                                *sets(distill_settings(a) | extra)], f"{name} distillation", times, f"{name}_s")
     return {"stage": "distill", "timings_s": times, "peak_rss_mib": memory, "state_bytes": state_bytes(out, a)}
 
 
@@ -506,12 +506,18 @@ def stage_evaluate(a) -> dict:
         print(f"  {name:>16} {steps:3d} steps w={w_value:g}: " + ", ".join(
             f"{r['metric']} {r['value']:.4g}" for r in rows[-2:]), flush=True)
 
+    wanted = set(a.rows) if a.rows else None
+    if wanted:  # re-measure only these rows; keep the others of the last evaluation
+        rows = [r for r in json.loads((out / "evaluate.json").read_text())["rows"] if r["sampler"] not in wanted]
     for w in W_VALUES:
         for sampler, counts in TEACHER_GRID:
             for steps in counts:
-                measure(f"teacher_{sampler}", teacher, steps, w, sampler)
+                if not wanted or f"teacher_{sampler}" in wanted:
+                    measure(f"teacher_{sampler}", teacher, steps, w, sampler)
     for name, folder, ws in (("student_guided", out / "guided", W_VALUES), ("student_plain", out / "run", (None,)),
                              ("student_lora", out / "lora", (None,))):
+        if wanted and name not in wanted:
+            continue
         for steps, stem in sorted(saved_students(folder).items(), reverse=True):
             if steps in STUDENT_STEPS:
                 model = load_checkpoint(stem)
@@ -606,17 +612,20 @@ def write_report(out: Path, result: dict, grids: dict) -> None:
                                                   for r in result["rows"]]))
     fig, axes = plt.subplots(1, len(W_VALUES), figsize=(4 * len(W_VALUES), 3.4), sharey=True)
     rows = result["rows"]
+    names = sorted({r["sampler"] for r in rows if r["sampler"] != "data"})
+    colors = {name: f"C{i}" for i, name in enumerate(names)}
     for ax, w in zip(axes, W_VALUES):
-        for name in sorted({r["sampler"] for r in rows if r["sampler"] != "data"}):
+        for name in names:
             pts = sorted((r["steps"], r["value"]) for r in rows if r["sampler"] == name and r["w"] == w
                          and r["metric"] == "frechet_classifier")
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=name)
+                ax.plot(*zip(*pts), marker="o", label=name, color=colors[name])
         ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
         ax.set_title(f"w = {w:g} (guidance_scale {1 + w:g})")
         ax.set_xlabel("steps")
-    axes[0].set_ylabel("Frechet distance (classifier)")
-    axes[-1].legend(fontsize=7)
+    axes[0].set_ylabel("Frechet distance (classifier, log scale)")
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "frechet_vs_steps.png", dpi=120)
     plt.close(fig)
@@ -670,6 +679,9 @@ def parse(argv=None):
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--lora-lr", type=float, default=2e-3)
     p.add_argument("--num", type=int, default=1000, help="samples per evaluated row")
+    p.add_argument("--rows", nargs="*", help="evaluate: re-measure only these samplers (e.g. student_lora), keeping "
+                   "the other rows of OUT/evaluate.json")
+    p.add_argument("--only", choices=("lora", "plain", "guided"), help="distill: run only this distillation")
     p.add_argument("--no-results-copy", action="store_true", help="do not copy build.json to " + str(RESULTS))
     a = p.parse_args(argv)
     if a.quick:
@@ -693,7 +705,12 @@ def main(argv=None) -> None:
         if a.stage in (name, "all"):
             summary = stage(a) if name == "build" else stage(a) | {"settings": vars(a)}
             if name != "build":
-                (Path(a.out) / f"{name}.json").write_text(json.dumps(summary, indent=1))
+                target = Path(a.out) / f"{name}.json"
+                if name == "distill" and a.only and target.exists():  # one distillation rerun: keep the others
+                    old = json.loads(target.read_text())
+                    for key in ("timings_s", "peak_rss_mib"):
+                        summary[key] = old.get(key, {}) | summary[key]
+                target.write_text(json.dumps(summary, indent=1))
                 if not a.no_results_copy:
                     RESULTS.mkdir(parents=True, exist_ok=True)
                     shutil.copy(Path(a.out) / f"{name}.json", RESULTS / f"{name}.json")

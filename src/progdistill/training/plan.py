@@ -212,7 +212,10 @@ def plan_distillation(teacher_spec: ModelSpec, record: dict, ckpt_cfg: Config, c
     settings of `cfg` (default: the checkpoint's own)."""
     cfg = with_recorded_clipping(run_settings(ckpt_cfg, cfg), teacher_spec)
     teacher_param = teacher_spec.parameterization
-    if teacher_spec.guidance is not None and cfg.distill.parameterization == "auto":  # guided: always the teacher's
+    # Guided students and LoRA students keep the teacher's parameterization under "auto": a w-conditioned network
+    # is distilled as it is, and an adapter on the attention projections cannot re-learn the output's meaning.
+    keeps = teacher_spec.guidance is not None or cfg.distill.lora_rank > 0 or "lora" in teacher_spec.args
+    if keeps and cfg.distill.parameterization == "auto":
         cfg = replace(cfg, distill=replace(cfg.distill, parameterization="same"))
     # The students' parameterization (distill.parameterization, its "auto" values resolved) from here on.
     cfg = student_config(replace(cfg, model=replace(cfg.model, parameterization=teacher_param)))
