@@ -42,7 +42,8 @@ through the VAE; Frechet distance in the project's Fashion-MNIST classifier's fe
 share of samples in their prompt's class, at w in {0, 1, 2, 4} (guidance_scale 1, 2, 3, 5); the teacher's best
 guided sampler searched over DPM-Solver++(2M) at 8-32 steps and DDIM at 64; the stock StableDiffusionPipeline on the
 exported 4-step guided student checked against the project's sampler; OUT/report.{json,md}, frechet_vs_steps.png,
-grids/). `--stage all` runs every stage; each writes OUT/STAGE.json, copied to benchmarks/results/latent_fmnist/.
+grids/), `agreement` (each student's RMS distance, in decoded images, to the teacher's best sampler from the same
+noise and prompts, beside the teacher's own short samplers). `--stage all` runs every stage; each writes OUT/STAGE.json, copied to benchmarks/results/latent_fmnist/.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def with_article(name: str) -> str:
 
 PROMPTS = tuple(f"a photo of {with_article(c)}" for c in CLASS_NAMES)
 CAPTIONS = tuple(t.format(with_article(c)) for c in CLASS_NAMES for t in TEMPLATES)  # class-major: 10 x 4
-STAGES = ("build", "import", "distill", "evaluate")
+STAGES = ("build", "import", "distill", "evaluate", "agreement")
 RESULTS = Path(__file__).resolve().parent / "results" / "latent_fmnist"
 MAX_LENGTH = 16
 
@@ -529,6 +530,50 @@ def stage_evaluate(a) -> dict:
     return result
 
 
+def stage_agreement(a) -> dict:
+    """Teacher agreement, as the pixel evaluation reports it: the RMS distance between each student's decoded
+    samples and the teacher's best sampler's (DPM-Solver++(2M), 32 steps) from the same starting noise and prompts,
+    beside the teacher's own 8-step DPM-Solver++ and 4-step DDIM (what distillation should beat), at every w."""
+    import torch
+
+    from progdistill.build import load_checkpoint, schedule_of
+    from progdistill.data.components import load_components
+    from progdistill.interop.stable_diffusion import prompt_embeddings
+    from progdistill.runfolder import saved_students
+    from progdistill.sampling import generate
+
+    out, t0 = Path(a.out), time.perf_counter()
+    teacher = load_checkpoint(out / "run" / "teacher")
+    vae = load_components(teacher.spec.components, need=("vae",))
+    num = a.agreement_num
+    labels = torch.arange(num) % len(CLASS_NAMES)
+    text = prompt_embeddings(teacher.spec, list(PROMPTS))[labels]
+
+    def images(model, steps, w, sampler="ddim"):
+        z = generate(model.denoiser, schedule_of(model.spec), steps, num, model.spec.data_shape, sampler=sampler,
+                     clip=False, seed=a.seed + 11, labels=text, guidance=w, batch_size=1000)
+        return torch.cat([vae.decode(z[i : i + 500]) for i in range(0, num, 500)])
+
+    rows = []
+    students = {name: {k: load_checkpoint(p) for k, p in saved_students(folder).items() if k in STUDENT_STEPS}
+                for name, folder in (("student_guided", out / "guided"), ("student_plain", out / "run"),
+                                     ("student_lora", out / "lora"))}
+    for w in W_VALUES:
+        reference = images(teacher, 32, w, "dpm_solver")
+        rms = lambda x: float((x - reference).pow(2).mean().sqrt())  # noqa: E731
+        cells = [("teacher_dpm_solver", 8, images(teacher, 8, w, "dpm_solver")),
+                 ("teacher_ddim", 4, images(teacher, 4, w))]
+        for name, models in students.items():
+            if name == "student_guided" or w == 0.0:
+                cells += [(name, k, images(m, k, w if name == "student_guided" else None)) for k, m in models.items()]
+        for name, steps, x in cells:
+            rows.append({"sampler": name, "steps": steps, "w": w, "metric": "rms_to_teacher_best", "value": rms(x)})
+            print(f"  {name:>18} {steps:2d} steps w={w:g}: rms to teacher DPM-Solver++ 32 = {rows[-1]['value']:.4f}",
+                  flush=True)
+    return {"stage": "agreement", "num": num, "reference": ["teacher_dpm_solver", 32], "rows": rows,
+            "agreement_s": round(time.perf_counter() - t0, 1)}
+
+
 def pipeline_check(out: Path) -> dict:
     """The stock StableDiffusionPipeline on the exported 4-step guided student against the project's sampler."""
     import shutil
@@ -643,7 +688,7 @@ def write_report(out: Path, result: dict, grids: dict) -> None:
 
 QUICK = {"limit": 3000, "test_limit": 500, "vae_steps": 100, "teacher_steps": 100, "captions_limit": 300,
          "grid_steps": 20, "grid_per_class": 4, "round_updates": 10, "stage1_updates": 10, "num": 100,
-         "distill_batch": 16}
+         "distill_batch": 16, "agreement_num": 50}
 
 
 def parse(argv=None):
@@ -679,6 +724,7 @@ def parse(argv=None):
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--lora-lr", type=float, default=2e-3)
     p.add_argument("--num", type=int, default=1000, help="samples per evaluated row")
+    p.add_argument("--agreement-num", type=int, default=500, help="samples per row of the teacher-agreement stage")
     p.add_argument("--rows", nargs="*", help="evaluate: re-measure only these samplers (e.g. student_lora), keeping "
                    "the other rows of OUT/evaluate.json")
     p.add_argument("--only", choices=("lora", "plain", "guided"), help="distill: run only this distillation")
@@ -701,7 +747,7 @@ def main(argv=None) -> None:
 
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))  # the progdistill commands run as child processes
     for name, stage in (("build", stage_build), ("import", stage_import), ("distill", stage_distill),
-                        ("evaluate", stage_evaluate)):
+                        ("evaluate", stage_evaluate), ("agreement", stage_agreement)):
         if a.stage in (name, "all"):
             summary = stage(a) if name == "build" else stage(a) | {"settings": vars(a)}
             if name != "build":
