@@ -249,6 +249,8 @@ def test_command_line_import_distill_resume_export_sample(sd, tmp_path, capsys):
     assert (tmp_path / "grid.png").stat().st_size > 0
     assert _main("sample", "--ckpt", student, "--label", "3", "--num", "2", "--out", str(tmp_path / "x.png")) == 2
     assert "--prompt" in capsys.readouterr().err
+    assert _main("evaluate", "--run", str(ref), "--num", "10") == 2  # not evaluated here yet: said, not a traceback
+    assert "text-to-image" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -48,11 +48,26 @@ def run(args: argparse.Namespace) -> None:
     steps = int_list(args.steps, "--steps") if args.steps is not None else None
     at_least("--num", args.num)
     at_least("--max-baseline-steps", args.max_baseline_steps)
+    refuse_text_to_image(Path(args.run))
     if args.guidance is not None:
         run_guided(args, steps)
     else:
         run_plain(args, steps)
     print(f"report written to {Path(args.out) if args.out else runfolder.eval_dir(args.run)}")
+
+
+def refuse_text_to_image(run: Path) -> None:
+    """A latent text-to-image run is not evaluated here yet: say so, and what does evaluate one."""
+    import json
+
+    try:
+        record = json.loads(runfolder.teacher_record(run).read_text())
+    except (OSError, ValueError):
+        return  # the evaluation itself reports a missing or broken teacher
+    if record.get("model", {}).get("kind") == "sd_unet":
+        raise ConfigError(f"{run} holds a latent text-to-image model: `progdistill evaluate` does not evaluate those "
+                          "yet; sample with `progdistill sample --prompt`, or see how benchmarks/"
+                          "latent_fashion_mnist.py --stage evaluate measures its runs (docs/latent.md)")
 
 
 def run_plain(args: argparse.Namespace, steps: list[int] | None) -> None:
