@@ -458,7 +458,7 @@ class Judge:
     """Frechet distance (the project's Fashion-MNIST classifier features) against test images, and the share of
     samples the classifier puts in the class of their prompt."""
 
-    def __init__(self, num: int, seed: int):
+    def __init__(self, num: int):
         from progdistill.evaluation.classifier import feature_stats, load_classifier
 
         self.classifier = load_classifier()
@@ -490,7 +490,7 @@ def stage_evaluate(a) -> dict:
     vae = load_components(spec.components, need=("vae",))
     labels = torch.arange(a.num) % len(CLASS_NAMES)
     text = prompt_embeddings(spec, list(PROMPTS))[labels]
-    judge = Judge(a.num, a.seed)
+    judge = Judge(a.num)
     rows, grids = [], {}
     floor_images, floor_labels = padded_images("train", a.num)
     for metric, value in judge(to_unit(floor_images), torch.as_tensor(floor_labels)).items():

@@ -36,10 +36,7 @@ def null_condition(denoiser, spec: ModelSpec | None = None) -> int | Tensor:
     """What a model's unconditional branch is given: the empty caption's hidden states for a text-to-image model,
     the null class (index num_classes) otherwise."""
     spec = spec if spec is not None else denoiser.spec
-    if spec.text_conditioned:
-        net = getattr(denoiser, "net", None) or getattr(getattr(denoiser, "denoiser", None), "net", None)
-        return net.null_text
-    return spec.num_classes
+    return denoiser.net.null_text if spec.text_conditioned else spec.num_classes
 
 
 class ClassifierFreeGuidance:
