@@ -3,6 +3,7 @@ mixed precision, `evaluate` (classifier Frechet distance and the torch-fidelity 
 and a shortened demo."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -151,7 +152,9 @@ def test_evaluate_end_to_end(image_run, tmp_path):
     got = {(r["sampler"], r["steps"]) for r in rows}
     assert got == {("data", 0), ("teacher_ddim", 1), ("teacher_ddim", 2), ("teacher_ddim", 4), ("dpm_solver", 1),
                    ("dpm_solver", 2), ("teacher_ancestral", 1), ("student", 1), ("student", 2)}
-    assert {r["metric"] for r in rows} == {"frechet_classifier", "teacher_rms", "teacher_psnr"}
+    assert {r["metric"] for r in rows} == {"frechet_classifier", "teacher_rms", "teacher_psnr", "student_updates",
+                                           "images_seen", "teacher_evals", "self_evals"}
+    assert {r["sampler"] for r in rows if r["metric"] == "student_updates"} == {"student"}  # budgets: students only
     assert all(np.isfinite(r["value"]) for r in rows)
     for name in ("report.json", "report.md", "frechet_classifier_vs_steps.png", "teacher_rms_vs_steps.png",
                  "samples/steps_0001.png", "samples/steps_0004.png"):
@@ -277,3 +280,33 @@ def test_reference_sets_read_only_the_rows_they_use(tmp_path, monkeypatch):
     assert levels(ev.reference_sets(cfg, 5, seed=3)[0]) == levels(reference)  # seeded
     monkeypatch.setattr(ev, "REFERENCE_MAX", 50)
     assert levels(ev.reference_sets(cfg, 5, seed=3)[0]) == set(range(30))  # small sets: all of them
+
+
+def test_evaluate_methods_side_by_side_with_budgets(image_run, tmp_path, capsys):
+    """cd and tract students of the same teacher as rows of one report (evaluate --method), each with its recorded
+    budget, and report.md's table against the teacher's best: the best teacher row of the report."""
+    root, out, cfg, stem, students = image_run
+    for method in ("cd", "tract"):
+        distill(stem, tmp_path / method, replace(cfg, distill=replace(cfg.distill, method=method)), progress=False)
+    assert main(["evaluate", "--run", str(out), "--out", str(tmp_path / "eval"), "--num", "20", "--steps", "1,2,4",
+                 "--method", f"cd={tmp_path / 'cd'}", "--method", f"tract={tmp_path / 'tract'}",
+                 "--max-baseline-steps", "2", "--no-progress"]) == 0
+    rows = json.loads((tmp_path / "eval" / "report.json").read_text())
+    fd = {(r["sampler"], r["steps"]): r["value"] for r in rows if r["metric"] == "frechet_classifier"}
+    assert {k for s, k in fd if s == "cd"} == {1, 2, 4}  # one consistency student, every step count
+    assert {k for s, k in fd if s == "tract"} == {1, 2}  # tract 4 -> 2 -> 1 (tract_phases = 2)
+    for method, k in (("cd", 4), ("tract", 2), ("student", 1)):
+        run = {"cd": tmp_path / "cd", "tract": tmp_path / "tract", "student": out}[method]
+        stem_k = 1 if method == "cd" else k
+        budget = json.loads((run / "students" / f"student_{stem_k:04d}steps.json").read_text())["budget"]
+        got = {r["metric"]: r["value"] for r in rows if r["sampler"] == method and r["steps"] == k}
+        assert {key: int(got[key]) for key in budget} == budget
+    # pd and cd spent the same updates (cd's default budget is pd's total), tract too
+    total = {s: v for (s, k), v in {(r["sampler"], r["steps"]): r["value"] for r in rows
+                                    if r["metric"] == "student_updates"}.items() if k == 1}
+    assert total == {"student": 4.0, "cd": 4.0, "tract": 4.0}
+    best = min((v, s, k) for (s, k), v in fd.items() if s in ("teacher_ddim", "dpm_solver", "teacher_ancestral"))
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert f"The teacher's best frechet_classifier: **{best[0]:.4f}** ({best[1]} at {best[2]} steps)" in report
+    line = next(x for x in report.splitlines() if x.startswith("| 4 | cd |"))
+    assert f"{fd[('cd', 4)] / best[0]:.3f}" in line

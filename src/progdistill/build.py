@@ -131,7 +131,7 @@ def denoiser_from_spec(spec: ModelSpec, perf: PerfConfig | None = None) -> Denoi
         for module in net.diffusers_modules():
             if isinstance(module, Attention):
                 module.set_processor(AttnProcessor())
-    denoiser = Denoiser(net, spec.parameterization)
+    denoiser = Denoiser(net, spec.parameterization, spec.consistency)
     denoiser.spec = spec
     return denoiser
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .diffusion.consistency import consistency_output
 from .diffusion.parameterization import eps_from_x, get_parameterization
 from .diffusion.schedules import alpha_sigma, broadcast
 from .nets.base import noise_condition  # noqa: F401 (re-exported: the conditioning networks are fed)
@@ -12,12 +13,17 @@ from .nets.base import noise_condition  # noqa: F401 (re-exported: the condition
 
 
 class Denoiser(nn.Module):
-    """x_hat(z, lambda) for a network and a parameterization; eps_hat and v_hat follow from x_hat."""
+    """x_hat(z, lambda) for a network and a parameterization; eps_hat and v_hat follow from x_hat.
 
-    def __init__(self, net: nn.Module, parameterization: str):
+    `consistency` ({"sigma_data", "logsnr_max"}; consistency-distilled students): x_hat is the consistency function
+    f = c_skip z / alpha + (1 - c_skip) x_hat_net, which is z / alpha exactly at log-SNR logsnr_max
+    (diffusion/consistency.py)."""
+
+    def __init__(self, net: nn.Module, parameterization: str, consistency: dict | None = None):
         super().__init__()
         self.net = net
         self.parameterization = get_parameterization(parameterization)
+        self.consistency = consistency
 
     def forward(self, z: Tensor, logsnr: Tensor, labels: Tensor | None = None, w: Tensor | float | None = None
                 ) -> Tensor:
@@ -30,7 +36,10 @@ class Denoiser(nn.Module):
         cond = self.net.condition(logsnr) if hasattr(self.net, "condition") else noise_condition(logsnr)
         out = (self.net(z, cond, labels) if w is None else self.net(z, cond, labels, w)).to(z.dtype)
         alpha, sigma = alpha_sigma(broadcast(logsnr.to(z.dtype), z))
-        return self.parameterization.to_x(out, z, alpha, sigma)
+        x_hat = self.parameterization.to_x(out, z, alpha, sigma)
+        if self.consistency is None:
+            return x_hat
+        return consistency_output(z, x_hat, logsnr, self.consistency["logsnr_max"], self.consistency["sigma_data"])
 
     def eps(self, z: Tensor, logsnr: Tensor, labels: Tensor | None = None, w: Tensor | float | None = None
             ) -> Tensor:

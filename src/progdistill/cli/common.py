@@ -71,6 +71,11 @@ def warn_off_student(record: dict, steps: int, sampler: str = "ddim") -> None:
     own = record.get("sampling_steps")
     if record.get("kind") != "student" or own is None:
         return
+    if record.get("sampling", {}).get("sampler") == "consistency":  # a consistency student: any step count
+        if sampler not in ("consistency", "ddim"):
+            print(f"progdistill: warning: this consistency student samples with --sampler consistency (or ddim), "
+                  f"not {sampler}", file=sys.stderr)
+        return
     if int(own) != steps:
         print(f"progdistill: warning: this student was distilled for {own} DDIM steps; sampling it with {steps} "
               "is outside what it was trained for (leave out --steps for its own)", file=sys.stderr)

@@ -21,8 +21,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the distillation in --out from its newest mid-round checkpoint (or last round)")
     add_config_args(parser, default=None)
+    parser.add_argument("--method", choices=("pd", "cd", "tract"),
+                        help="pd: progressive distillation (the default), cd: consistency distillation (one student "
+                             "for every step count), tract: TRACT's few long phases (= --set distill.method=...; "
+                             "docs/methods.md)")
     parser.add_argument("--out", help="run folder for students/ (default: the checkpoint's run folder; with --guided, "
-                        "RUN/guided)")
+                        "RUN/guided; with --method cd or tract, RUN/cd or RUN/tract)")
     group = parser.add_argument_group("guided distillation (Meng et al. 2023; docs/guided.md)")
     group.add_argument("--guided", action="store_true",
                        help="from a teacher trained with label dropout: stage 1 trains a student conditioned on the "
@@ -90,13 +94,19 @@ def start(args: argparse.Namespace) -> list[Path]:
     if not isinstance(record.get("config"), dict):
         raise ConfigError(f"checkpoint {args.from_ckpt} records no config")
     # The checkpoint's config is provenance, read leniently (fields this version does not know are skipped).
-    cfg = load_config(args.config, args.overrides + guided_overrides(args),
+    method = [f"distill.method={args.method!r}"] if args.method else []
+    cfg = load_config(args.config, args.overrides + guided_overrides(args) + method,
                       base=config_from_record(record["config"])[0].to_dict())
     progress = not args.no_progress
+    if args.guided and cfg.distill.method != "pd":
+        raise ConfigError(f"--guided distils with progressive distillation; distill.method = "
+                          f"{cfg.distill.method!r} takes unguided and class-conditional teachers (docs/methods.md)")
     if args.guided:
         out = Path(args.out) if args.out else runfolder.default_guided_dir(args.from_ckpt)
         stems = distill_guided(args.from_ckpt, out, cfg, progress=progress)
         print(f"guided stage-1 model saved: {runfolder.stage1_stem(out)}.safetensors")
         return stems
     out = Path(args.out) if args.out else runfolder.run_of_checkpoint(args.from_ckpt, record.get("kind"))
+    if not args.out and cfg.distill.method != "pd":  # beside, not over, the run's progressive-distillation students
+        out = out / cfg.distill.method
     return distill(args.from_ckpt, out, cfg, progress=progress)

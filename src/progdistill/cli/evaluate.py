@@ -27,6 +27,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--inception-weights", metavar="FILE", help="images: torch-fidelity's Inception-v3 weights "
                         "(weights-inception-2015-12-05-6726825d.pth) to add FID, KID and Inception score")
     parser.add_argument("--device", default="cpu", help="images: torch device for sampling and metrics")
+    parser.add_argument("--method", action="append", default=[], metavar="LABEL=RUN",
+                        help="images: add the students of another distillation of this teacher (e.g. cd=runs/x/cd "
+                             "from 'distill --method cd') as rows named LABEL, each with its budget; report.md then "
+                             "sets every method against the teacher's best (repeatable; docs/methods.md)")
     parser.add_argument("--reference-steps", type=int, metavar="N",
                         help="images: the teacher DDIM step count every sampler's output is compared with, sample for "
                              "sample from the same noise (teacher_rms, teacher_psnr; default: the largest of --steps)")
@@ -86,6 +90,8 @@ def run_plain(args: argparse.Namespace, steps: list[int] | None) -> None:
         options["inception_weights"] = args.inception_weights
     if args.device != "cpu":
         options["device"] = args.device
+    if args.method:
+        options["methods"] = method_runs(args.method)
     if args.reference_steps is not None:
         if args.reference_steps < 1:
             raise ConfigError(f"--reference-steps must be >= 1, got {args.reference_steps}")
@@ -93,6 +99,21 @@ def run_plain(args: argparse.Namespace, steps: list[int] | None) -> None:
     rows = evaluate_run(args.run, args.out, steps=steps, num=args.num, seed=args.seed, ancestral=not args.no_ancestral,
                         progress=not args.no_progress, **options)
     print_report(rows)
+
+
+def method_runs(items: list[str]) -> dict[str, Path]:
+    """--method LABEL=RUN options as {label: run folder}; ConfigError for a malformed or repeated one."""
+    runs: dict[str, Path] = {}
+    for item in items:
+        label, sep, folder = item.partition("=")
+        if not sep or not label or not folder:
+            raise ConfigError(f"--method takes LABEL=RUN (e.g. cd=runs/fashion/cd), got {item!r}")
+        if label in runs:
+            raise ConfigError(f"--method label {label!r} is given twice")
+        if not Path(folder).is_dir():
+            raise ConfigError(f"--method {item}: {folder} is not a folder")
+        runs[label] = Path(folder)
+    return runs
 
 
 def run_guided(args: argparse.Namespace, steps: list[int] | None) -> None:
@@ -107,6 +128,9 @@ def run_guided(args: argparse.Namespace, steps: list[int] | None) -> None:
     for name in ("inception_weights", "max_baseline_steps", "reference_steps"):
         if getattr(args, name) is not None:
             raise ConfigError(f"--{name.replace('_', '-')} does not apply to a guided evaluation (--guidance)")
+    if args.method:
+        raise ConfigError("--method does not apply to a guided evaluation (--guidance): cd and tract distil "
+                          "unguided and class-conditional teachers")
     samplers = name_list(args.samplers) if args.samplers else GUIDED_SAMPLERS
     teacher_steps = int_list(args.teacher_steps, "--teacher-steps") if args.teacher_steps else None
     rows = evaluate_guided(args.run, args.out, steps=steps or [1, 2, 4, 8], ws=weights, num=args.num, seed=args.seed,
@@ -116,10 +140,16 @@ def run_guided(args: argparse.Namespace, steps: list[int] | None) -> None:
 
 
 def print_report(rows: list[dict]) -> None:
-    """Print one markdown table per metric of an evaluation report, saying which way is better."""
-    from ..evaluation.images import HIGHER_IS_BETTER
+    """Print one markdown table per metric of an evaluation report, saying which way is better, then the students
+    of every method against the teacher's best, with their budgets."""
+    from ..evaluation.images import CLASSIFIER_METRIC, HIGHER_IS_BETTER
+    from ..evaluation.methods import BUDGET_METRICS, methods_table
     from ..evaluation.report import markdown_table
 
-    for metric in dict.fromkeys(row["metric"] for row in rows):
+    for metric in dict.fromkeys(row["metric"] for row in rows if row["metric"] not in BUDGET_METRICS):
         print(f"{metric} ({'higher' if metric in HIGHER_IS_BETTER else 'lower'} is better)")
         print(markdown_table(rows, metric, "Floor ('data' row)"))
+    students = list(dict.fromkeys(row["sampler"] for row in rows if row["metric"] in BUDGET_METRICS))
+    if students and any(row["metric"] == CLASSIFIER_METRIC for row in rows):
+        print("students by method, against the teacher's best")
+        print(methods_table(rows, CLASSIFIER_METRIC, students))

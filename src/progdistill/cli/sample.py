@@ -24,8 +24,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int,
                         help="sampling steps, >= 1 (default: the checkpoint's: a student's own, which is the only "
                              "count a student is trained for; a teacher's distill.start_steps)")
-    parser.add_argument("--sampler", choices=list(SAMPLER_DESCRIPTIONS), default="ddim",
-                        help="; ".join(f"{name}: {text}" for name, text in SAMPLER_DESCRIPTIONS.items()))
+    parser.add_argument("--sampler", choices=list(SAMPLER_DESCRIPTIONS), default=None,
+                        help="default: the checkpoint's (ddim; consistency for consistency-distilled students); "
+                             + "; ".join(f"{name}: {text}" for name, text in SAMPLER_DESCRIPTIONS.items()))
     parser.add_argument("--variance", choices=list(VARIANCES),
                         help="ancestral sampler variance (default: the checkpoint's)")
     parser.add_argument("--no-clip", action="store_true",
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace) -> None:
     at_least("--steps", args.steps)
     loaded = load_checkpoint(args.ckpt, args.device)
     steps = args.steps if args.steps is not None else int(loaded.sampling["steps"])
+    args.sampler = args.sampler or loaded.sampling.get("sampler", "ddim")
     check_guidance(loaded.spec, args.guidance)  # before any sampling: what the model lacks, or its trained w range
     # A guided student's stochastic sampler is one of its own (Meng et al.), no warning for it.
     own_sampler = args.sampler == "stochastic" and loaded.spec.guidance

@@ -134,6 +134,18 @@ class DistillConfig:
     # Latent text-to-image models: > 0 makes LoRA students of this rank (peft; the attention projections), which share
     # the base weights with their teacher in memory and ship as LoRA weights (docs/latent.md); 0: full fine-tuning
     lora_rank: int = checked(0, at_least(0))
+    # The method (docs/methods.md): pd (progressive distillation: rounds N -> N/2, the paper), cd (consistency
+    # distillation, Song et al. 2023: one student for every step count, on the start_steps grid) or tract (Berthelot
+    # et al. 2023: tract_phases phases from start_steps to target_steps, each point of a segment jumping to its end)
+    method: str = checked("pd", one_of(choices.DISTILL_METHODS))
+    # cd and tract: the optimizer steps of the whole distillation (tract: split equally over its phases); 0: as many
+    # as pd's rounds from start_steps to target_steps take, so that methods compare at one budget by default
+    total_updates: int = checked(0, at_least(0))
+    cd_metric: str = checked("l2", one_of(choices.CD_METRICS))  # l2 or pseudo_huber (LPIPS: not offline)
+    cd_target_ema: float = checked(0.95, unit_interval())  # mu of the target network (the paper's CIFAR-10 CD)
+    cd_sigma_data: float = checked(0.5, positive())  # in c_skip (diffusion/consistency.py)
+    tract_phases: int = checked(2, positive())  # e.g. 1024 -> 32 -> 1 is 2 phases (the paper's)
+    tract_self_ema: float = checked(0.5, unit_interval())  # the EMA decay of the self-teacher
 
 
 @dataclass
@@ -285,7 +297,21 @@ def distill_steps_halve(cfg: Config) -> None:
     check_distill_steps(cfg.distill.start_steps, cfg.distill.target_steps)
 
 
+def method_fits(cfg: Config) -> None:
+    """Refuse a distillation method with settings it cannot take (tract: more phases than halvings; cd and tract:
+    LoRA students, which share their network with the teacher)."""
+    d = cfg.distill
+    halvings = (d.start_steps // d.target_steps).bit_length() - 1
+    if d.method == "tract" and d.tract_phases > max(halvings, 1):
+        raise ConfigError(f"distill.tract_phases ({d.tract_phases}) is more than the halvings from "
+                          f"distill.start_steps ({d.start_steps}) to distill.target_steps ({d.target_steps}), "
+                          f"{halvings}: every phase shortens the sampler at least 2x")
+    if d.method != "pd" and d.lora_rank > 0:
+        raise ConfigError(f"distill.lora_rank is for progressive distillation (distill.method = \"pd\"); "
+                          f"{d.method} students keep an EMA network, which would copy the shared base weights")
+
+
 CROSS_FIELD_RULES: tuple[Callable[[Config], None], ...] = (
     network_fits_data, image_source_is_complete, label_dropout_has_labels, guidance_range_is_ordered,
-    teacher_loss_trains, logsnr_range_is_ordered, distill_steps_halve,
+    teacher_loss_trains, logsnr_range_is_ordered, distill_steps_halve, method_fits,
 )

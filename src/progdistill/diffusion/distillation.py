@@ -62,3 +62,30 @@ def conversion_target(teacher: DenoiserFn, z_t: Tensor, logsnr_t: Tensor, labels
     teacher step. Used to warm up a student whose parameterization differs from its teacher's before the first
     round (training.rounds), so that it starts that round as a copy of the teacher's sampler."""
     return _maybe_clip(teacher(z_t, logsnr_t, labels), clip)
+
+
+@torch.no_grad()
+def consistency_target(teacher: DenoiserFn, target_net: DenoiserFn, z_t: Tensor, logsnr_t: Tensor,
+                       logsnr_s: Tensor, labels: Tensor | None = None) -> Tensor:
+    """Consistency distillation's target (Song et al. 2023, Algorithm 2) for a student call at z_t: one teacher DDIM
+    step from t to the previous grid point s, then the target network's consistency function there,
+    f_target(z_s, s). At s = 0 the target network's boundary condition makes it z_s / alpha_s exactly."""
+    z_s = ddim_step(z_t, teacher(z_t, logsnr_t, labels), logsnr_t, logsnr_s)
+    return target_net(z_s, logsnr_s, labels)
+
+
+@torch.no_grad()
+def tract_target(teacher: DenoiserFn, self_teacher: DenoiserFn, z_t: Tensor, logsnr_t: Tensor, logsnr_tp: Tensor,
+                 logsnr_e: Tensor, teacher_lands: Tensor, to_zero: Tensor, labels: Tensor | None = None) -> Tensor:
+    """TRACT's target (Berthelot et al. 2023) for a student step from t to the end e of t's segment: one teacher
+    DDIM step t -> t' (the next point of the teacher's grid), then the self-teacher's DDIM step t' -> e; where
+    t' = e (`teacher_lands`) the teacher's step lands on the end itself. x_tilde is the x_hat for which one DDIM step
+    from z_t lands on that z_e. Where e = 0 (`to_zero`), the last model's x_hat is the target instead (as the
+    progressive-distillation target does at t'' = 0)."""
+    x_hat_t = teacher(z_t, logsnr_t, labels)
+    z_tp = ddim_step(z_t, x_hat_t, logsnr_t, logsnr_tp)
+    x_hat_tp = self_teacher(z_tp, logsnr_tp, labels)
+    lands = broadcast(teacher_lands, z_t)
+    z_e = torch.where(lands, z_tp, ddim_step(z_tp, x_hat_tp, logsnr_tp, logsnr_e))
+    x_tilde = x_tilde_from_two_steps(z_t, z_e, logsnr_t, logsnr_e)
+    return torch.where(broadcast(to_zero, z_t), torch.where(lands, x_hat_t, x_hat_tp), x_tilde)

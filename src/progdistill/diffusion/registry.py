@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .dpm_solver import dpm_solver_pp_2m
 from .sampler_names import SAMPLER_DESCRIPTIONS
-from .samplers import VARIANCES, ancestral, ddim, stochastic
+from .samplers import VARIANCES, ancestral, consistency, ddim, stochastic
 
 __all__ = ["SAMPLERS", "SamplerInfo", "VARIANCES", "get_sampler"]
 
@@ -39,10 +39,14 @@ def _stochastic(denoiser, z, grid, *, labels=None, clip=False, variance="small",
     return stochastic(denoiser, z, grid, labels=labels, clip=clip, generator=generator)
 
 
+def _consistency(denoiser, z, grid, *, labels=None, clip=False, variance="small", generator=None) -> Tensor:
+    return consistency(denoiser, z, grid, labels=labels, clip=clip, generator=generator)
+
+
 SAMPLERS: dict[str, SamplerInfo] = {
     name: SamplerInfo(run, SAMPLER_DESCRIPTIONS[name])
     for name, run in (("ddim", _ddim), ("ancestral", _ancestral), ("dpm_solver", _dpm_solver),
-                      ("stochastic", _stochastic))
+                      ("stochastic", _stochastic), ("consistency", _consistency))
 }
 
 

@@ -7,4 +7,6 @@ SAMPLER_DESCRIPTIONS = {
     "dpm_solver": "DPM-Solver++(2M), one network evaluation per step",
     "stochastic": "guided distillation's stochastic N-step sampler: a DDIM step of twice the length, then noise back "
                   "to the next grid point; the last step deterministic",
+    "consistency": "multistep consistency sampling for consistency-distilled students: the model's x estimate, "
+                   "re-noised to the next grid point with fresh noise",
 }

@@ -168,4 +168,27 @@ def stochastic(
     return run_sampler(denoiser, z, grid, update, labels=labels, clip=clip, callback=callback)
 
 
+@torch.no_grad()
+def consistency(
+    denoiser: DenoiserFn,
+    z: Tensor,
+    grid: Tensor,
+    *,
+    labels: Tensor | None = None,
+    clip: bool = False,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1) over an N-step grid, one network evaluation
+    per step: x = f(z, t) at grid[i], then x re-noised to grid[i + 1] with fresh noise; the last evaluation (at
+    t = 1/N) returns x. Made for consistency students (their x_hat is f); with N = 1 it is one DDIM step."""
+    from .consistency import consistency_step
+
+    def update(i: int, z: Tensor, x_hat: Tensor) -> Tensor:
+        noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        return consistency_step(x_hat, grid[i + 1], noise)
+
+    return run_sampler(denoiser, z, grid, update, labels=labels, clip=clip, callback=callback)
+
+
 # ------------------------------------------------------------------------------------------------ the registry

@@ -43,7 +43,16 @@ def per_example_x_mse(x_hat: Tensor, x_target: Tensor) -> Tensor:
     return (x_hat - x_target).pow(2).flatten(1).mean(dim=1)
 
 
+# Not a weighting but a metric: consistency distillation's pseudo-Huber distance (diffusion/consistency.py), unweighted.
+PSEUDO_HUBER = "pseudo_huber"
+
+
 def weighted_loss(x_hat: Tensor, x_target: Tensor, logsnr: Tensor, weighting: str) -> Tensor:
-    """mean over the batch of w(lambda) * mean-over-pixels (x_target - x_hat)^2."""
+    """mean over the batch of w(lambda) * mean-over-pixels (x_target - x_hat)^2; for `PSEUDO_HUBER`, the mean
+    pseudo-Huber distance instead."""
+    if weighting == PSEUDO_HUBER:
+        from .consistency import pseudo_huber
+
+        return pseudo_huber(x_hat.float(), x_target.float()).mean()
     w = get_weighting(weighting)(logsnr.to(torch.float32))
     return (broadcast(w, logsnr) * per_example_x_mse(x_hat.float(), x_target.float())).mean()

@@ -35,9 +35,10 @@ from ..sampling import balanced_labels
 from .classifier import feature_stats, load_classifier
 from .figures import SampleGrids, save_grid, to_uint8
 from .frechet import frechet_distance
+from .methods import BUDGET_METRICS, budget_of, method_rows, methods_table
 from .plots import metric_vs_steps
-from .rows import (DATA, DIFFUSERS_DDIM, DPM_SOLVER, STUDENT, TEACHER_ANCESTRAL, TEACHER_DDIM, Row, names,
-                   rows_named)
+from .rows import (DATA, DIFFUSERS_DDIM, DPM_SOLVER, STUDENT, TEACHER_ANCESTRAL, TEACHER_DDIM, Row, Weights,
+                   names, rows_named)
 from .runner import Evaluation, Job, Metric, Models, ReportFiles, Sampling, data_rows, draw, run_evaluation
 from .tables import markdown_table
 
@@ -196,13 +197,18 @@ def evaluate_images(
     device: torch.device | str = "cpu",
     progress: bool = True,
     reference_steps: int | None = None,
+    methods: dict[str, Path] | None = None,
 ) -> list[dict]:
     """Rows {sampler, steps, metric, value} for every sampler and step count, written to out/report.json with
     out/report.md, one plot per metric and a sample grid per step count under out/samples/.
 
     The teacher-agreement rows compare every sampler's output with the teacher's DDIM at `reference_steps`
     (default: the largest of `steps`) from the same noise and labels; they are written for any image data, so a
-    report exists even when no data-set metric applies (no classifier for the data, no Inception weights)."""
+    report exists even when no data-set metric applies (no classifier for the data, no Inception weights).
+
+    `methods` ({label: run folder}): the students of other distillations of this teacher (pd, cd, tract) as rows
+    of their own at the counts of `steps` they have; every student row carries its recorded budget, and report.md
+    gets a table of the students against the teacher's best (evaluation/methods.py)."""
     requested = rows_named(tuple(samplers), IMAGE_ROWS)
     teacher, record, cfg = load_denoiser(runfolder.teacher_stem(run), device)
     requested = _with_diffusers_row(requested, record.get("diffusers_scheduler"))
@@ -220,17 +226,21 @@ def evaluate_images(
         classifier = spec.data_shape == (1, 28, 28)
     dataset_metrics = _dataset_metrics(reference, classifier, inception_weights, device)
     floor = data_rows(dataset_metrics, floor_images)
-    models = Models(teacher, students, device)
+    method_jobs, sources = method_rows(methods or {}, steps, {row.name for row in IMAGE_ROWS})
+    models = Models(teacher, students, device, sources)
     # The teacher's many-step DDIM output from the evaluation noise: what every sampler is compared with.
     teacher_reference = draw(models, sampling, reference_job)
     floor_text = (f"Floor ('data' row): {len(floor_images)} training images against the reference set "
                   f"({len(reference)} images)")
-    files = ReportFiles(tables=partial(image_tables, floor_text=floor_text, reference_steps=reference_job.steps),
+    student_rows = ([STUDENT.name] if students else []) + list(sources)
+    files = ReportFiles(tables=partial(image_tables, floor_text=floor_text, reference_steps=reference_job.steps,
+                                       students=student_rows),
                         plots=plot_each_metric,
                         figures=SampleGrids(floor_images, lambda job: f"steps_{job.steps:04d}.png"))
-    jobs = _image_jobs(requested, steps, max_steps or {}, students)
+    jobs = _image_jobs(requested, steps, max_steps or {}, students) + [Job(row, k) for row, k in method_jobs]
     metrics = [*dataset_metrics, partial(teacher_agreement, reference=teacher_reference)]
-    evaluation = Evaluation(jobs, models, sampling, metrics, files, floor=floor,
+    budgets = lambda job: budget_of(models.student_path(job)) if job.row.weights is Weights.STUDENT else {}  # noqa
+    evaluation = Evaluation(jobs, models, sampling, metrics, files, floor=floor, job_metrics=[budgets],
                             presampled={reference_job: teacher_reference}, progress=progress)
     return run_evaluation(evaluation, out)
 
@@ -262,20 +272,25 @@ def _image_jobs(requested: tuple[Row, ...], steps: list[int], max_steps: dict[st
     return jobs + [Job(STUDENT, k) for k in sorted(students, reverse=True) if k in steps]
 
 
-def image_tables(rows: list[dict], floor_text: str, reference_steps: int) -> str:
-    """report.md: one table per metric, headed by which way is better (and, for agreement, against what)."""
+def image_tables(rows: list[dict], floor_text: str, reference_steps: int, students: list[str] = ()) -> str:
+    """report.md: one table per metric, headed by which way is better (and, for agreement, against what); then the
+    students of every method against the teacher's best, with their budgets."""
     parts = []
-    for name in dict.fromkeys(r["metric"] for r in rows):
+    for name in dict.fromkeys(r["metric"] for r in rows if r["metric"] not in BUDGET_METRICS):
         header = (f"### {name} ({'higher' if name in HIGHER_IS_BETTER else 'lower'} is better"
                   + (f"; against the teacher's {reference_steps}-step DDIM from the same noise)"
                      if name in AGREEMENT_METRICS else ")"))
         parts.append(f"{header}\n\n{markdown_table(rows, name, floor_text)}")
+    quality = next((m for m in (CLASSIFIER_METRIC, "fid") if any(r["metric"] == m for r in rows)), None)
+    if students and quality is not None:
+        parts.append(f"### Students by method, against the teacher's best\n\n"
+                     f"{methods_table(rows, quality, list(students), quality in HIGHER_IS_BETTER)}")
     return "\n".join(parts)
 
 
 def plot_each_metric(rows: list[dict], out: Path) -> None:
     """OUT/<metric>_vs_steps.png per metric, the data row as its floor (the agreement reference's 0 left out)."""
-    for name in dict.fromkeys(r["metric"] for r in rows):
+    for name in dict.fromkeys(r["metric"] for r in rows if r["metric"] not in BUDGET_METRICS):
         floor = next((r["value"] for r in rows if r["sampler"] == DATA and r["metric"] == name), None)
         shown = [r for r in rows if r["metric"] == name and not (name in AGREEMENT_METRICS and r["value"] == 0)]
         if shown:

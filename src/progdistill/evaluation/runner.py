@@ -59,19 +59,26 @@ class Sampling:
 class Models:
     """The teacher and the students by step count; one student in memory at a time."""
 
-    def __init__(self, teacher: torch.nn.Module, students: dict[int, Path], device: torch.device | str = "cpu"):
+    def __init__(self, teacher: torch.nn.Module, students: dict[int, Path], device: torch.device | str = "cpu",
+                 sources: dict[str, dict[int, Path]] | None = None):
         self.teacher = teacher
         self.students = students
+        self.sources = sources or {}  # other runs' students by row name (evaluation/methods.py), then step count
         self.device = device
-        self._loaded: dict[int, torch.nn.Module] = {}
+        self._loaded: dict[Path, torch.nn.Module] = {}
+
+    def student_path(self, job: Job) -> Path:
+        """The checkpoint a student row's job samples: its run's student of the job's step count."""
+        return self.sources.get(job.row.name, self.students)[job.steps]
 
     def for_job(self, job: Job) -> torch.nn.Module:
         """The weights `job` samples: the teacher, or the student of its step count (loaded on first use)."""
         if job.row.weights is Weights.TEACHER:
             return self.teacher
-        if job.steps not in self._loaded:
-            self._loaded = {job.steps: load_denoiser(self.students[job.steps], self.device)[0]}
-        return self._loaded[job.steps]
+        path = self.student_path(job)
+        if path not in self._loaded:
+            self._loaded = {path: load_denoiser(path, self.device)[0]}
+        return self._loaded[path]
 
 
 class Figures(Protocol):

@@ -44,6 +44,9 @@ class ModelSpec:
     # data and prompts and decode its samples, {"folder", "vae", "text_encoder", "tokenizer", "scaling_factor"}
     # (interop/stable_diffusion.py: each component's content hash; checked whenever a component is loaded).
     components: dict | None = field(default=None, hash=False)
+    # A consistency-distilled student (distill.method = "cd"): {"sigma_data", "logsnr_max"}, its x_hat is the
+    # consistency function with the boundary condition at log-SNR logsnr_max (diffusion/consistency.py).
+    consistency: dict | None = field(default=None, hash=False)
 
     @property
     def text_conditioned(self) -> bool:
@@ -78,6 +81,8 @@ class ModelSpec:
             out["teacher_clip"] = dict(self.teacher_clip)
         if self.components is not None:
             out["components"] = _jsonable(self.components)
+        if self.consistency is not None:
+            out["consistency"] = dict(self.consistency)
         return out
 
     @classmethod
@@ -113,7 +118,7 @@ class ModelSpec:
                             f"required for an 'sd_unet' model and only for one, got {components!r}")
         return cls(kind, dict(args), data["parameterization"], dict(schedule), tuple(shape), num_classes,
                    null_class, check_guidance_block(data.get("guidance")), check_teacher_clip(data.get("teacher_clip")),
-                   components)
+                   components, check_consistency(data.get("consistency")))
 
     def with_dropout(self, dropout: float) -> "ModelSpec":
         """The same network with another dropout rate (students may train with their own)."""
@@ -167,6 +172,18 @@ def check_teacher_clip(block: Any) -> dict | None:
         raise SpecError(f"model.teacher_clip must be {{\"mode\": one of {', '.join(TEACHER_CLIP_MODES)}, \"logsnr\": "
                         f"a number}}, got {block!r}")
     return {"mode": block["mode"], "logsnr": float(block["logsnr"])}
+
+
+def check_consistency(block: Any) -> dict | None:
+    """A consistency student's boundary, {"sigma_data", "logsnr_max"} (None: any other model)."""
+    if block is None:
+        return None
+    ok = isinstance(block, dict) and set(block) == {"sigma_data", "logsnr_max"} and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in block.values())
+    if not ok or not block["sigma_data"] > 0:
+        raise SpecError(f"model.consistency must be {{\"sigma_data\": a number > 0, \"logsnr_max\": a number}}, got "
+                        f"{block!r}")
+    return {"sigma_data": float(block["sigma_data"]), "logsnr_max": float(block["logsnr_max"])}
 
 
 def build_net(spec: ModelSpec) -> nn.Module:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from ..diffusion.distillation import conversion_target, distillation_target
+from ..diffusion.distillation import consistency_target, conversion_target, distillation_target, tract_target
 from ..diffusion.samplers import DenoiserFn
 from ..diffusion.schedules import Schedule, alpha_sigma, broadcast
 from ..guidance import ClassifierFreeGuidance
@@ -101,6 +102,7 @@ class TeacherObjective:
     label_dropout: float = 0.0
     null_label: int = 0
     noise: Noise = global_batch_noise
+    EVALS: ClassVar[tuple[int, int]] = (0, 0)  # (teacher, self-teacher) network evaluations per training example
 
     def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator, shard: Shard = (0, 1)) -> Target:
         """x, labels: this process's rows of the global batch (the sampler shards the data)."""
@@ -123,6 +125,7 @@ class GuidedObjective:
     w_max: float
     null_label: int | Tensor  # the null class, or the empty caption's hidden states (guidance.null_condition)
     noise: Noise = global_batch_noise
+    EVALS: ClassVar[tuple[int, int]] = (2, 0)  # both branches of classifier-free guidance
 
     def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator, shard: Shard = (0, 1)) -> Target:
         """x, labels: this process's rows of the global batch (the sampler shards the data)."""
@@ -182,6 +185,7 @@ class DistillObjective:
     clip_below: float = -math.inf
     w_range: tuple[float, float] | None = None
     noise: Noise = global_batch_noise
+    EVALS: ClassVar[tuple[int, int]] = (2, 0)  # two teacher steps
 
     def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator, shard: Shard = (0, 1)) -> Target:
         """x, labels: this process's rows of the global batch (the sampler shards the data)."""
@@ -204,6 +208,7 @@ class ConversionObjective:
     student_steps: int
     clip_below: float = -math.inf
     noise: Noise = global_batch_noise
+    EVALS: ClassVar[tuple[int, int]] = (1, 0)
 
     def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator, shard: Shard = (0, 1)) -> Target:
         """x, labels: this process's rows of the global batch (the sampler shards the data)."""
@@ -211,3 +216,81 @@ class ConversionObjective:
         logsnr_t = d.logsnr[0]
         return Target(d.z_t, logsnr_t, conversion_target(d.teacher, d.z_t, logsnr_t, labels,
                                                          logsnr_t < self.clip_below))
+
+
+def _frozen(model) -> DenoiserFn:
+    """A network as a target's source: evaluated in eval mode (its own mode unchanged), without gradients."""
+
+    @torch.no_grad()
+    def call(z: Tensor, logsnr: Tensor, labels: Tensor | None = None) -> Tensor:
+        training = model.training
+        model.eval()
+        try:
+            return model(z, logsnr, labels)
+        finally:
+            model.train(training)
+
+    return call
+
+
+@dataclass
+class SelfTargetObjective:
+    """An objective whose target also comes from the student's own EMA network (the loop's EMA, decay from the
+    phase's settings): `run_phase` binds it once the EMA exists (restored on resume). With no EMA (decay 0), the
+    student's current weights stand in, without gradients."""
+
+    _self: DenoiserFn | None = field(default=None, init=False, repr=False)
+
+    def bind(self, model, ema) -> None:
+        self._self = _frozen(ema.module if ema is not None else model)
+
+
+@dataclass
+class ConsistencyObjective(SelfTargetObjective):
+    """Consistency distillation (Song et al. 2023, Algorithm 2) on the grid of N steps t_i = i/N: i ~ U{1..N},
+    z_t at t = i/N; the target is the target network's f at the teacher's one DDIM step to s = (i - 1)/N
+    (`consistency_target`). The student is a consistency model (denoiser.consistency), so its x_hat is f and the
+    loop's loss compares f_student(z_t, t) with the target (distill.cd_metric: L2 or pseudo-Huber)."""
+
+    teacher: DenoiserFn = None
+    schedule: Schedule = None
+    grid_steps: int = 1
+    noise: Noise = global_batch_noise
+    EVALS: ClassVar[tuple[int, int]] = (1, 1)  # one teacher step; the target network once
+
+    def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator, shard: Shard = (0, 1)) -> Target:
+        """x, labels: this process's rows of the global batch (the sampler shards the data)."""
+        n, rows = global_rows(x.shape[0], shard)
+        i = torch.randint(1, self.grid_steps + 1, (n,), generator=generator, device=x.device)[rows]
+        logsnr_t, logsnr_s = (self.schedule(s).to(x.dtype) for s in (i.double() / self.grid_steps,
+                                                                       (i - 1).double() / self.grid_steps))
+        z_t = _noisy(x, logsnr_t, generator, n, rows, self.noise)
+        return Target(z_t, logsnr_t, consistency_target(self.teacher, self._self, z_t, logsnr_t, logsnr_s, labels))
+
+
+@dataclass
+class TractObjective(SelfTargetObjective):
+    """TRACT (Berthelot et al. 2023): the teacher's grid of T steps is cut into `student_steps` segments of
+    L = T / student_steps steps; j ~ U{1..T}, z_t at t = j/T, and the student learns to jump from t to the end
+    e of t's segment: one teacher step to t' = (j - 1)/T, then the self-teacher (the student's EMA) from t' to e
+    (`tract_target`). With L = 2 and j at a segment's start, and a self-teacher equal to the teacher, this is the
+    progressive-distillation target."""
+
+    teacher: DenoiserFn = None
+    schedule: Schedule = None
+    teacher_steps: int = 2
+    student_steps: int = 1
+    noise: Noise = global_batch_noise
+    EVALS: ClassVar[tuple[int, int]] = (1, 1)  # the self-teacher is evaluated for every example, used where t' > e
+
+    def __call__(self, x: Tensor, labels: Tensor | None, generator: torch.Generator, shard: Shard = (0, 1)) -> Target:
+        """x, labels: this process's rows of the global batch (the sampler shards the data)."""
+        n, rows = global_rows(x.shape[0], shard)
+        big, seg = self.teacher_steps, self.teacher_steps // self.student_steps
+        j = torch.randint(1, big + 1, (n,), generator=generator, device=x.device)[rows]
+        e = torch.div(j - 1, seg, rounding_mode="floor") * seg
+        logsnr_t, logsnr_tp, logsnr_e = (self.schedule(k.double() / big).to(x.dtype) for k in (j, j - 1, e))
+        z_t = _noisy(x, logsnr_t, generator, n, rows, self.noise)
+        x_tilde = tract_target(self.teacher, self._self, z_t, logsnr_t, logsnr_tp, logsnr_e, j - 1 == e, e == 0,
+                               labels)
+        return Target(z_t, logsnr_t, x_tilde)

@@ -110,6 +110,7 @@ class Phase:
     clean_up: bool = True  # delete the phase's mid-run checkpoints once its final checkpoint is written
     fallback: Path | None = None  # the last good checkpoint when the phase has written none yet
     fallback_note: str = ""  # appended to the NaN message
+    final_record: dict = field(default_factory=dict)  # fields of the finished phase's record only (e.g. its budget)
 
     def check_data(self, data: ExampleData) -> None:
         if self.batch_size > len(data):
@@ -166,7 +167,7 @@ def _finish(phase: Phase, run: Run, result: PhaseResult) -> None:
         save_checkpoint(phase.final, result.modules, {
             "kind": phase.kind, **phase.record, "sampling_weights": result.sampling_weights,
             "step": phase.settings.total_steps, "loss_history": result.history,
-            "num_processes": run.accelerator.num_processes})
+            "num_processes": run.accelerator.num_processes, **phase.final_record})
         if phase.clean_up:  # the finished checkpoint supersedes them
             for old in phase.checkpoints.glob(phase.prefix + "*.json"):
                 for path in checkpoint_paths(old.with_suffix("")):
@@ -183,6 +184,9 @@ def run_phase(phase: Phase, denoiser: Denoiser, objective: Objective, run: Run, 
     phase.check_data(run.data)
     ema = make_ema(denoiser, phase.settings.ema_decay)
     state = restore_loop_state(resume_from, denoiser, ema) if resume_from is not None else None
+    bind = getattr(objective, "bind", None)  # targets from the student's own EMA (consistency, TRACT)
+    if bind is not None:
+        bind(denoiser, ema)
     done = state["step"] if state else 0
     batches = phase.batches(run, done * phase.grad_accum, state.get("data") if state else None)
     try:

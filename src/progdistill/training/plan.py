@@ -17,7 +17,9 @@ from ..denoiser import Denoiser
 from ..diffusion.schedules import Schedule
 from ..nets.spec import ModelSpec
 from .noise import noise_for
-from .objectives import DistillObjective, teacher_clip_threshold, training_w_range
+from .methods import (add_cost, loss_of, recorded_budget, self_ema, split_updates, tract_steps)
+from .objectives import (ConsistencyObjective, ConversionObjective, DistillObjective, TractObjective,
+                         teacher_clip_threshold, training_w_range)
 from .phase import Phase, Run, optim_settings
 from ..compiling import maybe_compiled
 from .reparam import warm_up_student
@@ -50,7 +52,12 @@ class DistillPlan:
     clip_below: float  # targets from clipped teacher steps below this log-SNR (-inf: the paper)
     w_train: tuple[float, float] | None  # guided students: the w drawn in training
     rounds: list[Round]
+    budget: dict  # what the distillation has spent before the next round (recorded in every student; methods.py)
     _adapter: dict = field(default_factory=dict)  # LoRA students: the adapter at the round's start (its teacher's)
+
+    @property
+    def method(self) -> str:
+        return self.cfg.distill.method
 
     def student(self, teacher: Denoiser, run: Run) -> Denoiser:
         """A student of this plan, starting from the teacher's (sampling) weights. A LoRA student is the teacher's
@@ -83,14 +90,35 @@ class DistillPlan:
 
     def warm_up(self, teacher: Denoiser, student: Denoiser, rnd: Round, run: Run) -> None:
         """A student of another parameterization learns its teacher's x_hat first (training/reparam.py)."""
-        if self.teacher_parameterization != self.spec.parameterization and self.cfg.distill.convert_updates:
+        if self.warms_up:
             warm_up_student(teacher, student, self.schedule, rnd.teacher_steps, run, clip_below=self.clip_below)
 
-    def objective(self, teacher: Denoiser, rnd: Round) -> DistillObjective:
-        """The round's targets: two steps of `teacher` (compiled with perf.compile) per student step."""
+    def objective(self, teacher: Denoiser, rnd: Round):
+        """The round's targets from `teacher` (compiled with perf.compile): two of its steps per student step (pd),
+        one step and the target network's consistency function (cd), one step and the self-teacher's jump (tract)."""
         evaluate = maybe_compiled(teacher, f"round {rnd.number}'s teacher", self.cfg.perf.compile)
+        noise = noise_for(self.cfg.perf.per_example_noise)
+        if self.method == "cd":
+            return ConsistencyObjective(teacher=evaluate, schedule=self.schedule, grid_steps=rnd.teacher_steps,
+                                        noise=noise)
+        if self.method == "tract":
+            return TractObjective(teacher=evaluate, schedule=self.schedule, teacher_steps=rnd.teacher_steps,
+                                  student_steps=rnd.student_steps, noise=noise)
         return DistillObjective(evaluate, self.schedule, rnd.student_steps, self.clip_below, w_range=self.w_train,
-                                noise=noise_for(self.cfg.perf.per_example_noise))
+                                noise=noise)
+
+    def round_budget(self, rnd: Round) -> dict:
+        """The budget spent once `rnd` is done (and, before it, a warm-up: budgets are counted from the start)."""
+        per_update = self.cfg.distill.batch_size * self.cfg.distill.grad_accum
+        budget = self.budget
+        if rnd is self.rounds[0] and self.warms_up:
+            budget = add_cost(budget, self.cfg.distill.convert_updates, per_update, ConversionObjective.EVALS)
+        evals = {"cd": ConsistencyObjective, "tract": TractObjective}.get(self.method, DistillObjective).EVALS
+        return add_cost(budget, rnd.updates, per_update, evals)
+
+    @property
+    def warms_up(self) -> bool:
+        return self.teacher_parameterization != self.spec.parameterization and self.cfg.distill.convert_updates > 0
 
     def phase(self, rnd: Round, out: Path, teacher_stem: Path, student: Denoiser) -> Phase:
         """The round's phase: mid-round checkpoints in RUN/students/checkpoints, the student in RUN/students."""
@@ -101,9 +129,16 @@ class DistillPlan:
         settings = optim_settings(distill_cfg.optim, rnd.updates, "linear")
         if self.lora is not None:  # an EMA copy of the network would duplicate the shared base weights
             settings = replace(settings, ema_decay=0.0)
-        return Phase(name=f"round{r:02d}", desc=f"round {r}: {rnd.teacher_steps} -> {m} steps",
-                     settings=settings,
-                     weighting=distill_cfg.weighting, seed=distill_cfg.seed + ROUND_NOISE_SEED_STRIDE * r,
+        if self_ema(self.cfg) is not None:  # cd's target network, tract's self-teacher (and the sampling weights)
+            settings = replace(settings, ema_decay=self_ema(self.cfg))
+        if self.method == "cd":
+            record["sampling"] |= {"sampler": "consistency"}
+        budget, self.budget = self.round_budget(rnd), self.round_budget(rnd)
+        desc = {"cd": f"consistency distillation on the {rnd.teacher_steps}-step grid",
+                "tract": f"TRACT phase {r}: {rnd.teacher_steps} -> {m} steps"}.get(
+            self.method, f"round {r}: {rnd.teacher_steps} -> {m} steps")
+        return Phase(name=f"round{r:02d}", desc=desc, settings=settings, final_record={"budget": budget},
+                     weighting=loss_of(self.cfg), seed=distill_cfg.seed + ROUND_NOISE_SEED_STRIDE * r,
                      data_seed=distill_cfg.seed + r, batch_size=distill_cfg.batch_size,
                      batch_field="distill.batch_size", grad_accum=distill_cfg.grad_accum,
                      checkpoints=runfolder.round_checkpoints(out), prefix=runfolder.round_prefix(r),
@@ -207,6 +242,30 @@ def plan_rounds(cfg: Config, record: dict) -> list[Round]:
     return rounds
 
 
+def method_rounds(cfg: Config, record: dict, teacher_spec: ModelSpec) -> list[Round]:
+    """The rounds of distill.method: pd's halvings; cd's one phase on the start grid (its student is saved as the
+    1-step student and samples at any count); tract's phases, sharing distill.total_updates (0: pd's total)."""
+    rounds = plan_rounds(cfg, record)
+    d = cfg.distill
+    if d.method == "pd":
+        return rounds
+    if teacher_spec.consistency is not None:
+        raise ConfigError("this checkpoint is a consistency-distilled student, which samples at any step count "
+                          "already; distil from its teacher, or continue its run with --resume")
+    if teacher_spec.guidance is not None:
+        raise ConfigError(f"distill.method = {d.method!r} distils unguided and class-conditional models; a guided "
+                          "(w-conditioned) model is distilled with distill.method = \"pd\" (docs/methods.md)")
+    if not rounds:
+        return rounds
+    total = d.total_updates or sum(rnd.updates for rnd in rounds)
+    first, start = rounds[0].number, rounds[0].teacher_steps
+    if d.method == "cd":
+        return [Round(first, start, 1, total)]
+    steps = tract_steps(start, rounds[-1].student_steps, d.tract_phases)
+    updates = split_updates(total, len(steps))
+    return [Round(first + p, ([start] + steps)[p], m, u) for p, (m, u) in enumerate(zip(steps, updates))]
+
+
 def plan_distillation(teacher_spec: ModelSpec, record: dict, ckpt_cfg: Config, cfg: Config | None) -> DistillPlan:
     """Resolve a distillation of the checkpoint (`teacher_spec`, `record`, its config `ckpt_cfg`) with the [distill]
     settings of `cfg` (default: the checkpoint's own)."""
@@ -231,9 +290,13 @@ def plan_distillation(teacher_spec: ModelSpec, record: dict, ckpt_cfg: Config, c
     w_train = None if spec.w_range is None else training_w_range(*spec.w_range, margin)
     if spec.guidance is not None and spec.w_margin is None:  # recorded from here on
         spec = replace(spec, guidance=spec.guidance | {"w_margin": float(margin)})
+    if cfg.distill.method == "cd":
+        # The boundary at t = 0 of the grid, at the log-SNR the grids evaluate there (float32, as step_grid casts).
+        logsnr_max = float(schedule(torch.zeros(1, dtype=torch.float64)).float())
+        spec = replace(spec, consistency={"sigma_data": float(cfg.distill.cd_sigma_data), "logsnr_max": logsnr_max})
     return DistillPlan(cfg, spec, schedule, teacher_param, record["sampling"],
                        teacher_clip_threshold(cfg.distill.teacher_clip, cfg.distill.teacher_clip_logsnr), w_train,
-                       plan_rounds(cfg, record))
+                       method_rounds(cfg, record, teacher_spec), recorded_budget(record))
 
 
 def prepare_teacher(teacher: Denoiser, plan: DistillPlan, run: Run) -> Denoiser:

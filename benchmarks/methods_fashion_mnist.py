@@ -1,0 +1,198 @@
+"""Benchmark (issue 24): progressive distillation (PD), consistency distillation (CD, L2 and pseudo-Huber) and
+TRACT distilled from one Fashion-MNIST teacher at equal budgets, evaluated in one report with the teacher's DDIM and
+DPM-Solver++(2M) at 1, 2, 4 and 8 steps.
+
+    python benchmarks/methods_fashion_mnist.py --out DIR                  # every stage in order
+    python benchmarks/methods_fashion_mnist.py --out DIR --stage teacher  # one stage (teacher, distill, evaluate)
+
+Stages write into DIR: teacher/ (the teacher run), METHOD_bUPDATES/ (each method's run at each budget),
+evaluate/ (report.json, report.md, methods_vs_steps.png) and goals.json (the issue's goals against the teacher's
+best). Budgets are counted in student updates at one batch size (64); each run's record also counts teacher
+network evaluations and images seen. Time on 2 CPU cores: see BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from progdistill.cli import main as cli
+
+# The teacher: the fashion_mnist preset (small class-conditional U-Net, v output, cosine schedule, EMA 0.995).
+TEACHER = ["train.steps=2000", "train.lr=1e-3", "train.checkpoint_every=500"]
+# Every method: the preset's [distill] (batch 64, lr 2e-4 annealed linearly per round or phase, from the teacher's
+# 32-step grid to 1 step), the same optimizer, one budget in student updates.
+COMMON = ["distill.start_steps=32", "distill.target_steps=1", "distill.checkpoint_every=100", "distill.log_samples=0"]
+METHODS = {
+    "pd": ["distill.method='pd'"],
+    "cd_l2": ["distill.method='cd'", "distill.cd_metric='l2'"],
+    "cd_huber": ["distill.method='cd'", "distill.cd_metric='pseudo_huber'"],
+    "tract": ["distill.method='tract'", "distill.tract_phases=4"],  # 32 -> 8 -> 4 -> 2 -> 1
+}
+BUDGETS = (300, 900)  # student updates of the whole distillation
+PD_ROUNDS = 5  # 32 -> 1
+
+
+def budget_settings(method: str, updates: int) -> list[str]:
+    """pd: the budget split equally over its 5 rounds; cd and tract: distill.total_updates."""
+    if method == "pd":
+        per = updates // PD_ROUNDS
+        return [f"distill.updates_per_round={per}", "distill.final_updates_per_round=0"]
+    return [f"distill.total_updates={updates}"]
+
+
+def sets(items: list[str]) -> list[str]:
+    return [x for s in items for x in ("--set", s)]
+
+
+def run_name(method: str, updates: int) -> str:
+    return f"{method}_b{updates}"
+
+
+def stage_teacher(out: Path, progress: list[str]) -> None:
+    if (out / "teacher" / "teacher.json").exists():
+        print("teacher: already trained")
+        return
+    cli(["train", "--config", "fashion_mnist", "--out", str(out / "teacher"), *sets(TEACHER), *progress])
+
+
+def stage_distill(out: Path, progress: list[str], only: list[str] | None) -> dict:
+    times = {}
+    for updates in BUDGETS:
+        for method, settings in METHODS.items():
+            name = run_name(method, updates)
+            if only and name not in only:
+                continue
+            if (out / name / "students" / "student_0001steps.json").exists():
+                print(f"{name}: already distilled")
+                continue
+            t0 = time.time()
+            cli(["distill", "--from", str(out / "teacher" / "teacher"), "--out", str(out / name),
+                 *sets(COMMON + settings + budget_settings(method, updates)), *progress])
+            times[name] = round(time.time() - t0, 1)
+            print(f"{name}: {times[name]} s")
+    return times
+
+
+TEACHER_STEPS = [1, 2, 4, 8, 16, 32, 64]  # the teacher's DDIM and DPM-Solver++(2M) rows
+STUDENT_STEPS = (1, 2, 4, 8)
+
+
+def stage_evaluate(out: Path, num: int, progress: list[str]) -> None:
+    """One report: the teacher's DDIM and DPM-Solver++(2M) at TEACHER_STEPS, every run's students at 1, 2, 4 and 8
+    steps, with budgets; then the goals against the teacher's best."""
+    from progdistill.evaluation.images import CLASSIFIER_METRIC
+    from progdistill.evaluation.report import evaluate_run
+
+    runs = {run_name(m, b): out / run_name(m, b) for b in BUDGETS for m in METHODS
+            if (out / run_name(m, b) / "students").is_dir()}
+    t0 = time.time()
+    rows = evaluate_run(out / "teacher", out / "evaluate", steps=TEACHER_STEPS, num=num,
+                        samplers=("teacher_ddim", "dpm_solver"), methods=runs, progress=not progress)
+    rows = [r for r in rows if r["sampler"] not in runs or r["steps"] in STUDENT_STEPS]
+    report = {"goals": goals(rows, CLASSIFIER_METRIC), "eval_s": round(time.time() - t0, 1), "num": num,
+              "date": time.strftime("%Y-%m-%d")}
+    (out / "goals.json").write_text(json.dumps(report, indent=2))
+    plot_methods(rows, CLASSIFIER_METRIC, out / "evaluate" / "methods_vs_steps.png")
+    print(json.dumps(report, indent=2))
+
+
+def goals(rows: list[dict], metric: str) -> dict:
+    """Issue 24's goals, fixed before the run, against the teacher's best (evaluation/methods.py): at the largest
+    budget, PD's 4-step student within 1.15x and its 1-step within 1.6x; at each budget and at 2, 4 and 8 steps, PD at
+    least as good as every CD and TRACT run; at 8 steps the best student better than DPM-Solver++(2M) at 8."""
+    from progdistill.evaluation.methods import teacher_best
+
+    best = teacher_best(rows, metric)
+    v = {(r["sampler"], r["steps"]): r["value"] for r in rows if r["metric"] == metric}
+    out = {"teacher_best": {"sampler": best["sampler"], "steps": best["steps"], "value": best["value"]}}
+    top = max(BUDGETS)
+    for k, bound in ((4, 1.15), (1, 1.6)):
+        ratio = v[(run_name("pd", top), k)] / best["value"]
+        out[f"pd_b{top} {k}-step / teacher's best <= {bound}"] = {"ratio": round(ratio, 3), "met": ratio <= bound}
+    for b in BUDGETS:
+        for k in (2, 4, 8):
+            pd = v[(run_name("pd", b), k)]
+            for m in METHODS:
+                if m != "pd" and (run_name(m, b), k) in v:
+                    other = v[(run_name(m, b), k)]
+                    out[f"b{b} {k} steps: pd <= {m}"] = {"pd": round(pd, 3), m: round(other, 3), "met": pd <= other}
+    students = {(s, k): x for (s, k), x in v.items() if k == 8 and any(s == run_name(m, b) for m in METHODS
+                                                                         for b in BUDGETS)}
+    name, value = min(students.items(), key=lambda item: item[1])
+    dpm = v[("dpm_solver", 8)]
+    out["best 8-step student < dpm_solver 8"] = {"student": name[0], "value": round(value, 3),
+                                                 "dpm_solver": round(dpm, 3), "met": value < dpm}
+    return out
+
+
+def plot_methods(rows: list[dict], metric: str, path: Path) -> None:
+    """Quality against steps: a line per method and budget (solid: the larger budget), the teacher's DDIM and
+    DPM-Solver++(2M), and the teacher's best as a dotted line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from progdistill.evaluation.methods import teacher_best
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = dict(zip(METHODS, ("C0", "C1", "C2", "C3")))
+    for name in dict.fromkeys(r["sampler"] for r in rows if r["metric"] == metric and r["steps"] > 0):
+        pts = sorted((r["steps"], r["value"]) for r in rows if r["sampler"] == name and r["metric"] == metric
+                     and r["steps"] <= 8)
+        method = name.rsplit("_b", 1)[0]
+        style = dict(color=colours.get(method, "gray"), marker="o",
+                     linestyle="-" if name.endswith(f"_b{max(BUDGETS)}") else "--")
+        if method not in METHODS:
+            style = dict(color="black" if name == "dpm_solver" else "gray", marker="s", linestyle=":")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, **style)
+    best = teacher_best(rows, metric)
+    ax.axhline(best["value"], color="black", linewidth=0.8, linestyle=(0, (1, 2)),
+               label=f"teacher's best ({best['sampler']} {best['steps']})")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sampling steps")
+    ax.set_ylabel(f"{metric} (lower is better)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--stage", choices=("teacher", "distill", "evaluate", "all"), default="all")
+    p.add_argument("--only", action="append", help="distill only these runs (e.g. pd_b300; repeatable)")
+    p.add_argument("--num", type=int, default=1000, help="samples per row")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = ["--no-progress"] if a.no_progress else []
+    timing_file = out / "timings.json"
+    timings = json.loads(timing_file.read_text()) if timing_file.exists() else {}
+    if a.stage in ("teacher", "all"):
+        t0 = time.time()
+        stage_teacher(out, progress)
+        timings.setdefault("teacher_s", round(time.time() - t0, 1))
+    if a.stage in ("distill", "all"):
+        timings.update(stage_distill(out, progress, a.only))
+    timings["machine"] = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+                          f"{'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
+    timing_file.write_text(json.dumps(timings, indent=2))
+    if a.stage in ("evaluate", "all"):
+        stage_evaluate(out, a.num, progress)
+
+
+if __name__ == "__main__":
+    main()
