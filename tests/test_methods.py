@@ -184,7 +184,7 @@ def test_pseudo_huber_is_l2_like_far_and_zero_at_equality():
 # ---------------------------------------------------------------------------------------------------- end to end
 
 TEACHER = ["model.hidden=64", "model.depth=2", "model.emb_dim=32", "data.size=2000", "train.batch_size=64",
-           "train.steps=150", "train.checkpoint_every=0"]
+           "train.steps=150", "train.checkpoint_every=150"]
 DISTILL = ["distill.start_steps=8", "distill.batch_size=64", "distill.updates_per_round=40",
            "distill.final_updates_per_round=0", "distill.checkpoint_every=20", "distill.log_samples=0"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}

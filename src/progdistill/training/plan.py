@@ -257,13 +257,19 @@ def method_rounds(cfg: Config, record: dict, teacher_spec: ModelSpec) -> list[Ro
                           "(w-conditioned) model is distilled with distill.method = \"pd\" (docs/methods.md)")
     if not rounds:
         return rounds
-    total = d.total_updates or sum(rnd.updates for rnd in rounds)
     first, start = rounds[0].number, rounds[0].teacher_steps
     if d.method == "cd":
-        return [Round(first, start, 1, total)]
-    steps = tract_steps(start, rounds[-1].student_steps, d.tract_phases)
-    updates = split_updates(total, len(steps))
-    return [Round(first + p, ([start] + steps)[p], m, u) for p, (m, u) in enumerate(zip(steps, updates))]
+        return [Round(first, start, 1, d.total_updates or sum(rnd.updates for rnd in rounds))]
+    # A tract student (resume, or a later phase) continues its run's schedule from distill.start_steps; a teacher or
+    # another method's student starts a schedule of its own from its step count.
+    own = record["kind"] == "student" and record.get("config", {}).get("distill", {}).get("method") == "tract"
+    if own:
+        rounds = plan_rounds(cfg, {"kind": "teacher"})
+    total = d.total_updates or sum(rnd.updates for rnd in rounds)
+    origin = rounds[0].teacher_steps
+    steps = tract_steps(origin, rounds[-1].student_steps, d.tract_phases)
+    phases = [(n, m, u) for n, m, u in zip([origin] + steps, steps, split_updates(total, len(steps))) if m < start]
+    return [Round(first + p, n, m, u) for p, (n, m, u) in enumerate(phases)]
 
 
 def plan_distillation(teacher_spec: ModelSpec, record: dict, ckpt_cfg: Config, cfg: Config | None) -> DistillPlan:
