@@ -246,3 +246,24 @@ def test_budgets_add_up_from_rounds_to_the_record(teacher_run, tmp_path):
     cd = json.loads((tmp_path / "cd" / "students" / "student_0001steps.json").read_text())
     assert cd["sampling"]["sampler"] == "consistency" and cd["model"]["consistency"]["logsnr_max"] == LOGSNR_MAX
     assert math.isfinite(cd["loss_history"][-1][1])
+
+
+def test_consistency_student_samples_with_its_own_sampler_and_refuses_what_it_cannot(teacher_run, tmp_path, capsys):
+    from progdistill.cli import main
+
+    run = tmp_path / "cd"
+    assert main(["distill", "--from", str(teacher_run / "teacher"), "--method", "cd", "--out", str(run),
+                 "--no-progress", *_sets(DISTILL + ["distill.total_updates=10"])]) == 0
+    student = run / "students" / "student_0001steps"
+    assert main(["sample", "--ckpt", str(student), "--steps", "4", "--num", "16", "--out", str(tmp_path / "s.pt"),
+                 "--no-progress"]) == 0
+    assert "consistency, 4 steps" in capsys.readouterr().out  # the record's sampler, no off-student warning
+    assert torch.load(tmp_path / "s.pt")["samples"].shape == (16, 2)
+    assert main(["export-diffusers", "--ckpt", str(student), "--out", str(tmp_path / "x")]) == 2
+    assert "consistency-distilled" in capsys.readouterr().err
+    assert main(["distill", "--from", str(student), "--method", "cd", "--out", str(tmp_path / "again"),
+                 "--no-progress"]) == 2
+    assert "samples at any step count already" in capsys.readouterr().err
+    assert main(["distill", "--from", str(teacher_run / "teacher"), "--method", "tract", "--guided",
+                 "--out", str(tmp_path / "g"), "--no-progress"]) == 2
+    assert "--guided distils with progressive distillation" in capsys.readouterr().err

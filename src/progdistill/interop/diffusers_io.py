@@ -67,13 +67,13 @@ def export_diffusers(ckpt: str | Path, out: str | Path, *, steps: int | None = N
     loaded = load_checkpoint(ckpt)
     spec = loaded.spec
     shape = spec.data_shape
-    if len(shape) != 3 or spec.kind not in ("unet", "diffusers"):
-        raise ConfigError(f"export-diffusers needs an image model (a 'unet' or 'diffusers' network); {ckpt} is "
-                          f"a {spec.kind!r} model of data shape {list(shape)}")
     if spec.consistency is not None:
         raise ConfigError(f"{ckpt} is a consistency-distilled student: its c_skip mix with z / alpha is not part of a "
                           "UNet2DModel, so no stock diffusers pipeline reproduces it; sample it with 'progdistill "
                           "sample --sampler consistency' (docs/methods.md)")
+    if len(shape) != 3 or spec.kind not in ("unet", "diffusers"):
+        raise ConfigError(f"export-diffusers needs an image model (a 'unet' or 'diffusers' network); {ckpt} is "
+                          f"a {spec.kind!r} model of data shape {list(shape)}")
     steps = int(steps or loaded.sampling["steps"])
     param = spec.parameterization
     guided = spec.guidance is not None
