@@ -84,22 +84,48 @@ STUDENT_STEPS = (1, 2, 4, 8)
 
 
 def stage_evaluate(out: Path, num: int, progress: list[str]) -> None:
-    """One report: the teacher's DDIM and DPM-Solver++(2M) at TEACHER_STEPS, every run's students at 1, 2, 4 and 8
-    steps, with budgets; then the goals against the teacher's best."""
+    """One report: the teacher's DDIM at TEACHER_STEPS and DPM-Solver++(2M) up to 32 steps, every run's students at
+    1, 2, 4 and 8 steps, with budgets; then the goals against the teacher's best."""
     from progdistill.evaluation.images import CLASSIFIER_METRIC
     from progdistill.evaluation.report import evaluate_run
 
     runs = {run_name(m, b): out / run_name(m, b) for b in BUDGETS for m in METHODS
-            if (out / run_name(m, b) / "students").is_dir()}
+            if (out / run_name(m, b) / "students" / "student_0001steps.json").exists()}
     t0 = time.time()
     rows = evaluate_run(out / "teacher", out / "evaluate", steps=TEACHER_STEPS, num=num,
-                        samplers=("teacher_ddim", "dpm_solver"), methods=runs, progress=not progress)
-    rows = [r for r in rows if r["sampler"] not in runs or r["steps"] in STUDENT_STEPS]
+                        samplers=("teacher_ddim", "dpm_solver"), max_steps={"dpm_solver": 32}, methods=runs,
+                        method_steps=list(STUDENT_STEPS), progress=not progress)
     report = {"goals": goals(rows, CLASSIFIER_METRIC), "eval_s": round(time.time() - t0, 1), "num": num,
               "date": time.strftime("%Y-%m-%d")}
     (out / "goals.json").write_text(json.dumps(report, indent=2))
     plot_methods(rows, CLASSIFIER_METRIC, out / "evaluate" / "methods_vs_steps.png")
+    (out / "evaluate" / "methods_table.md").write_text(pivot_tables(rows, CLASSIFIER_METRIC, out))
     print(json.dumps(report, indent=2))
+
+
+def pivot_tables(rows: list[dict], metric: str, out: Path) -> str:
+    """BENCHMARKS.md's tables: the metric by step count (teacher rows, then every run), and every run's budget with
+    its wall time (timings.json)."""
+    from progdistill.evaluation.methods import teacher_best
+
+    best = teacher_best(rows, metric)
+    v = {(r["sampler"], r["steps"], r["metric"]): r["value"] for r in rows}
+    runs = [run_name(m, b) for b in BUDGETS for m in METHODS if (run_name(m, b), 1, metric) in v]
+    cols = ["teacher_ddim", "dpm_solver", *runs]
+    lines = [f"Teacher's best: {best['value']:.2f} ({best['sampler']} at {best['steps']} steps). Cells: {metric} "
+             "(ratio to the teacher's best).", "", "| steps | " + " | ".join(cols) + " |",
+             "|---:|" + "---:|" * len(cols)]
+    for k in TEACHER_STEPS[::-1]:
+        cells = [f"{v[(c, k, metric)]:.2f} ({v[(c, k, metric)] / best['value']:.2f}x)" if (c, k, metric) in v
+                 else "" for c in cols]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").exists() else {}
+    lines += ["", "| run | student updates | images seen | teacher evals | self-teacher evals | wall time (s) |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        budget = [int(v.get((r, 1, b), 0)) for b in ("student_updates", "images_seen", "teacher_evals", "self_evals")]
+        lines.append(f"| {r} | " + " | ".join(f"{b:,}" for b in budget) + f" | {timings.get(r, '')} |")
+    return "\n".join(lines) + "\n"
 
 
 def goals(rows: list[dict], metric: str) -> dict:
@@ -113,10 +139,14 @@ def goals(rows: list[dict], metric: str) -> dict:
     out = {"teacher_best": {"sampler": best["sampler"], "steps": best["steps"], "value": best["value"]}}
     top = max(BUDGETS)
     for k, bound in ((4, 1.15), (1, 1.6)):
+        if (run_name("pd", top), k) not in v:
+            continue
         ratio = v[(run_name("pd", top), k)] / best["value"]
         out[f"pd_b{top} {k}-step / teacher's best <= {bound}"] = {"ratio": round(ratio, 3), "met": ratio <= bound}
     for b in BUDGETS:
         for k in (2, 4, 8):
+            if (run_name("pd", b), k) not in v:
+                continue
             pd = v[(run_name("pd", b), k)]
             for m in METHODS:
                 if m != "pd" and (run_name(m, b), k) in v:

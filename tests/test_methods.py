@@ -26,7 +26,7 @@ from progdistill.training.objectives import ConsistencyObjective, DistillObjecti
 
 SCHEDULE = CosineSchedule()
 LOGSNR_MAX = float(SCHEDULE(torch.zeros(1, dtype=torch.float64)).float())
-BOUNDARY = {"sigma_data": 0.5, "logsnr_max": LOGSNR_MAX}
+BOUNDARY = {"sigma_data": 0.5, "logsnr_max": LOGSNR_MAX, "skip_scale": 1.0}  # the paper's c_skip: a large share
 
 
 def _ddim(z, x_hat, l_t, l_s):
@@ -54,6 +54,8 @@ def test_consistency_boundary_condition_is_exact():
     later = step_grid(SCHEDULE, 8)[-2].expand(64)  # t = 1/8: the network's x_hat dominates
     assert not torch.allclose(student(z, later), z / alpha_sigma(later[:, None])[0])
     skip = c_skip(later.double(), LOGSNR_MAX)
+    assert float(skip[0]) > 0.5  # the paper's c_skip at t = 1/8 on the cosine schedule; with the default scale 100:
+    assert float(c_skip(later[:1].double(), LOGSNR_MAX, skip_scale=100.0)) < 1e-3  # the network's own x_hat
     torch.testing.assert_close(student(z, later).double(), skip[:, None] * z.double() / alpha_sigma(
         later.double()[:, None])[0] + (1 - skip[:, None]) * inner(z, later).double(), atol=1e-6, rtol=1e-6)
     assert float(c_skip(torch.tensor([LOGSNR_MAX]), LOGSNR_MAX)) == 1.0
@@ -230,10 +232,12 @@ def test_killed_and_resumed_bitwise(teacher_run, tmp_path, method, kill_at, stud
 def test_budgets_add_up_from_rounds_to_the_record(teacher_run, tmp_path):
     """Every method at one budget by default (pd's 3 rounds x 40 updates), and each record's counts are the sum of
     its phases: images = updates x batch, evaluations = images x the objective's per-image calls."""
+    from progdistill.cli import main
+
     budgets = {}
     for method in ("pd", "cd", "tract"):
-        _run("distill", "--from", str(teacher_run / "teacher"), "--method", method, "--out", str(tmp_path / method),
-             "--no-progress", *_sets(DISTILL + ["distill.tract_phases=3"]))
+        assert main(["distill", "--from", str(teacher_run / "teacher"), "--method", method, "--out",
+                     str(tmp_path / method), "--no-progress", *_sets(DISTILL + ["distill.tract_phases=3"])]) == 0
         record = json.loads((tmp_path / method / "students" / "student_0001steps.json").read_text())
         budgets[method] = record["budget"]
     assert {m: b["student_updates"] for m, b in budgets.items()} == {"pd": 120, "cd": 120, "tract": 120}
@@ -244,7 +248,8 @@ def test_budgets_add_up_from_rounds_to_the_record(teacher_run, tmp_path):
     first = json.loads((tmp_path / "pd" / "students" / "student_0004steps.json").read_text())["budget"]
     assert first == {"student_updates": 40, "images_seen": 2560, "teacher_evals": 5120, "self_evals": 0}
     cd = json.loads((tmp_path / "cd" / "students" / "student_0001steps.json").read_text())
-    assert cd["sampling"]["sampler"] == "consistency" and cd["model"]["consistency"]["logsnr_max"] == LOGSNR_MAX
+    assert cd["sampling"]["sampler"] == "consistency" and cd["model"]["consistency"] == {
+        "logsnr_max": LOGSNR_MAX, "sigma_data": 0.5, "skip_scale": 100.0}
     assert math.isfinite(cd["loss_history"][-1][1])
 
 

@@ -15,7 +15,7 @@ from .nets.base import noise_condition  # noqa: F401 (re-exported: the condition
 class Denoiser(nn.Module):
     """x_hat(z, lambda) for a network and a parameterization; eps_hat and v_hat follow from x_hat.
 
-    `consistency` ({"sigma_data", "logsnr_max"}; consistency-distilled students): x_hat is the consistency function
+    `consistency` ({"sigma_data", "logsnr_max", "skip_scale"}; consistency-distilled students): x_hat is the consistency function
     f = c_skip z / alpha + (1 - c_skip) x_hat_net, which is z / alpha exactly at log-SNR logsnr_max
     (diffusion/consistency.py)."""
 
@@ -39,7 +39,8 @@ class Denoiser(nn.Module):
         x_hat = self.parameterization.to_x(out, z, alpha, sigma)
         if self.consistency is None:
             return x_hat
-        return consistency_output(z, x_hat, logsnr, self.consistency["logsnr_max"], self.consistency["sigma_data"])
+        c = self.consistency
+        return consistency_output(z, x_hat, logsnr, c["logsnr_max"], c["sigma_data"], c["skip_scale"])
 
     def eps(self, z: Tensor, logsnr: Tensor, labels: Tensor | None = None, w: Tensor | float | None = None
             ) -> Tensor:

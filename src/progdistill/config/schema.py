@@ -144,6 +144,9 @@ class DistillConfig:
     cd_metric: str = checked("l2", one_of(choices.CD_METRICS))  # l2 or pseudo_huber (LPIPS: not offline)
     cd_target_ema: float = checked(0.95, unit_interval())  # mu of the target network (the paper's CIFAR-10 CD)
     cd_sigma_data: float = checked(0.5, positive())  # in c_skip (diffusion/consistency.py)
+    # c_skip's scale k (diffusion/consistency.py): 1 is the consistency-models paper's; the default 100 keeps a student
+    # started from its teacher equal to it but at t = 0, as LCM's timestep_scaling does
+    cd_skip_scale: float = checked(100.0, positive())
     tract_phases: int = checked(2, positive())  # e.g. 1024 -> 32 -> 1 is 2 phases (the paper's)
     tract_self_ema: float = checked(0.5, unit_interval())  # the EMA decay of the self-teacher
 

@@ -198,6 +198,7 @@ def evaluate_images(
     progress: bool = True,
     reference_steps: int | None = None,
     methods: dict[str, Path] | None = None,
+    method_steps: list[int] | None = None,
 ) -> list[dict]:
     """Rows {sampler, steps, metric, value} for every sampler and step count, written to out/report.json with
     out/report.md, one plot per metric and a sample grid per step count under out/samples/.
@@ -207,7 +208,8 @@ def evaluate_images(
     report exists even when no data-set metric applies (no classifier for the data, no Inception weights).
 
     `methods` ({label: run folder}): the students of other distillations of this teacher (pd, cd, tract) as rows
-    of their own at the counts of `steps` they have; every student row carries its recorded budget, and report.md
+    of their own at the counts of `method_steps` (default: `steps`) they have; every student row carries its recorded
+    budget, and report.md
     gets a table of the students against the teacher's best (evaluation/methods.py)."""
     requested = rows_named(tuple(samplers), IMAGE_ROWS)
     teacher, record, cfg = load_denoiser(runfolder.teacher_stem(run), device)
@@ -226,7 +228,7 @@ def evaluate_images(
         classifier = spec.data_shape == (1, 28, 28)
     dataset_metrics = _dataset_metrics(reference, classifier, inception_weights, device)
     floor = data_rows(dataset_metrics, floor_images)
-    method_jobs, sources = method_rows(methods or {}, steps, {row.name for row in IMAGE_ROWS})
+    method_jobs, sources = method_rows(methods or {}, method_steps or steps, {row.name for row in IMAGE_ROWS})
     models = Models(teacher, students, device, sources)
     # The teacher's many-step DDIM output from the evaluation noise: what every sampler is compared with.
     teacher_reference = draw(models, sampling, reference_job)

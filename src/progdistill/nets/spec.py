@@ -44,7 +44,7 @@ class ModelSpec:
     # data and prompts and decode its samples, {"folder", "vae", "text_encoder", "tokenizer", "scaling_factor"}
     # (interop/stable_diffusion.py: each component's content hash; checked whenever a component is loaded).
     components: dict | None = field(default=None, hash=False)
-    # A consistency-distilled student (distill.method = "cd"): {"sigma_data", "logsnr_max"}, its x_hat is the
+    # A consistency-distilled student (distill.method = "cd"): {"sigma_data", "logsnr_max", "skip_scale"}, its x_hat is the
     # consistency function with the boundary condition at log-SNR logsnr_max (diffusion/consistency.py).
     consistency: dict | None = field(default=None, hash=False)
 
@@ -175,15 +175,16 @@ def check_teacher_clip(block: Any) -> dict | None:
 
 
 def check_consistency(block: Any) -> dict | None:
-    """A consistency student's boundary, {"sigma_data", "logsnr_max"} (None: any other model)."""
+    """A consistency student's boundary, {"sigma_data", "logsnr_max", "skip_scale"} (None: any other model)."""
     if block is None:
         return None
-    ok = isinstance(block, dict) and set(block) == {"sigma_data", "logsnr_max"} and all(
+    keys = {"sigma_data", "logsnr_max", "skip_scale"}
+    ok = isinstance(block, dict) and set(block) == keys and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in block.values())
-    if not ok or not block["sigma_data"] > 0:
-        raise SpecError(f"model.consistency must be {{\"sigma_data\": a number > 0, \"logsnr_max\": a number}}, got "
-                        f"{block!r}")
-    return {"sigma_data": float(block["sigma_data"]), "logsnr_max": float(block["logsnr_max"])}
+    if not ok or not block["sigma_data"] > 0 or not block["skip_scale"] > 0:
+        raise SpecError(f"model.consistency must be {{\"sigma_data\": a number > 0, \"logsnr_max\": a number, "
+                        f"\"skip_scale\": a number > 0}}, got {block!r}")
+    return {key: float(block[key]) for key in sorted(keys)}
 
 
 def build_net(spec: ModelSpec) -> nn.Module:

@@ -299,7 +299,8 @@ def plan_distillation(teacher_spec: ModelSpec, record: dict, ckpt_cfg: Config, c
     if cfg.distill.method == "cd":
         # The boundary at t = 0 of the grid, at the log-SNR the grids evaluate there (float32, as step_grid casts).
         logsnr_max = float(schedule(torch.zeros(1, dtype=torch.float64)).float())
-        spec = replace(spec, consistency={"sigma_data": float(cfg.distill.cd_sigma_data), "logsnr_max": logsnr_max})
+        spec = replace(spec, consistency={"sigma_data": float(cfg.distill.cd_sigma_data), "logsnr_max": logsnr_max,
+                                          "skip_scale": float(cfg.distill.cd_skip_scale)})
     return DistillPlan(cfg, spec, schedule, teacher_param, record["sampling"],
                        teacher_clip_threshold(cfg.distill.teacher_clip, cfg.distill.teacher_clip_logsnr), w_train,
                        method_rounds(cfg, record, teacher_spec), recorded_budget(record))
