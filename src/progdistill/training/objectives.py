@@ -245,16 +245,16 @@ class SelfTargetObjective:
         self._self = _frozen(ema.module if ema is not None else model)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ConsistencyObjective(SelfTargetObjective):
     """Consistency distillation (Song et al. 2023, Algorithm 2) on the grid of N steps t_i = i/N: i ~ U{1..N},
     z_t at t = i/N; the target is the target network's f at the teacher's one DDIM step to s = (i - 1)/N
     (`consistency_target`). The student is a consistency model (denoiser.consistency), so its x_hat is f and the
     loop's loss compares f_student(z_t, t) with the target (distill.cd_metric: L2 or pseudo-Huber)."""
 
-    teacher: DenoiserFn = None
-    schedule: Schedule = None
-    grid_steps: int = 1
+    teacher: DenoiserFn
+    schedule: Schedule
+    grid_steps: int
     noise: Noise = global_batch_noise
     EVALS: ClassVar[tuple[int, int]] = (1, 1)  # one teacher step; the target network once
 
@@ -268,7 +268,7 @@ class ConsistencyObjective(SelfTargetObjective):
         return Target(z_t, logsnr_t, consistency_target(self.teacher, self._self, z_t, logsnr_t, logsnr_s, labels))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TractObjective(SelfTargetObjective):
     """TRACT (Berthelot et al. 2023): the teacher's grid of T steps is cut into `student_steps` segments of
     L = T / student_steps steps; j ~ U{1..T}, z_t at t = j/T, and the student learns to jump from t to the end
@@ -276,10 +276,10 @@ class TractObjective(SelfTargetObjective):
     (`tract_target`). With L = 2 and j at a segment's start, and a self-teacher equal to the teacher, this is the
     progressive-distillation target."""
 
-    teacher: DenoiserFn = None
-    schedule: Schedule = None
-    teacher_steps: int = 2
-    student_steps: int = 1
+    teacher: DenoiserFn
+    schedule: Schedule
+    teacher_steps: int
+    student_steps: int
     noise: Noise = global_batch_noise
     EVALS: ClassVar[tuple[int, int]] = (1, 1)  # the self-teacher is evaluated for every example, used where t' > e
 

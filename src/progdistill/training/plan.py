@@ -133,7 +133,7 @@ class DistillPlan:
             settings = replace(settings, ema_decay=self_ema(self.cfg))
         if self.method == "cd":
             record["sampling"] |= {"sampler": "consistency"}
-        budget, self.budget = self.round_budget(rnd), self.round_budget(rnd)
+        self.budget = budget = self.round_budget(rnd)
         desc = {"cd": f"consistency distillation on the {rnd.teacher_steps}-step grid",
                 "tract": f"TRACT phase {r}: {rnd.teacher_steps} -> {m} steps"}.get(
             self.method, f"round {r}: {rnd.teacher_steps} -> {m} steps")
