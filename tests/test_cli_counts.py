@@ -11,7 +11,7 @@ from progdistill.cli import build_parser, main
 from progdistill.config import ConfigError, load_config
 from progdistill.diffusion.dpm_solver import dpm_solver_pp_2m
 from progdistill.diffusion.registry import SAMPLERS, get_sampler
-from progdistill.diffusion.samplers import ancestral, ddim, stochastic
+from progdistill.diffusion.samplers import ancestral, consistency, ddim, stochastic
 from progdistill.diffusion.schedules import CosineSchedule, step_grid
 from progdistill.sampling import generate
 from progdistill.training.rounds import distill
@@ -102,9 +102,9 @@ def test_demo_rejects_zero_samples(tmp_path, capsys):
 
 
 def test_config_and_cli_take_their_choices_from_the_registry(capsys):
-    assert set(SAMPLERS) == {"ddim", "ancestral", "dpm_solver", "stochastic"}
+    assert set(SAMPLERS) == {"ddim", "ancestral", "dpm_solver", "stochastic", "consistency"}
     with pytest.raises(ValueError, match="unknown sampler 'euler': choose one of ddim, ancestral, dpm_solver, "
-                       "stochastic"):
+                       "stochastic, consistency"):
         get_sampler("euler")
     with pytest.raises(ConfigError, match="unknown config key in \\[sample\\]: sampler"):  # removed: nothing read it
         load_config("toy2d", ['sample.sampler="ddim"'])
@@ -134,12 +134,14 @@ def test_generate_runs_each_registered_sampler(clip):
     }
     for name in SAMPLERS:
         x = generate(denoiser, schedule, 5, 5, (2,), sampler=name, variance="large", clip=clip, seed=3, labels=labels)
-        if name in ("ancestral", "stochastic"):  # the generator has drawn z first, then the per-step noise
+        if name in ("ancestral", "stochastic", "consistency"):  # the generator drew z first, then per-step noise
             gen = torch.Generator().manual_seed(3)
             z0 = torch.randn((5, 2), generator=gen)
             direct[name] = (ancestral(denoiser, z0, grid, labels=labels, clip=clip, variance="large", generator=gen)
                             if name == "ancestral" else
-                            stochastic(denoiser, z0, grid, labels=labels, clip=clip, generator=gen))
+                            stochastic(denoiser, z0, grid, labels=labels, clip=clip, generator=gen)
+                            if name == "stochastic" else
+                            consistency(denoiser, z0, grid, labels=labels, clip=clip, generator=gen))
         torch.testing.assert_close(x, direct[name])
     assert not torch.equal(direct["ddim"], direct["dpm_solver"])
     with pytest.raises(ValueError, match="unknown sampler 'euler': choose one of ddim, ancestral, dpm_solver"):
