@@ -38,6 +38,11 @@ def _predict(denoiser: DenoiserFn, z: Tensor, logsnr: Tensor, labels: Tensor | N
 Update = Callable[[int, Tensor, Tensor], Tensor]
 
 
+def fresh_noise(z: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise like z from `generator`: the per-step draw of the stochastic samplers."""
+    return torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+
+
 def run_sampler(
     denoiser: DenoiserFn,
     z: Tensor,
@@ -119,7 +124,7 @@ def ancestral(
         raise ValueError(f"ancestral variance weight must lie in [0, 1], got {gamma}")
 
     def update(i: int, z: Tensor, x_hat: Tensor) -> Tensor:
-        noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        noise = fresh_noise(z, generator)
         return ancestral_step(z, x_hat, grid[i], grid[i + 1], noise, gamma)
 
     return run_sampler(denoiser, z, grid, update, labels=labels, clip=clip, callback=callback)
@@ -162,7 +167,7 @@ def stochastic(
     t = 1/N) returns x_hat, deterministically. With N = 1 it is one DDIM step."""
 
     def update(i: int, z: Tensor, x_hat: Tensor) -> Tensor:
-        noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        noise = fresh_noise(z, generator)
         return stochastic_step(z, x_hat, grid[i], grid[i + 2], grid[i + 1], noise)
 
     return run_sampler(denoiser, z, grid, update, labels=labels, clip=clip, callback=callback)
@@ -185,7 +190,7 @@ def consistency(
     from .consistency import consistency_step
 
     def update(i: int, z: Tensor, x_hat: Tensor) -> Tensor:
-        noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        noise = fresh_noise(z, generator)
         return consistency_step(x_hat, grid[i + 1], noise)
 
     return run_sampler(denoiser, z, grid, update, labels=labels, clip=clip, callback=callback)
