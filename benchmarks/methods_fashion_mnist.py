@@ -128,6 +128,20 @@ def pivot_tables(rows: list[dict], metric: str, out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def stage_cd_start(out: Path, num: int, progress: list[str]) -> None:
+    """Where CD starts: a consistency student after 1 update (its teacher's x_hat but at t = 0, as cd_skip_scale 100
+    makes it), sampled with the multistep consistency sampler at 1, 2, 4 and 8 steps, beside the teacher's DDIM from
+    the same noise (evaluate_cd_start/)."""
+    from progdistill.evaluation.report import evaluate_run
+
+    run = out / "cd_l2_b1"
+    if not (run / "students" / "student_0001steps.json").exists():
+        cli(["distill", "--from", str(out / "teacher" / "teacher"), "--out", str(run),
+             *sets(COMMON + METHODS["cd_l2"] + ["distill.total_updates=1"]), *progress])
+    evaluate_run(out / "teacher", out / "evaluate_cd_start", steps=list(STUDENT_STEPS), num=num,
+                 samplers=("teacher_ddim",), methods={"cd_l2_b1": run}, progress=not progress)
+
+
 def goals(rows: list[dict], metric: str) -> dict:
     """Issue 24's goals, fixed before the run, against the teacher's best (evaluation/methods.py): at the largest
     budget, PD's 4-step student within 1.15x and its 1-step within 1.6x; at each budget and at 2, 4 and 8 steps, PD at
@@ -198,7 +212,7 @@ def plot_methods(rows: list[dict], metric: str, path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
-    p.add_argument("--stage", choices=("teacher", "distill", "evaluate", "all"), default="all")
+    p.add_argument("--stage", choices=("teacher", "distill", "evaluate", "cd_start", "all"), default="all")
     p.add_argument("--only", action="append", help="distill only these runs (e.g. pd_b300; repeatable)")
     p.add_argument("--num", type=int, default=1000, help="samples per row")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -222,6 +236,8 @@ def main() -> None:
     timing_file.write_text(json.dumps(timings, indent=2))
     if a.stage in ("evaluate", "all"):
         stage_evaluate(out, a.num, progress)
+    if a.stage in ("cd_start", "all"):
+        stage_cd_start(out, a.num, progress)
 
 
 if __name__ == "__main__":
