@@ -19,6 +19,9 @@ FORMAT = "progdistill-checkpoint"
 # 2: the record's "model" block describes the network (kind, resolved arguments, parameterization, schedule, data
 #    shape, classes) and its "sampling" block the sampler defaults; the config is provenance only.
 FORMAT_VERSION = 2
+# A distilled student's "budget" record field: what its distillation spent, cumulative from the teacher
+# (training/methods.py writes it, evaluation/methods.py reports it).
+BUDGET_KEYS = ("student_updates", "images_seen", "teacher_evals", "self_evals")
 
 
 class CheckpointError(ValueError):

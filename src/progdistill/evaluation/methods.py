@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import runfolder
-from ..checkpoint import CheckpointError, read_record
+from ..checkpoint import BUDGET_KEYS, CheckpointError, read_record
 from .rows import DATA, ROWS, Row, Weights
 
-BUDGET_METRICS = ("student_updates", "images_seen", "teacher_evals", "self_evals")
+BUDGET_METRICS = BUDGET_KEYS  # a student's recorded budget, reported as metrics of its rows
 # The teacher's rows a "teacher's best" is taken over (every teacher sampler of the registry).
 TEACHER_ROWS = tuple(name for name, row in ROWS.items() if row.weights is Weights.TEACHER)
 
@@ -22,9 +22,9 @@ def method_students(run: Path) -> tuple[str, dict[int, Path]]:
     if not students:
         raise CheckpointError(f"{run} holds no distilled students (students/student_*steps.json); give a folder "
                               "made by 'progdistill distill --out'")
-    record = read_record(next(iter(students.values())))
-    if record.get("sampling", {}).get("sampler") == "consistency":
-        return "consistency", {0: next(iter(students.values()))}
+    first = next(iter(students.values()))
+    if read_record(first).get("sampling", {}).get("sampler") == "consistency":
+        return "consistency", {0: first}
     return "ddim", students
 
 

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import math
 
+from ..checkpoint import BUDGET_KEYS
 from ..config import Config, ConfigError
 from ..diffusion.weighting import PSEUDO_HUBER
-
-BUDGET_KEYS = ("student_updates", "images_seen", "teacher_evals", "self_evals")
 
 
 def zero_budget() -> dict[str, int]:
