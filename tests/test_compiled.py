@@ -42,12 +42,46 @@ def test_an_error_of_the_network_itself_is_raised_unchanged(monkeypatch):
         step(torch.randn(4, 5))  # eager raises it too, as it would without compile
 
 
+@pytest.fixture
+def compiled_graphs(monkeypatch):
+    """The CompiledOrEager wrappers made during a test; `ran()` checks that there were some and that every one ran
+    its compiled graph (a compiler failure falls back to eager, which would make a compiled-vs-eager test
+    compare eager with eager)."""
+    made = []
+    original = CompiledOrEager.__init__
+
+    def record(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(CompiledOrEager, "__init__", record)
+
+    def ran() -> None:
+        assert made, "nothing was compiled"
+        fell_back = [c.what for c in made if c.compiled is None or not c.checked]
+        assert not fell_back, f"these fell back to eager or never ran compiled: {fell_back}"
+
+    return ran
+
+
+def test_the_compiled_graphs_check_fails_on_a_fallback(monkeypatch, compiled_graphs):
+    def broken_compile(fn, **options):
+        def fails(*args, **kwargs):
+            raise RuntimeError("no backend")
+        return fails
+
+    monkeypatch.setattr(compiled_module.torch, "compile", broken_compile)
+    CompiledOrEager(torch.nn.Linear(3, 2), "the test network")(torch.randn(4, 3))
+    with pytest.raises(AssertionError, match="fell back to eager"):
+        compiled_graphs()
+
+
 def _weights(stem):
     return torch.cat([p.flatten() for p in load_denoiser(stem)[0].parameters()])
 
 
 @pytest.mark.filterwarnings("ignore")
-def test_compiled_and_eager_training_agree_for_the_teacher_and_a_round(tmp_path):
+def test_compiled_and_eager_training_agree_for_the_teacher_and_a_round(tmp_path, compiled_graphs):
     stems = {}
     for compile_ in ("false", "true"):
         cfg = load_config("toy2d", TINY + [f"perf.compile={compile_}"])
@@ -58,10 +92,11 @@ def test_compiled_and_eager_training_agree_for_the_teacher_and_a_round(tmp_path)
         a, b = _weights(eager), _weights(compiled)
         assert not torch.equal(_weights(stems["false"][0]), _weights(stems["false"][1]))  # the round trained
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)  # float rounding of fused kernels only
+    compiled_graphs()  # the teacher's step, the round's student step and its teacher all ran compiled
 
 
 @pytest.mark.filterwarnings("ignore")
-def test_compiled_sampling_matches_eager(tmp_path):
+def test_compiled_sampling_matches_eager(tmp_path, compiled_graphs):
     from progdistill.build import schedule_of
     from progdistill.sampling import generate
 
@@ -70,4 +105,5 @@ def test_compiled_sampling_matches_eager(tmp_path):
     kwargs = dict(seed=3, batch_size=64)
     eager = generate(teacher, schedule_of(teacher.spec), 4, 64, (2,), **kwargs)
     compiled = generate(teacher, schedule_of(teacher.spec), 4, 64, (2,), compile=True, **kwargs)
+    compiled_graphs()
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)

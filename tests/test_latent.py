@@ -284,6 +284,36 @@ def test_lora_student_starts_as_its_teacher_and_shares_its_weights(sd):
     assert not torch.equal(moved, before)
 
 
+def test_a_lora_rounds_frozen_teacher_does_not_move_while_the_adapter_trains(sd):
+    from progdistill.training.phase import Run
+    from progdistill.training.plan import FrozenAdapter, plan_distillation
+
+    teacher, record, ckpt_cfg = load_denoiser(sd["teacher"])
+    cfg = load_config("stable_diffusion", DISTILL + ["distill.lora_rank=4", "mixed_precision=\"no\""])
+    plan = plan_distillation(teacher.spec, record, ckpt_cfg, cfg)
+    z, text, logsnr = torch.randn(2, 4, 8, 8), torch.randn(2, 16, 32), torch.tensor([-3.0, 1.0])
+    with torch.no_grad():
+        start = teacher(z, logsnr, text)
+    student = plan.student(teacher, Run.__new__(Run))
+    frozen = plan.round_teacher(teacher)
+    assert isinstance(frozen, FrozenAdapter)
+    assert torch.equal(frozen(z, logsnr, text), start)
+    adapter = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(adapter, lr=1e-2)
+    student.train()
+    for _ in range(3):  # the round's updates, with the frozen teacher called between them as a round does
+        optimizer.zero_grad()
+        loss = (student(z, logsnr, text) - frozen(z, logsnr, text)).pow(2).mean() + student(z, logsnr, text).mean()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        student.eval()
+        trained = student(z, logsnr, text)
+        assert not torch.equal(trained, start)  # the adapter moved
+        assert torch.equal(frozen(z, logsnr, text), start)  # its round teacher did not
+        assert torch.equal(student(z, logsnr, text), trained)  # and the call put the live adapter back
+
+
 def test_exported_lora_on_the_teachers_pipeline_reproduces_the_student(sd, lora_students, tmp_path):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
