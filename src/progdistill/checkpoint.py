@@ -3,8 +3,10 @@ atomically. The record's format is described in docs/checkpoints.md."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -34,8 +36,21 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write(path: Path, write) -> None:
-    """write(tmp_path) then rename over path, so a crash leaves the old file intact."""
+class DiskFullError(CheckpointError):
+    """A checkpoint file could not be written for lack of space; earlier files are intact and its temporary file is
+    removed. The phase that writes it adds the command that continues the run (training/phase.py)."""
+
+
+def _no_space(error: BaseException) -> bool:
+    """Whether `error` says the disk is full: OSError ENOSPC, or safetensors' serialisation error wrapping it."""
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOSPC
+    return isinstance(error, SafetensorError) and ("code: 28" in str(error) or "No space left" in str(error))
+
+
+def _atomic_write(path: Path, write, size: int | None = None) -> None:
+    """write(tmp_path) then rename over path, so a crash leaves the old file intact. `size`: the bytes it needs
+    (for the message when the disk fills)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -45,9 +60,14 @@ def _atomic_write(path: Path, write) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if _no_space(error):
+            free = shutil.disk_usage(path.parent).free
+            need = f"about {size / 2**20:.1f} MiB needed, " if size is not None else ""
+            raise DiskFullError(f"no space left on the device writing {path} ({need}{free / 2**20:.1f} MiB free "
+                                "there); nothing saved earlier was lost") from None
         raise
 
 
@@ -72,7 +92,8 @@ def save_checkpoint(stem: str | Path, modules: dict[str, torch.nn.Module], recor
     # The same random token goes into the weights' metadata and the record: a crash between the two renames
     # (new weights, old record) is detected on load instead of silently pairing mismatched files.
     token = uuid.uuid4().hex
-    _atomic_write(weights_path, lambda tmp: save_file(tensors, tmp, metadata={"token": token}))
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    _atomic_write(weights_path, lambda tmp: save_file(tensors, tmp, metadata={"token": token}), size)
     full = {"format": FORMAT, "format_version": FORMAT_VERSION, "modules": sorted(modules), **record, "token": token}
 
     def write_record(tmp: str) -> None:

@@ -35,9 +35,11 @@ def run(args: argparse.Namespace) -> None:
         if args.config or args.overrides or args.label_dropout is not None:
             raise ConfigError("--resume continues with the config saved in the run's checkpoint; drop "
                               "--config/--set/--label-dropout")
-        if runfolder.has_teacher(out):
-            raise ConfigError(f"{out} already holds a finished teacher ({runfolder.teacher_record(out).name}); "
-                              "nothing to resume")
+        if runfolder.has_teacher(out):  # a restarted job's command finds its work done: not an error
+            print(f"progdistill: {out} already holds a finished teacher ({runfolder.teacher_record(out).name}); "
+                  "nothing left to resume")
+            print(f"teacher saved: {runfolder.teacher_stem(out)}.safetensors")
+            return
         stem = train_teacher(None, out, progress=not args.no_progress, resume=True)
     else:
         dropout = ([f"train.label_dropout={float(args.label_dropout)!r}"] if args.label_dropout is not None

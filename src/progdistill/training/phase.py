@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from torch.optim.swa_utils import AveragedModel
 
 from ..build import load_data, make_accelerator
-from ..checkpoint import checkpoint_paths, prune, save_checkpoint
+from ..checkpoint import DiskFullError, checkpoint_paths, prune, save_checkpoint
 from ..config import Config, ConfigError, OptimConfig, config_from_json
 from ..data import ExampleData, make_batches
 from ..denoiser import Denoiser
@@ -111,6 +111,7 @@ class Phase:
     fallback: Path | None = None  # the last good checkpoint when the phase has written none yet
     fallback_note: str = ""  # appended to the NaN message
     final_record: dict = field(default_factory=dict)  # fields of the finished phase's record only (e.g. its budget)
+    resume_hint: str = ""  # the command that continues the run, for the disk-full message ("": none given)
 
     def check_data(self, data: ExampleData) -> None:
         if self.batch_size > len(data):
@@ -155,7 +156,7 @@ def _checkpointer(phase: Phase, run: Run, denoiser: Denoiser, ema: AveragedModel
         tensors, extra = loop_tensors(snapshot(), ema)
         modules = {"model": run.accelerator.unwrap_model(denoiser)} | ({"ema": ema.module} if ema is not None else {})
         record = {"kind": partial_kind, **phase.record, "step": step, "sampling_weights": weights, **extra}
-        save_checkpoint(phase.checkpoints / f"{phase.prefix}{step:08d}", modules, record, tensors)
+        _saving(phase, save_checkpoint)(phase.checkpoints / f"{phase.prefix}{step:08d}", modules, record, tensors)
         prune(phase.checkpoints, phase.prefix + "*", phase.keep)
 
     return on_step
@@ -164,7 +165,7 @@ def _checkpointer(phase: Phase, run: Run, denoiser: Denoiser, ema: AveragedModel
 def _finish(phase: Phase, run: Run, result: PhaseResult) -> None:
     """The finished phase's checkpoint (one process writes; all hold the same weights), then its mid-run ones go."""
     if phase.final is not None and run.accelerator.is_main_process:
-        save_checkpoint(phase.final, result.modules, {
+        _saving(phase, save_checkpoint)(phase.final, result.modules, {
             "kind": phase.kind, **phase.record, "sampling_weights": result.sampling_weights,
             "step": phase.settings.total_steps, "loss_history": result.history,
             "num_processes": run.accelerator.num_processes, **phase.final_record})
@@ -174,6 +175,19 @@ def _finish(phase: Phase, run: Run, result: PhaseResult) -> None:
                     path.unlink(missing_ok=True)
     if phase.final is not None:
         run.accelerator.wait_for_everyone()
+
+
+def _saving(phase: Phase, save):
+    """save(...) with a disk-full error that ends in the command continuing the run."""
+
+    def call(*args, **kwargs):
+        try:
+            return save(*args, **kwargs)
+        except DiskFullError as e:
+            hint = phase.resume_hint or "the same command with --resume"
+            raise DiskFullError(f"{e}: free space, then continue with {hint}") from None
+
+    return call
 
 
 def run_phase(phase: Phase, denoiser: Denoiser, objective: Objective, run: Run, *,

@@ -144,7 +144,8 @@ class DistillPlan:
                      checkpoints=runfolder.round_checkpoints(out), prefix=runfolder.round_prefix(r),
                      checkpoint_every=distill_cfg.checkpoint_every, keep=2, record=record, kind="student",
                      final=runfolder.student_stem(out, m), fallback=Path(teacher_stem),
-                     fallback_note=f" (round {r}; earlier rounds' students are intact)")
+                     fallback_note=f" (round {r}; earlier rounds' students are intact)",
+                     resume_hint=f"`progdistill distill --resume --out {out}`")
 
     @property
     def log_w(self) -> float | None:

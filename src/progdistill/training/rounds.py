@@ -7,6 +7,8 @@ leaves students/student_NNNNsteps, from which distillation can also continue."""
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,7 +18,7 @@ from tqdm.auto import tqdm
 from .. import runfolder
 from ..build import load_denoiser
 from ..checkpoint import CheckpointError, read_record
-from ..config import Config
+from ..config import Config, config_from_json
 from ..sampling import balanced_labels, generate
 from .phase import Run, resume_config, run_phase
 from .plan import DistillPlan, Round, plan_distillation, prepare_teacher
@@ -65,11 +67,41 @@ def find_start(teacher_stem: str | Path | None, out: Path, cfg: Config | None, r
             return Start(Path(record["teacher"]), resume_config(record, cfg, ("distill",), partial), partial)
         if last_student is not None:
             teacher_stem = last_student
+        elif started_distillation(out) is not None:
+            return started_distillation(out)
         elif teacher_stem is None and runfolder.has_teacher(out):
             teacher_stem = runfolder.teacher_stem(out)
     if teacher_stem is None:
         raise CheckpointError(f"nothing to distil: {out} holds no teacher, student or mid-round checkpoint")
     return Start(Path(teacher_stem), cfg)
+
+
+START_FILE = "distill_start.json"  # RUN/students/: what a distillation was started from, before its first checkpoint
+
+
+def record_start(out: Path, start: Start, cfg: Config) -> None:
+    """Write what this distillation starts from and with (`cfg`: its settings before "auto" is resolved), so that
+    `--resume` killed before the first checkpoint starts it again the same way instead of with the teacher's own
+    settings."""
+    path = runfolder.students_dir(out) / START_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"teacher": str(start.teacher), "config": cfg.to_dict()}, indent=2, sort_keys=True))
+
+
+def started_distillation(out: Path) -> Start | None:
+    """The Start recorded by `record_start` in `out`, said on stderr, or None when there is none."""
+    path = runfolder.students_dir(out) / START_FILE
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        start = Start(Path(saved["teacher"]), config_from_json(saved["config"]))
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{path} is not a readable distillation start ({e}); start the distillation again "
+                              "with --from") from None
+    print(f"progdistill: {out} has no distillation checkpoint yet; starting it from {start.teacher} with its saved "
+          f"settings ({path.name})", file=sys.stderr)
+    return start
 
 
 def distill(
@@ -92,6 +124,11 @@ def distill(
     plan = plan_distillation(teacher.spec, record, ckpt_cfg, start.cfg)
     run = Run.open(plan.cfg, out, progress=progress)
     teacher, teacher_stem, stems = prepare_teacher(teacher, plan, run), start.teacher, []
+    if not resume and run.accelerator.is_main_process:
+        record_start(out, start, start.cfg if start.cfg is not None else ckpt_cfg)
+    if resume and not plan.rounds and start.partial is None:
+        print(f"progdistill: the distillation in {out} is finished ({teacher_stem}); nothing left to resume",
+              file=sys.stderr)
     bar = tqdm(total=len(plan.rounds), desc="distill rounds", disable=not progress, dynamic_ncols=True)
     try:
         for rnd in plan.rounds:

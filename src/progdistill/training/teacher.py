@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import torch
@@ -9,7 +11,7 @@ import torch
 from .. import runfolder
 from ..build import build_denoiser, denoiser_from_spec, model_record, read_model_record, schedule_of
 from ..checkpoint import CheckpointError, read_record
-from ..config import Config
+from ..config import Config, ConfigError, config_from_json
 from .noise import noise_for
 from .objectives import TeacherObjective
 from .phase import Phase, Run, optim_settings, resume_config, run_phase
@@ -24,6 +26,25 @@ def find_resume_point(out: Path) -> Path | None:
     return latest_loadable(runfolder.teacher_checkpoints(out), runfolder.TEACHER_PREFIX + "*")
 
 
+def started_config(out: Path, cfg: Config | None) -> Config:
+    """A run killed after its folder was written but before its first checkpoint: the config it was started with
+    (RUN/config.json), from step 0, said on stderr; CheckpointError when the folder holds no run at all."""
+    path = runfolder.config_path(out)
+    if not path.is_file():
+        raise CheckpointError(f"nothing to resume in {out}: no loadable checkpoints/teacher_step*.json and no "
+                              "config.json (start the run without --resume)")
+    try:
+        saved = config_from_json(json.loads(path.read_text()))
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path} is not a readable run config ({e}); start the run again without --resume"
+                              ) from None
+    if cfg is not None and cfg != saved:
+        raise ConfigError(f"--resume continues with the config saved in {path}; drop --config/--set")
+    print(f"progdistill: {out} has no checkpoint yet; starting it from step 0 with its saved config "
+          f"({path.name})", file=sys.stderr)
+    return saved
+
+
 def teacher_phase(cfg: Config, out: Path, record: dict) -> Phase:
     """The teacher's phase: [train]'s settings, checkpoints in out/checkpoints (kept when it ends), out/teacher."""
     train = cfg.train
@@ -32,7 +53,8 @@ def teacher_phase(cfg: Config, out: Path, record: dict) -> Phase:
                  batch_size=train.batch_size, batch_field="train.batch_size", grad_accum=train.grad_accum,
                  checkpoints=runfolder.teacher_checkpoints(out), prefix=runfolder.TEACHER_PREFIX,
                  checkpoint_every=train.checkpoint_every, keep=train.keep_checkpoints, record=record, kind="teacher",
-                 partial_kind="teacher", final=runfolder.teacher_stem(out), clean_up=False)
+                 partial_kind="teacher", final=runfolder.teacher_stem(out), clean_up=False,
+                 resume_hint=f"`progdistill train --resume --out {out}`")
 
 
 def train_teacher(cfg: Config | None, out: Path, *, progress: bool = True, resume: bool = False) -> Path:
@@ -45,9 +67,10 @@ def train_teacher(cfg: Config | None, out: Path, *, progress: bool = True, resum
     start = None
     if resume:
         start = find_resume_point(out)
-        if start is None:
-            raise CheckpointError(f"nothing to resume in {out}: no loadable checkpoints/teacher_step*.json")
-        cfg = resume_config(read_record(start), cfg, ("all",), start, free=("data.workers",))
+        if start is not None:
+            cfg = resume_config(read_record(start), cfg, ("all",), start, free=("data.workers",))
+        else:
+            cfg = started_config(out, cfg)
     assert cfg is not None
     run = Run.open(cfg, out, progress=progress)
     torch.manual_seed(cfg.train.seed)  # the network's initial weights
