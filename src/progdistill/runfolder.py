@@ -1,9 +1,12 @@
 """The layout of a run folder, in one place. Every module that reads or writes a run asks here for the path.
 
-    RUN/config.json                          the config a run was started with (provenance)
+    RUN/config.json                          the config a run was started with (provenance; `train --resume`
+                                             starts from it when the run was killed before its first checkpoint)
     RUN/teacher.{safetensors,json}           the trained (or imported) teacher
     RUN/checkpoints/teacher_stepNNNNNNNN.*   periodic teacher checkpoints (the newest train.keep_checkpoints)
     RUN/students/student_NNNNsteps.*         the student of every finished distillation round
+    RUN/students/distill_start.json          what the distillation started from and with (for `distill --resume`
+                                             before its first checkpoint)
     RUN/students/checkpoints/roundRR_stepNNNNNNNN.*   mid-round checkpoints (the newest 2 of the current round)
     RUN/students/samples/roundRR_NNNNsteps.png        a sample grid per round
     RUN/log.jsonl, RUN/tensorboard/          scalars (and images) logged while the run works
@@ -58,6 +61,11 @@ def has_teacher_checkpoints(run: str | Path) -> bool:
     """Whether the run holds checkpoints of a teacher training (finished or not)."""
     folder = teacher_checkpoints(run)
     return folder.is_dir() and any(folder.glob(TEACHER_PREFIX + "*.json"))
+
+
+def distill_start(run: str | Path) -> Path:
+    """What a distillation started from and with (training/rounds.py `record_start`)."""
+    return students_dir(run) / "distill_start.json"
 
 
 def students_dir(run: str | Path) -> Path:
