@@ -46,3 +46,24 @@ def test_the_readme_layout_names_every_module():
     missing = [str(p.relative_to(SRC)) for p in SRC.rglob("*.py")
                if p.name != "__init__.py" and p.name != "__main__.py" and p.stem not in layout]
     assert missing == []
+
+
+def test_no_module_outside_the_registry_asks_which_method_runs():
+    """A method is one entry of training/methods.py's METHODS; nothing in training/, cli/ or evaluation/ compares
+    distill.method with a method's name (config/schema.py's torch-free validation is the known exception)."""
+    import re
+
+    from progdistill.config.choices import DISTILL_METHODS
+    from progdistill.training.methods import METHODS
+
+    assert tuple(METHODS) == DISTILL_METHODS
+    names = "|".join(DISTILL_METHODS)
+    asks = re.compile(rf"""method\)?\s*[!=]=\s*["']({names})["']|\.get\(["']method["']\)\s*[!=]=""")
+    found = []
+    for folder in ("training", "cli", "evaluation"):
+        for path in (SRC / folder).rglob("*.py"):
+            if path.name == "methods.py" and folder == "training":
+                continue
+            found += [f"{path.relative_to(SRC)}:{i}" for i, line in enumerate(path.read_text().splitlines(), 1)
+                      if asks.search(line)]
+    assert found == []

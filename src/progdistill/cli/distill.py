@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .. import runfolder
 from ..config import ConfigError, load_config
+from ..config.choices import DISTILL_METHODS
 from .common import add_config_args, add_progress_arg
 
 
@@ -21,7 +22,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the distillation in --out from its newest mid-round checkpoint (or last round)")
     add_config_args(parser, default=None)
-    parser.add_argument("--method", choices=("pd", "cd", "tract"),
+    parser.add_argument("--method", choices=DISTILL_METHODS,
                         help="pd: progressive distillation (the default), cd: consistency distillation (one student "
                              "for every step count), tract: TRACT's few long phases (= --set distill.method=...; "
                              "docs/methods.md)")
@@ -86,6 +87,7 @@ def start(args: argparse.Namespace) -> list[Path]:
     from ..checkpoint import read_record
     from ..config import config_from_record
     from ..training.guided import distill_guided
+    from ..training.methods import method_of
     from ..training.rounds import distill
 
     if not args.from_ckpt:
@@ -94,11 +96,12 @@ def start(args: argparse.Namespace) -> list[Path]:
     if not isinstance(record.get("config"), dict):
         raise ConfigError(f"checkpoint {args.from_ckpt} records no config")
     # The checkpoint's config is provenance, read leniently (fields this version does not know are skipped).
-    method = [f"distill.method={args.method!r}"] if args.method else []
-    cfg = load_config(args.config, args.overrides + guided_overrides(args) + method,
+    chosen = [f"distill.method={args.method!r}"] if args.method else []
+    cfg = load_config(args.config, args.overrides + guided_overrides(args) + chosen,
                       base=config_from_record(record["config"])[0].to_dict())
     progress = not args.no_progress
-    if args.guided and cfg.distill.method != "pd":
+    method = method_of(cfg)
+    if args.guided and not method.guided:
         raise ConfigError(f"--guided distils with progressive distillation; distill.method = "
                           f"{cfg.distill.method!r} takes unguided and class-conditional teachers (docs/methods.md)")
     if args.guided:
@@ -107,6 +110,6 @@ def start(args: argparse.Namespace) -> list[Path]:
         print(f"guided stage-1 model saved: {runfolder.stage1_stem(out)}.safetensors")
         return stems
     out = Path(args.out) if args.out else runfolder.run_of_checkpoint(args.from_ckpt, record.get("kind"))
-    if not args.out and cfg.distill.method != "pd":  # beside, not over, the run's progressive-distillation students
-        out = out / cfg.distill.method
+    if not args.out and method.own_folder:  # beside, not over, the run's progressive-distillation students
+        out = out / method.name
     return distill(args.from_ckpt, out, cfg, progress=progress)

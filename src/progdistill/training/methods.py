@@ -1,6 +1,8 @@
 """What differs between the distillation methods (distill.method; docs/methods.md), beside the shared round loop:
 their rounds, their targets, the EMA their targets come from, their loss and what they cost.
 
+Each method is one entry of `METHODS` (below); nothing outside it asks which method runs.
+
 - pd: progressive distillation (Salimans & Ho 2022), rounds N -> N/2, two frozen-teacher DDIM steps per target.
 - cd: consistency distillation (Song et al. 2023), one phase on the teacher's N-step grid: one teacher DDIM step to
   the previous grid point, the target network's (the EMA's, decay cd_target_ema) consistency function there; one
@@ -16,10 +18,24 @@ global batch x grad_accum) and network evaluations per image of the teacher and 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 from ..checkpoint import BUDGET_KEYS
 from ..config import Config, ConfigError
+from ..config.choices import DISTILL_METHODS
 from ..diffusion.weighting import PSEUDO_HUBER
+from .objectives import ConsistencyObjective, DistillObjective, TractObjective
+
+
+@dataclass(frozen=True)
+class Round:
+    """Round `number`: a student of `student_steps` learns two steps of its `teacher_steps` teacher in `updates`."""
+
+    number: int
+    teacher_steps: int
+    student_steps: int
+    updates: int
 
 
 def zero_budget() -> dict[str, int]:
@@ -62,13 +78,90 @@ def split_updates(total: int, phases: int) -> list[int]:
     return [base + (1 if p < extra else 0) for p in range(phases)]
 
 
-def loss_of(cfg: Config) -> str:
-    """The phase loss of the method: distill.weighting, or for cd its metric (L2: unweighted x error)."""
-    if cfg.distill.method != "cd":
-        return cfg.distill.weighting
-    return "constant" if cfg.distill.cd_metric == "l2" else PSEUDO_HUBER
+@dataclass(frozen=True)
+class Method:
+    """What one distillation method is, in one place: planning (training/plan.py), the command line and the
+    reports call through its entry in METHODS.
+
+    - `objective(teacher, schedule, rnd, plan, noise)`: the round's or phase's targets;
+    - `evals`: (teacher, self-teacher) network evaluations per training image (its objective's EVALS), the budget;
+    - `loss(cfg)`: the phase loss (a weighting name of diffusion/weighting.py, or a metric);
+    - `self_ema(cfg)`: the EMA decay its targets come from (None: none, the student's EMA is distill.optim's);
+    - `sampler`: the students' default sampler when not the teacher's (None);
+    - `desc(rnd)`: the progress bar's text; `rounds(cfg, record, rounds)`: its rounds or phases from pd's halvings;
+    - `guided`, `lora`: whether it takes w-conditioned teachers and LoRA students;
+    - `own_folder`: without --out, its students go to RUN/<name>, beside pd's."""
+
+    name: str
+    description: str
+    objective: Callable
+    evals: tuple[int, int]
+    loss: Callable[[Config], str]
+    self_ema: Callable[[Config], float | None]
+    desc: Callable[[Round], str]
+    rounds: Callable[[Config, dict, list[Round]], list[Round]]
+    sampler: str | None = None
+    guided: bool = False
+    lora: bool = False
+    own_folder: bool = True
 
 
-def self_ema(cfg: Config) -> float | None:
-    """The EMA decay the method's targets come from (None: pd, whose EMA, if any, is distill.optim.ema_decay)."""
-    return {"cd": cfg.distill.cd_target_ema, "tract": cfg.distill.tract_self_ema}.get(cfg.distill.method)
+def _pd_objective(teacher, schedule, rnd: Round, plan, noise):
+    return DistillObjective(teacher, schedule, rnd.student_steps, plan.clip_below, w_range=plan.w_train, noise=noise)
+
+
+def _cd_objective(teacher, schedule, rnd: Round, plan, noise):
+    return ConsistencyObjective(teacher=teacher, schedule=schedule, grid_steps=rnd.teacher_steps, noise=noise)
+
+
+def _tract_objective(teacher, schedule, rnd: Round, plan, noise):
+    return TractObjective(teacher=teacher, schedule=schedule, teacher_steps=rnd.teacher_steps,
+                          student_steps=rnd.student_steps, noise=noise)
+
+
+def _cd_rounds(cfg: Config, record: dict, rounds: list[Round]) -> list[Round]:
+    """cd: one phase on the start grid (its student is saved as the 1-step student and samples at any count)."""
+    first, start = rounds[0].number, rounds[0].teacher_steps
+    return [Round(first, start, 1, cfg.distill.total_updates or sum(rnd.updates for rnd in rounds))]
+
+
+def _tract_rounds(cfg: Config, record: dict, rounds: list[Round]) -> list[Round]:
+    """tract: its phases, sharing distill.total_updates (0: pd's total). A tract student (resume, or a later phase)
+    continues its run's schedule from distill.start_steps; a teacher or another method's student starts a schedule
+    of its own from its step count."""
+    from .plan import plan_rounds
+
+    first, start, d = rounds[0].number, rounds[0].teacher_steps, cfg.distill
+    own = record["kind"] == "student" and record.get("config", {}).get("distill", {}).get("method") == "tract"
+    if own:
+        rounds = plan_rounds(cfg, {"kind": "teacher"})
+    total = d.total_updates or sum(rnd.updates for rnd in rounds)
+    origin = rounds[0].teacher_steps
+    steps = tract_steps(origin, rounds[-1].student_steps, d.tract_phases)
+    phases = [(n, m, u) for n, m, u in zip([origin] + steps, steps, split_updates(total, len(steps))) if m < start]
+    return [Round(first + p, n, m, u) for p, (n, m, u) in enumerate(phases)]
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("pd", "progressive distillation (Salimans & Ho 2022): rounds N -> N/2, two teacher DDIM steps a target",
+           _pd_objective, DistillObjective.EVALS, loss=lambda cfg: cfg.distill.weighting, self_ema=lambda cfg: None,
+           desc=lambda rnd: f"round {rnd.number}: {rnd.teacher_steps} -> {rnd.student_steps} steps",
+           rounds=lambda cfg, record, rounds: rounds, guided=True, lora=True, own_folder=False),
+    Method("cd", "consistency distillation (Song et al. 2023): one student for every step count",
+           _cd_objective, ConsistencyObjective.EVALS,
+           loss=lambda cfg: "constant" if cfg.distill.cd_metric == "l2" else PSEUDO_HUBER,
+           self_ema=lambda cfg: cfg.distill.cd_target_ema,
+           desc=lambda rnd: f"consistency distillation on the {rnd.teacher_steps}-step grid",
+           rounds=_cd_rounds, sampler="consistency"),
+    Method("tract", "TRACT (Berthelot et al. 2023): a few long phases, segments jumping to their ends",
+           _tract_objective, TractObjective.EVALS, loss=lambda cfg: cfg.distill.weighting,
+           self_ema=lambda cfg: cfg.distill.tract_self_ema,
+           desc=lambda rnd: f"TRACT phase {rnd.number}: {rnd.teacher_steps} -> {rnd.student_steps} steps",
+           rounds=_tract_rounds),
+)}
+assert tuple(METHODS) == DISTILL_METHODS, "config.choices.DISTILL_METHODS lists the registry's names"
+
+
+def method_of(cfg: Config) -> Method:
+    """The registry entry of cfg.distill.method."""
+    return METHODS[cfg.distill.method]

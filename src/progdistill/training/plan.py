@@ -17,9 +17,8 @@ from ..denoiser import Denoiser
 from ..diffusion.schedules import Schedule
 from ..nets.spec import ModelSpec
 from .noise import noise_for
-from .methods import (add_cost, loss_of, recorded_budget, self_ema, split_updates, tract_steps)
-from .objectives import (ConsistencyObjective, ConversionObjective, DistillObjective, TractObjective,
-                         teacher_clip_threshold, training_w_range)
+from .methods import Method, Round, add_cost, method_of, recorded_budget
+from .objectives import ConversionObjective, teacher_clip_threshold, training_w_range
 from .phase import Phase, Run, optim_settings
 from ..compiling import maybe_compiled
 from .reparam import warm_up_student
@@ -30,16 +29,6 @@ EPS_LOGSNR_FLOOR = -12.0
 # Round r draws its data order from distill.seed + r and its noise from distill.seed + ROUND_NOISE_SEED_STRIDE * r:
 # two streams per round that no other round (nor guided stage 1, at distill.seed + 500) shares.
 ROUND_NOISE_SEED_STRIDE = 1000
-
-
-@dataclass(frozen=True)
-class Round:
-    """Round `number`: a student of `student_steps` learns two steps of its `teacher_steps` teacher in `updates`."""
-
-    number: int
-    teacher_steps: int
-    student_steps: int
-    updates: int
 
 
 @dataclass
@@ -56,8 +45,9 @@ class DistillPlan:
     _adapter: dict = field(default_factory=dict)  # LoRA students: the adapter at the round's start (its teacher's)
 
     @property
-    def method(self) -> str:
-        return self.cfg.distill.method
+    def method(self) -> Method:
+        """The method's registry entry (training/methods.py)."""
+        return method_of(self.cfg)
 
     def student(self, teacher: Denoiser, run: Run) -> Denoiser:
         """A student of this plan, starting from the teacher's (sampling) weights. A LoRA student is the teacher's
@@ -97,15 +87,7 @@ class DistillPlan:
         """The round's targets from `teacher` (compiled with perf.compile): two of its steps per student step (pd),
         one step and the target network's consistency function (cd), one step and the self-teacher's jump (tract)."""
         evaluate = maybe_compiled(teacher, f"round {rnd.number}'s teacher", self.cfg.perf.compile)
-        noise = noise_for(self.cfg.perf.per_example_noise)
-        if self.method == "cd":
-            return ConsistencyObjective(teacher=evaluate, schedule=self.schedule, grid_steps=rnd.teacher_steps,
-                                        noise=noise)
-        if self.method == "tract":
-            return TractObjective(teacher=evaluate, schedule=self.schedule, teacher_steps=rnd.teacher_steps,
-                                  student_steps=rnd.student_steps, noise=noise)
-        return DistillObjective(evaluate, self.schedule, rnd.student_steps, self.clip_below, w_range=self.w_train,
-                                noise=noise)
+        return self.method.objective(evaluate, self.schedule, rnd, self, noise_for(self.cfg.perf.per_example_noise))
 
     def round_budget(self, rnd: Round) -> dict:
         """The budget spent once `rnd` is done (and, before it, a warm-up: budgets are counted from the start)."""
@@ -113,8 +95,7 @@ class DistillPlan:
         budget = self.budget
         if rnd is self.rounds[0] and self.warms_up:
             budget = add_cost(budget, self.cfg.distill.convert_updates, per_update, ConversionObjective.EVALS)
-        evals = {"cd": ConsistencyObjective, "tract": TractObjective}.get(self.method, DistillObjective).EVALS
-        return add_cost(budget, rnd.updates, per_update, evals)
+        return add_cost(budget, rnd.updates, per_update, self.method.evals)
 
     @property
     def warms_up(self) -> bool:
@@ -129,16 +110,14 @@ class DistillPlan:
         settings = optim_settings(distill_cfg.optim, rnd.updates, "linear")
         if self.lora is not None:  # an EMA copy of the network would duplicate the shared base weights
             settings = replace(settings, ema_decay=0.0)
-        if self_ema(self.cfg) is not None:  # cd's target network, tract's self-teacher (and the sampling weights)
-            settings = replace(settings, ema_decay=self_ema(self.cfg))
-        if self.method == "cd":
-            record["sampling"] |= {"sampler": "consistency"}
+        method = self.method
+        if method.self_ema(self.cfg) is not None:  # cd's target network, tract's self-teacher (and sampling weights)
+            settings = replace(settings, ema_decay=method.self_ema(self.cfg))
+        if method.sampler is not None:
+            record["sampling"] |= {"sampler": method.sampler}
         self.budget = budget = self.round_budget(rnd)
-        desc = {"cd": f"consistency distillation on the {rnd.teacher_steps}-step grid",
-                "tract": f"TRACT phase {r}: {rnd.teacher_steps} -> {m} steps"}.get(
-            self.method, f"round {r}: {rnd.teacher_steps} -> {m} steps")
-        return Phase(name=f"round{r:02d}", desc=desc, settings=settings, final_record={"budget": budget},
-                     weighting=loss_of(self.cfg), seed=distill_cfg.seed + ROUND_NOISE_SEED_STRIDE * r,
+        return Phase(name=f"round{r:02d}", desc=method.desc(rnd), settings=settings, final_record={"budget": budget},
+                     weighting=method.loss(self.cfg), seed=distill_cfg.seed + ROUND_NOISE_SEED_STRIDE * r,
                      data_seed=distill_cfg.seed + r, batch_size=distill_cfg.batch_size,
                      batch_field="distill.batch_size", grad_accum=distill_cfg.grad_accum,
                      checkpoints=runfolder.round_checkpoints(out), prefix=runfolder.round_prefix(r),
@@ -244,33 +223,18 @@ def plan_rounds(cfg: Config, record: dict) -> list[Round]:
 
 
 def method_rounds(cfg: Config, record: dict, teacher_spec: ModelSpec) -> list[Round]:
-    """The rounds of distill.method: pd's halvings; cd's one phase on the start grid (its student is saved as the
-    1-step student and samples at any count); tract's phases, sharing distill.total_updates (0: pd's total)."""
+    """The rounds of distill.method (its registry entry's `rounds`, from pd's halvings)."""
     rounds = plan_rounds(cfg, record)
-    d = cfg.distill
-    if d.method == "pd":
+    d, method = cfg.distill, method_of(cfg)
+    if method.name == "pd":  # pd's rounds are the halvings themselves, whatever the teacher
         return rounds
     if teacher_spec.consistency is not None:
         raise ConfigError("this checkpoint is a consistency-distilled student, which samples at any step count "
                           "already; distil from its teacher, or continue its run with --resume")
-    if teacher_spec.guidance is not None:
+    if teacher_spec.guidance is not None and not method.guided:
         raise ConfigError(f"distill.method = {d.method!r} distils unguided and class-conditional models; a guided "
                           "(w-conditioned) model is distilled with distill.method = \"pd\" (docs/methods.md)")
-    if not rounds:
-        return rounds
-    first, start = rounds[0].number, rounds[0].teacher_steps
-    if d.method == "cd":
-        return [Round(first, start, 1, d.total_updates or sum(rnd.updates for rnd in rounds))]
-    # A tract student (resume, or a later phase) continues its run's schedule from distill.start_steps; a teacher or
-    # another method's student starts a schedule of its own from its step count.
-    own = record["kind"] == "student" and record.get("config", {}).get("distill", {}).get("method") == "tract"
-    if own:
-        rounds = plan_rounds(cfg, {"kind": "teacher"})
-    total = d.total_updates or sum(rnd.updates for rnd in rounds)
-    origin = rounds[0].teacher_steps
-    steps = tract_steps(origin, rounds[-1].student_steps, d.tract_phases)
-    phases = [(n, m, u) for n, m, u in zip([origin] + steps, steps, split_updates(total, len(steps))) if m < start]
-    return [Round(first + p, n, m, u) for p, (n, m, u) in enumerate(phases)]
+    return method.rounds(cfg, record, rounds) if rounds else rounds
 
 
 def plan_distillation(teacher_spec: ModelSpec, record: dict, ckpt_cfg: Config, cfg: Config | None) -> DistillPlan:
@@ -297,7 +261,7 @@ def plan_distillation(teacher_spec: ModelSpec, record: dict, ckpt_cfg: Config, c
     w_train = None if spec.w_range is None else training_w_range(*spec.w_range, margin)
     if spec.guidance is not None and spec.w_margin is None:  # recorded from here on
         spec = replace(spec, guidance=spec.guidance | {"w_margin": float(margin)})
-    if cfg.distill.method == "cd":
+    if method_of(cfg).sampler == "consistency":
         # The boundary at t = 0 of the grid, at the log-SNR the grids evaluate there (float32, as step_grid casts).
         logsnr_max = float(schedule(torch.zeros(1, dtype=torch.float64)).float())
         spec = replace(spec, consistency={"sigma_data": float(cfg.distill.cd_sigma_data), "logsnr_max": logsnr_max,
