@@ -18,13 +18,18 @@ TINY = ["model.hidden=16", "model.depth=1", "model.emb_dim=8", "data.size=256", 
         "distill.final_updates_per_round=0", "distill.log_samples=0"]
 
 
-def test_a_compiler_failure_falls_back_to_eager_with_a_warning(monkeypatch, capsys):
+def _break_the_compiler(monkeypatch) -> None:
+    """torch.compile returns a graph that raises on its first call, as a failing backend does."""
     def broken_compile(fn, **options):
         def fails(*args, **kwargs):
             raise RuntimeError("the backend could not lower this graph\nmore detail")
         return fails
 
     monkeypatch.setattr(compiled_module.torch, "compile", broken_compile)
+
+
+def test_a_compiler_failure_falls_back_to_eager_with_a_warning(monkeypatch, capsys):
+    _break_the_compiler(monkeypatch)
     net = torch.nn.Linear(3, 2)
     step = CompiledOrEager(net, "the test network")
     x = torch.randn(4, 3)
@@ -65,12 +70,7 @@ def compiled_graphs(monkeypatch):
 
 
 def test_the_compiled_graphs_check_fails_on_a_fallback(monkeypatch, compiled_graphs):
-    def broken_compile(fn, **options):
-        def fails(*args, **kwargs):
-            raise RuntimeError("no backend")
-        return fails
-
-    monkeypatch.setattr(compiled_module.torch, "compile", broken_compile)
+    _break_the_compiler(monkeypatch)
     CompiledOrEager(torch.nn.Linear(3, 2), "the test network")(torch.randn(4, 3))
     with pytest.raises(AssertionError, match="fell back to eager"):
         compiled_graphs()

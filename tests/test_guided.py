@@ -433,7 +433,7 @@ def test_stage1_options_reach_the_model_and_the_optimizer():
 def test_w_margin_widens_the_trained_w_below_w_min_in_both_stages(teacher_run, tmp_path, monkeypatch):
     """guided.w_margin = m: stage 1 and every stage-2 round draw w from [w_min - m, w_max] (the teacher guided at
     w < w_min, negative w included); the model's range, and so sampling, stays [w_min, w_max]."""
-    from progdistill.training import guided as stage1_module, plan as plan_module
+    from progdistill.training import guided as stage1_module, methods as methods_module
     from progdistill.training.objectives import training_w_range
 
     assert training_w_range(1.0, 3.0, 1.5) == (-0.5, 3.0)
@@ -456,7 +456,7 @@ def test_w_margin_widens_the_trained_w_below_w_min_in_both_stages(teacher_run, t
         return Recording
 
     monkeypatch.setattr(stage1_module, "GuidedObjective", recording(GuidedObjective, "stage1"))
-    monkeypatch.setattr(plan_module, "DistillObjective", recording(DistillObjective, "stage2"))
+    monkeypatch.setattr(methods_module, "DistillObjective", recording(DistillObjective, "stage2"))
     out = tmp_path / "g"
     assert main(["distill", "--from", str(teacher_run / "teacher"), "--guided", "--w-min", "1", "--w-max", "3",
                  "--w-margin", "1.5", "--stage1-updates", "30", "--out", str(out), "--no-progress",

@@ -258,14 +258,21 @@ def lora_students(sd):
     return distill(sd["teacher"], sd["root"] / "lora", cfg, progress=False)
 
 
-def test_lora_student_starts_as_its_teacher_and_shares_its_weights(sd):
-    from progdistill.training.phase import Run
-    from progdistill.training.plan import FrozenAdapter, plan_distillation
+def _lora_plan(sd):
+    """The teacher, a LoRA distillation's plan of it, and inputs (z, text hidden states, log-SNR) to call them on."""
+    from progdistill.training.plan import plan_distillation
 
     teacher, record, ckpt_cfg = load_denoiser(sd["teacher"])
     cfg = load_config("stable_diffusion", DISTILL + ["distill.lora_rank=4", "mixed_precision=\"no\""])
     plan = plan_distillation(teacher.spec, record, ckpt_cfg, cfg)
-    z, text, logsnr = torch.randn(2, 4, 8, 8), torch.randn(2, 16, 32), torch.tensor([-3.0, 1.0])
+    return teacher, plan, (torch.randn(2, 4, 8, 8), torch.randn(2, 16, 32), torch.tensor([-3.0, 1.0]))
+
+
+def test_lora_student_starts_as_its_teacher_and_shares_its_weights(sd):
+    from progdistill.training.phase import Run
+    from progdistill.training.plan import FrozenAdapter
+
+    teacher, plan, (z, text, logsnr) = _lora_plan(sd)
     with torch.no_grad():
         before = teacher.net(z, teacher.net.condition(logsnr), text)
     student = plan.student(teacher, Run.__new__(Run))
@@ -286,12 +293,9 @@ def test_lora_student_starts_as_its_teacher_and_shares_its_weights(sd):
 
 def test_a_lora_rounds_frozen_teacher_does_not_move_while_the_adapter_trains(sd):
     from progdistill.training.phase import Run
-    from progdistill.training.plan import FrozenAdapter, plan_distillation
+    from progdistill.training.plan import FrozenAdapter
 
-    teacher, record, ckpt_cfg = load_denoiser(sd["teacher"])
-    cfg = load_config("stable_diffusion", DISTILL + ["distill.lora_rank=4", "mixed_precision=\"no\""])
-    plan = plan_distillation(teacher.spec, record, ckpt_cfg, cfg)
-    z, text, logsnr = torch.randn(2, 4, 8, 8), torch.randn(2, 16, 32), torch.tensor([-3.0, 1.0])
+    teacher, plan, (z, text, logsnr) = _lora_plan(sd)
     with torch.no_grad():
         start = teacher(z, logsnr, text)
     student = plan.student(teacher, Run.__new__(Run))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..checkpoint import BUDGET_KEYS
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, check_distill_steps
 from ..config.choices import DISTILL_METHODS
 from ..diffusion.weighting import PSEUDO_HUBER
 from .objectives import ConsistencyObjective, DistillObjective, TractObjective
@@ -78,6 +78,22 @@ def split_updates(total: int, phases: int) -> list[int]:
     return [base + (1 if p < extra else 0) for p in range(phases)]
 
 
+def plan_rounds(cfg: Config, record: dict) -> list[Round]:
+    """N -> N/2 rounds from the checkpoint's step count (a student's own, or distill.start_steps for a teacher)
+    down to distill.target_steps."""
+    distill_cfg, student = cfg.distill, record["kind"] == "student"
+    start = int(record["sampling_steps"]) if student else distill_cfg.start_steps
+    check_distill_steps(start, distill_cfg.target_steps,
+                        start_name="the checkpoint's step count" if student else "distill.start_steps")
+    rounds, n, r = [], start, int(record.get("round", 0)) + 1
+    while n > distill_cfg.target_steps:
+        m = n // 2
+        long_round = distill_cfg.final_updates_per_round > 0 and m <= distill_cfg.long_round_max_steps
+        rounds.append(Round(r, n, m, distill_cfg.final_updates_per_round if long_round else distill_cfg.updates_per_round))
+        n, r = m, r + 1
+    return rounds
+
+
 @dataclass(frozen=True)
 class Method:
     """What one distillation method is, in one place: planning (training/plan.py), the command line and the
@@ -129,8 +145,6 @@ def _tract_rounds(cfg: Config, record: dict, rounds: list[Round]) -> list[Round]
     """tract: its phases, sharing distill.total_updates (0: pd's total). A tract student (resume, or a later phase)
     continues its run's schedule from distill.start_steps; a teacher or another method's student starts a schedule
     of its own from its step count."""
-    from .plan import plan_rounds
-
     first, start, d = rounds[0].number, rounds[0].teacher_steps, cfg.distill
     own = record["kind"] == "student" and record.get("config", {}).get("distill", {}).get("method") == "tract"
     if own:

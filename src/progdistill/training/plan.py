@@ -12,12 +12,12 @@ import torch
 
 from .. import runfolder
 from ..build import denoiser_from_spec, schedule_of
-from ..config import Config, ConfigError, check_distill_steps, student_config
+from ..config import Config, ConfigError, student_config
 from ..denoiser import Denoiser
 from ..diffusion.schedules import Schedule
 from ..nets.spec import ModelSpec
 from .noise import noise_for
-from .methods import Method, Round, add_cost, method_of, recorded_budget
+from .methods import Method, Round, add_cost, method_of, plan_rounds, recorded_budget
 from .objectives import ConversionObjective, teacher_clip_threshold, training_w_range
 from .phase import Phase, Run, optim_settings
 from ..compiling import maybe_compiled
@@ -204,22 +204,6 @@ def _check_students(spec: ModelSpec, teacher_param: str, schedule: Schedule) -> 
                           f"{schedule.logsnr_min:.1f} < {EPS_LOGSNR_FLOOR} (the paper's section 2); train the "
                           "teacher with x, v or both, or give its students another output "
                           "(distill.parameterization = \"v\")")
-
-
-def plan_rounds(cfg: Config, record: dict) -> list[Round]:
-    """N -> N/2 rounds from the checkpoint's step count (a student's own, or distill.start_steps for a teacher)
-    down to distill.target_steps."""
-    distill_cfg, student = cfg.distill, record["kind"] == "student"
-    start = int(record["sampling_steps"]) if student else distill_cfg.start_steps
-    check_distill_steps(start, distill_cfg.target_steps,
-                        start_name="the checkpoint's step count" if student else "distill.start_steps")
-    rounds, n, r = [], start, int(record.get("round", 0)) + 1
-    while n > distill_cfg.target_steps:
-        m = n // 2
-        long_round = distill_cfg.final_updates_per_round > 0 and m <= distill_cfg.long_round_max_steps
-        rounds.append(Round(r, n, m, distill_cfg.final_updates_per_round if long_round else distill_cfg.updates_per_round))
-        n, r = m, r + 1
-    return rounds
 
 
 def method_rounds(cfg: Config, record: dict, teacher_spec: ModelSpec) -> list[Round]:
