@@ -86,3 +86,21 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_loses_nothing(tmp_path,
     monkeypatch.setattr(ckpt_mod, "save_file", real_save)  # space freed
     assert main(["train", "--resume", "--out", str(out), "--no-progress"]) == 0
     _same_weights(out / "teacher", straight)
+
+
+def test_guided_resume_before_stage_1s_first_checkpoint_keeps_the_guided_settings(tmp_path, capsys):
+    from progdistill import runfolder
+    from progdistill.training.guided import distill_guided
+
+    labelled = TINY + ['data.name="ring_classes"', "train.label_dropout=0.2"]
+    teacher = train_teacher(load_config("toy2d", labelled), tmp_path / "run", progress=False)
+    gcfg = load_config("toy2d", labelled + DISTILL + ["guided.w_min=0.0", "guided.w_max=2.0", "guided.stage1_updates=8",
+                                                      "guided.checkpoint_every=4", "distill.start_steps=2"])
+    straight = distill_guided(teacher, tmp_path / "straight", gcfg, progress=False)
+    assert runfolder.guided_start(tmp_path / "straight").is_file()
+    killed = tmp_path / "killed"
+    record_start(killed, Start(teacher, gcfg), gcfg, runfolder.guided_start(killed))  # written first; died here
+    assert main(["distill", "--resume", "--out", str(killed), "--no-progress"]) == 0
+    assert "no distillation checkpoint yet" in capsys.readouterr().err
+    _same_weights(runfolder.stage1_stem(killed), runfolder.stage1_stem(tmp_path / "straight"))
+    _same_weights(killed / "students" / "student_0001steps", straight[-1])

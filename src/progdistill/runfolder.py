@@ -16,6 +16,7 @@ A guided distillation (docs/guided.md) writes a run folder of its own (default R
 
     GUIDED/stage1.{safetensors,json}         the w-conditioned stage-1 model (the first teacher of stage 2)
     GUIDED/checkpoints/stage1_stepNNNNNNNN.* stage-1 checkpoints (the newest 2)
+    GUIDED/guided_start.json                 what it started from and with (`--resume` before the first checkpoint)
     GUIDED/students/...                      stage 2: the rounds' students, as in any run folder
 """
 
@@ -156,4 +157,11 @@ def stage1_checkpoints(run: str | Path) -> Path:
 
 def is_guided_run(run: str | Path) -> bool:
     """A folder holding a guided distillation: a stage-1 model or stage-1 checkpoints."""
-    return has_stage1(run) or any(stage1_checkpoints(run).glob(STAGE1_PREFIX + "*.json"))
+    return (has_stage1(run) or any(stage1_checkpoints(run).glob(STAGE1_PREFIX + "*.json"))
+            or guided_start(run).is_file())
+
+
+def guided_start(run: str | Path) -> Path:
+    """What a guided distillation started from and with (training/guided.py), for `--resume` before stage 1's first
+    checkpoint."""
+    return Path(run) / "guided_start.json"

@@ -27,7 +27,7 @@ from .noise import noise_for
 from .objectives import GuidedObjective, training_w_range
 from .phase import Phase, Run, optim_settings, resume_config, run_phase
 from .resume import latest_loadable
-from .rounds import distill
+from .rounds import Start, distill, record_start, started_distillation
 
 # Stage 1 draws its data order and noise from distill.seed plus this offset: a stream of its own, apart from the
 # rounds' (distill.seed + r for data, distill.seed + 1000 r for noise).
@@ -96,7 +96,8 @@ def stage1_phase(cfg: Config, out: Path, teacher_stem: Path, record: dict, spec:
                  grad_accum=distill_cfg.grad_accum, checkpoints=runfolder.stage1_checkpoints(out),
                  prefix=runfolder.STAGE1_PREFIX, checkpoint_every=g.checkpoint_every, keep=2, record=base,
                  kind="guided_stage1", final=runfolder.stage1_stem(out), fallback=Path(teacher_stem),
-                 fallback_note=" (guided stage 1; the teacher is intact)")
+                 fallback_note=" (guided stage 1; the teacher is intact)",
+                 resume_hint=f"`progdistill distill --resume --out {out}`")
 
 
 def stage1_start(teacher_stem: str | Path | None, out: Path, cfg: Config | None, resume: bool):
@@ -107,6 +108,9 @@ def stage1_start(teacher_stem: str | Path | None, out: Path, cfg: Config | None,
         if start is not None:
             partial = read_record(start)
             return partial["teacher"], resume_config(partial, cfg, ("distill", "guided"), start), start
+        started = started_distillation(out, runfolder.guided_start(out))
+        if started is not None:  # killed before stage 1's first checkpoint: again from its start, same settings
+            return started.teacher, started.cfg, None
     if teacher_stem is None:
         raise CheckpointError(f"nothing to resume in {out}: no stage-1 checkpoint (checkpoints/"
                               f"{runfolder.STAGE1_PREFIX}*.json); start with --from TEACHER --guided")
@@ -123,6 +127,7 @@ def train_stage1(teacher_stem: str | Path | None, out: Path, cfg: Config | None 
     stage-1 checkpoint in out/checkpoints with its saved settings, exactly."""
     out = Path(out)
     teacher_stem, cfg, start = stage1_start(teacher_stem, out, cfg, resume)
+    given = cfg  # the settings as asked for, before the teacher's are merged in (what a restart asks for again)
     teacher, record, ckpt_cfg = load_denoiser(teacher_stem)
     tspec = teacher.spec
     _check_teacher(teacher_stem, tspec)
@@ -133,6 +138,8 @@ def train_stage1(teacher_stem: str | Path | None, out: Path, cfg: Config | None 
                    guidance=guidance_block(g.w_min, g.w_max, g.embed_dim, g.embed_scale, g.class_gate,
                                            w_margin=g.w_margin))
     run = Run.open(cfg, out, progress=progress)
+    if not resume and given is not None and run.accelerator.is_main_process:
+        record_start(out, Start(Path(teacher_stem), given), given, runfolder.guided_start(out))
     try:
         _check_data(cfg, run.data, tspec)
         student = _stage1_student(teacher, spec, cfg, run)

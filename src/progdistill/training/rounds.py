@@ -76,18 +76,18 @@ def find_start(teacher_stem: str | Path | None, out: Path, cfg: Config | None, r
     return Start(Path(teacher_stem), cfg)
 
 
-def record_start(out: Path, start: Start, cfg: Config) -> None:
+def record_start(out: Path, start: Start, cfg: Config, path: Path | None = None) -> None:
     """Write what this distillation starts from and with (`cfg`: its settings before "auto" is resolved), so that
     `--resume` killed before the first checkpoint starts it again the same way instead of with the teacher's own
-    settings."""
-    path = runfolder.distill_start(out)
+    settings. `path`: default RUN/students/distill_start.json."""
+    path = path or runfolder.distill_start(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"teacher": str(start.teacher), "config": cfg.to_dict()}, indent=2, sort_keys=True))
 
 
-def started_distillation(out: Path) -> Start | None:
-    """The Start recorded by `record_start` in `out`, said on stderr, or None when there is none."""
-    path = runfolder.distill_start(out)
+def started_distillation(out: Path, path: Path | None = None) -> Start | None:
+    """The Start recorded by `record_start` in `out` (or at `path`), said on stderr, or None when there is none."""
+    path = path or runfolder.distill_start(out)
     if not path.is_file():
         return None
     try:
