@@ -1,5 +1,6 @@
 set -e
-T=/tmp/reshape/before/train/plain/teacher
+# The teacher reshape_equivalence.py trained with the before tree (--out /tmp/reshape); before = /tmp/before/src.
+T=${TEACHER:-/tmp/reshape/before/train/plain/teacher}
 for side in before after; do
   if [ $side = before ]; then SRC=/tmp/before/src; else SRC=/work/main/src; fi
   for m in cd tract; do
