@@ -65,10 +65,11 @@ def find_start(teacher_stem: str | Path | None, out: Path, cfg: Config | None, r
         if partial is not None:
             record = read_record(partial)
             return Start(Path(record["teacher"]), resume_config(record, cfg, ("distill",), partial), partial)
+        started = started_distillation(out) if last_student is None else None
         if last_student is not None:
             teacher_stem = last_student
-        elif started_distillation(out) is not None:
-            return started_distillation(out)
+        elif started is not None:
+            return started
         elif teacher_stem is None and runfolder.has_teacher(out):
             teacher_stem = runfolder.teacher_stem(out)
     if teacher_stem is None:
