@@ -35,7 +35,7 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 LR_DECAYS = ("constant", "linear", "cosine")
 TEACHER_CLIPS = ("none", "noisy", "all")
 # training.plan: the distillation methods (docs/methods.md) and consistency distillation's metrics
-DISTILL_METHODS = ("pd", "cd", "tract")
+DISTILL_METHODS = ("pd", "cd", "tract", "dmd")
 CD_METRICS = ("l2", "pseudo_huber")
 DEVICES = ("auto", "cpu", "cuda")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")

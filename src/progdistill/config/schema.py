@@ -137,6 +137,8 @@ class DistillConfig:
     # The method (docs/methods.md): pd (progressive distillation: rounds N -> N/2, the paper), cd (consistency
     # distillation, Song et al. 2023: one student for every step count, on the start_steps grid) or tract (Berthelot
     # et al. 2023: tract_phases phases from start_steps to target_steps, each point of a segment jumping to its end)
+    # or dmd (DMD2, Yin et al. 2024: a target_steps-step generator matched to the data's distribution through an
+    # online fake score and a discriminator head; from the teacher or any saved student)
     method: str = checked("pd", one_of(choices.DISTILL_METHODS))
     # cd and tract: the optimizer steps of the whole distillation (tract: split equally over its phases); 0: as many
     # as pd's rounds from start_steps to target_steps take, so that methods compare at one budget by default
@@ -149,6 +151,23 @@ class DistillConfig:
     cd_skip_scale: float = checked(100.0, positive())
     tract_phases: int = checked(2, positive())  # e.g. 1024 -> 32 -> 1 is 2 phases (the paper's)
     tract_self_ema: float = checked(0.5, unit_interval())  # the EMA decay of the self-teacher
+    # Adversarial progressive distillation (pd only; docs/methods.md): the weight of the adversarial term beside the
+    # round's target (0: pd as in the paper, bitwise), the discriminator judging the student's one step against the
+    # teacher's two; relaxed: the head sees the landing point only, not the start point too
+    adversarial_weight: float = checked(0.0, at_least(0, "0: plain pd"))
+    adversarial_relaxed: bool = False
+    # dmd (DMD2, docs/methods.md): fake-score and discriminator updates per generator update; the generator's and
+    # the fake score's (and head's) learning rates (0: distill.optim.lr); the GAN term's weight in the generator
+    # loss (0: no discriminator); the real score's classifier-free guidance weight (0: unguided); the range of t the
+    # distribution-matching gradient and the GAN term are taken at; the weight of approximate R1
+    dmd_fake_updates: int = checked(5, positive())
+    dmd_lr: float = checked(0.0, at_least(0, "0: distill.optim.lr"))
+    dmd_fake_lr: float = checked(0.0, at_least(0, "0: the generator's"))
+    dmd_gan_weight: float = checked(3e-3, at_least(0, "0: no discriminator"))
+    dmd_guidance: float = checked(0.0, at_least(0, "0: unguided"))
+    dmd_t_min: float = checked(0.02, unit_interval())
+    dmd_t_max: float = checked(0.98, unit_interval())
+    gan_r1_weight: float = checked(0.1, at_least(0))
 
 
 @dataclass
@@ -309,6 +328,11 @@ def method_fits(cfg: Config) -> None:
         raise ConfigError(f"distill.tract_phases ({d.tract_phases}) is more than the halvings from "
                           f"distill.start_steps ({d.start_steps}) to distill.target_steps ({d.target_steps}), "
                           f"{halvings}: every phase shortens the sampler at least 2x")
+    if d.adversarial_weight > 0 and (d.method != "pd" or d.lora_rank > 0):
+        raise ConfigError("distill.adversarial_weight is a term of progressive distillation with full students "
+                          "(distill.method = \"pd\", distill.lora_rank = 0)")
+    if d.dmd_t_min >= d.dmd_t_max:
+        raise ConfigError("distill.dmd_t_min must be below distill.dmd_t_max")
     if d.method != "pd" and d.lora_rank > 0:
         raise ConfigError(f"distill.lora_rank is for progressive distillation (distill.method = \"pd\"); "
                           f"{d.method} students keep an EMA network, which would copy the shared base weights")

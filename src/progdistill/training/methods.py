@@ -9,23 +9,34 @@ Each method is one entry of `METHODS` (below); nothing outside it asks which met
   student for every step count, sampled with the multistep consistency sampler.
 - tract: TRACT (Berthelot et al. 2023), tract_phases phases from start_steps to target_steps; every point of a
   segment learns to jump to the segment's end through one teacher step and the self-teacher (EMA, tract_self_ema).
+- dmd: DMD2 (Yin et al. 2024), one phase of three players (training/dmd.py): a target_steps-step generator, an
+  online fake score and a discriminator head. pd with distill.adversarial_weight > 0 is adversarial progressive
+  distillation (training/adversarial.py), two players a round.
 
 The budget of a distillation is counted in one way for all: student updates, training images seen (updates x the
 global batch x grad_accum) and network evaluations per image of the teacher and of the student's own EMA network
 (each objective's EVALS), summed over its phases (and a warm-up) and recorded, cumulative, in every student.
+Phases of several players count their networks' forward and backward evaluations as they run (training/counting.py)
+and record them beside, with forward-equivalent evaluations (a backward counted as two), the one axis of reports.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from ..checkpoint import BUDGET_KEYS
 from ..config import Config, ConfigError, check_distill_steps
 from ..config.choices import DISTILL_METHODS
 from ..diffusion.weighting import PSEUDO_HUBER
+from .adversarial import AdversarialPD
+from .counting import STUDENT_FE_PER_IMAGE
+from .dmd import DMDObjective
 from .objectives import ConsistencyObjective, DistillObjective, TractObjective
+
+COUNTED = "forward_equivalent"  # a players phase's counted budget (training/counting.py): its fields
+COUNTED_KEYS = (COUNTED, "evals", "players")
 
 
 @dataclass(frozen=True)
@@ -44,17 +55,25 @@ def zero_budget() -> dict[str, int]:
 
 def add_cost(budget: dict[str, int], updates: int, images_per_update: int, evals: tuple[int, int]) -> dict[str, int]:
     """`budget` plus a phase of `updates` optimizer steps over `images_per_update` images each, whose objective
-    evaluates the teacher and the self-teacher `evals` times per image."""
+    evaluates the teacher and the self-teacher `evals` times per image. A budget that a players phase counted
+    (training/counting.py) keeps its counted fields, its forward-equivalent evaluations grown by this phase's."""
     images = updates * images_per_update
-    return {"student_updates": budget["student_updates"] + updates, "images_seen": budget["images_seen"] + images,
-            "teacher_evals": budget["teacher_evals"] + images * evals[0],
-            "self_evals": budget["self_evals"] + images * evals[1]}
+    out = {"student_updates": budget["student_updates"] + updates, "images_seen": budget["images_seen"] + images,
+           "teacher_evals": budget["teacher_evals"] + images * evals[0],
+           "self_evals": budget["self_evals"] + images * evals[1]}
+    if COUNTED in budget:
+        out |= {key: budget[key] for key in COUNTED_KEYS if key in budget}
+        out[COUNTED] = budget[COUNTED] + images * (evals[0] + evals[1] + STUDENT_FE_PER_IMAGE)
+    return out
 
 
-def recorded_budget(record: dict) -> dict[str, int]:
-    """The budget a checkpoint's distillation has spent so far (a teacher, or a record from before budgets: 0)."""
+def recorded_budget(record: dict) -> dict:
+    """The budget a checkpoint's distillation has spent so far (a teacher, or a record from before budgets: 0),
+    with the counted fields of a players phase where it has them."""
     budget = record.get("budget")
-    return {key: int(budget.get(key, 0)) for key in BUDGET_KEYS} if isinstance(budget, dict) else zero_budget()
+    if not isinstance(budget, dict):
+        return zero_budget()
+    return {key: int(budget.get(key, 0)) for key in BUDGET_KEYS} | {k: budget[k] for k in COUNTED_KEYS if k in budget}
 
 
 def tract_steps(start: int, target: int, phases: int) -> list[int]:
@@ -106,7 +125,9 @@ class Method:
     - `sampler`: the students' default sampler when not the teacher's (None);
     - `desc(rnd)`: the progress bar's text; `rounds(cfg, record, rounds)`: its rounds or phases from pd's halvings;
     - `guided`, `lora`: whether it takes w-conditioned teachers and LoRA students;
-    - `own_folder`: without --out, its students go to RUN/<name>, beside pd's."""
+    - `own_folder`: without --out, its students go to RUN/<name>, beside pd's;
+    - `counted(cfg)`: its phases train several players, whose network evaluations are counted as they run
+      (training/counting.py) instead of from `evals`."""
 
     name: str
     description: str
@@ -120,10 +141,52 @@ class Method:
     guided: bool = False
     lora: bool = False
     own_folder: bool = True
+    # whether its phases train several players (training/players.py), their budget counted as they run
+    counted: Callable[[Config], bool] = lambda cfg: False
+    from_target: bool = False  # it also trains from a student at distill.target_steps already (its `rounds` decide)
 
 
 def _pd_objective(teacher, schedule, rnd: Round, plan, noise):
-    return DistillObjective(teacher, schedule, rnd.student_steps, plan.clip_below, w_range=plan.w_train, noise=noise)
+    pd = DistillObjective(teacher, schedule, rnd.student_steps, plan.clip_below, w_range=plan.w_train, noise=noise)
+    d = plan.cfg.distill
+    if d.adversarial_weight <= 0:  # the paper's pd, unchanged
+        return pd
+    student = plan.round_settings(rnd)
+    head = replace(student, lr=d.dmd_fake_lr or student.lr, ema_decay=0.0)
+    return AdversarialPD(pd, plan.teacher_module, plan.method.loss(plan.cfg), d.adversarial_weight,
+                         d.adversarial_relaxed, student, head, plan.spec.data_shape, plan.probe_label(),
+                         d.seed + rnd.number, d.gan_r1_weight)
+
+
+def _dmd_objective(teacher, schedule, rnd: Round, plan, noise):
+    d = plan.cfg.distill
+    base = replace(plan.round_settings(rnd), decay="constant")
+    generator = replace(base, lr=d.dmd_lr or base.lr)
+    critic = replace(generator, lr=d.dmd_fake_lr or generator.lr, ema_decay=0.0, total_steps=rnd.updates *
+                     d.dmd_fake_updates)
+    real = plan.real_score(plan.teacher_module)
+    null = None
+    if d.dmd_guidance > 0:
+        from ..guidance import null_condition
+
+        null = null_condition(real, real.spec)
+    return DMDObjective(real, schedule, rnd.student_steps, {"generator": generator, "fake": critic, "disc": critic},
+                        d.dmd_fake_updates, d.dmd_gan_weight, plan.cfg.diffusion.weighting, plan.spec.data_shape,
+                        plan.probe_label(), d.seed + rnd.number, (d.dmd_t_min, d.dmd_t_max), d.dmd_guidance, null,
+                        d.gan_r1_weight, noise)
+
+
+def _dmd_rounds(cfg: Config, record: dict, rounds: list[Round]) -> list[Round]:
+    """dmd: one phase, a distill.target_steps-step generator, from the teacher or any saved student (also a 1-step
+    one); a finished dmd student of those steps has nothing left. Updates: distill.total_updates (0: pd's total,
+    or distill.updates_per_round from a student at the target already)."""
+    d, student = cfg.distill, record["kind"] == "student"
+    recorded = record.get("config", {}).get("distill", {}).get("method")
+    start = int(record["sampling_steps"]) if student else d.start_steps
+    if student and recorded == "dmd" and start == d.target_steps:
+        return []
+    updates = d.total_updates or sum(rnd.updates for rnd in rounds) or d.updates_per_round
+    return [Round(int(record.get("round", 0)) + 1, start, d.target_steps, updates)]
 
 
 def _cd_objective(teacher, schedule, rnd: Round, plan, noise):
@@ -160,7 +223,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("pd", "progressive distillation (Salimans & Ho 2022): rounds N -> N/2, two teacher DDIM steps a target",
            _pd_objective, DistillObjective.EVALS, loss=lambda cfg: cfg.distill.weighting, self_ema=lambda cfg: None,
            desc=lambda rnd: f"round {rnd.number}: {rnd.teacher_steps} -> {rnd.student_steps} steps",
-           rounds=lambda cfg, record, rounds: rounds, guided=True, lora=True, own_folder=False),
+           rounds=lambda cfg, record, rounds: rounds, guided=True, lora=True, own_folder=False,
+           counted=lambda cfg: cfg.distill.adversarial_weight > 0),
     Method("cd", "consistency distillation (Song et al. 2023): one student for every step count",
            _cd_objective, ConsistencyObjective.EVALS,
            loss=lambda cfg: "constant" if cfg.distill.cd_metric == "l2" else PSEUDO_HUBER,
@@ -172,6 +236,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            self_ema=lambda cfg: cfg.distill.tract_self_ema,
            desc=lambda rnd: f"TRACT phase {rnd.number}: {rnd.teacher_steps} -> {rnd.student_steps} steps",
            rounds=_tract_rounds),
+    Method("dmd", "DMD2 (Yin et al. 2024): a few-step generator matched to the data through a fake score and a GAN",
+           _dmd_objective, (0, 0), loss=lambda cfg: cfg.distill.weighting, self_ema=lambda cfg: None,
+           desc=lambda rnd: f"DMD2: a {rnd.student_steps}-step generator", rounds=_dmd_rounds,
+           counted=lambda cfg: True, from_target=True),
 )}
 assert tuple(METHODS) == DISTILL_METHODS, "config.choices.DISTILL_METHODS lists the registry's names"
 

@@ -11,14 +11,17 @@ from pathlib import Path
 import torch
 
 from .. import runfolder
-from ..build import denoiser_from_spec, schedule_of
+from ..build import denoiser_from_spec, load_denoiser, schedule_of
+from ..checkpoint import CheckpointError, read_record
 from ..config import Config, ConfigError, student_config
 from ..denoiser import Denoiser
 from ..diffusion.schedules import Schedule
+from ..guidance import null_condition
 from ..nets.spec import ModelSpec
 from .noise import noise_for
 from .methods import Method, Round, add_cost, method_of, plan_rounds, recorded_budget
 from .objectives import ConversionObjective, teacher_clip_threshold, training_w_range
+from .loop import OptimSettings
 from .phase import Phase, Run, optim_settings
 from ..compiling import maybe_compiled
 from .reparam import warm_up_student
@@ -42,7 +45,9 @@ class DistillPlan:
     w_train: tuple[float, float] | None  # guided students: the w drawn in training
     rounds: list[Round]
     budget: dict  # what the distillation has spent before the next round (recorded in every student; methods.py)
+    first_teacher: Path | None = None  # a student's first teacher (the real score of dmd); None: a teacher itself
     _adapter: dict = field(default_factory=dict)  # LoRA students: the adapter at the round's start (its teacher's)
+    teacher_module: Denoiser | None = field(default=None, repr=False)  # the round's teacher, set by `objective`
 
     @property
     def method(self) -> Method:
@@ -87,12 +92,40 @@ class DistillPlan:
         """The round's targets from `teacher` (compiled with perf.compile): two of its steps per student step (pd),
         one step and the target network's consistency function (cd), one step and the self-teacher's jump (tract)."""
         evaluate = maybe_compiled(teacher, f"round {rnd.number}'s teacher", self.cfg.perf.compile)
+        self.teacher_module = teacher
         return self.method.objective(evaluate, self.schedule, rnd, self, noise_for(self.cfg.perf.per_example_noise))
 
+    def round_settings(self, rnd: Round) -> OptimSettings:
+        """The student's optimizer settings in `rnd` (lr linear to 0; the method's EMA; none for LoRA students)."""
+        settings = optim_settings(self.cfg.distill.optim, rnd.updates, "linear")
+        if self.lora is not None:  # an EMA copy of the network would duplicate the shared base weights
+            settings = replace(settings, ema_decay=0.0)
+        if self.method.self_ema(self.cfg) is not None:  # cd's target network, tract's self-teacher (and sampling)
+            settings = replace(settings, ema_decay=self.method.self_ema(self.cfg))
+        return settings
+
+    def probe_label(self) -> torch.Tensor | None:
+        """One example's conditioning for probing a network's features: class 0, the empty caption, or None."""
+        if self.spec.text_conditioned and self.teacher_module is not None:
+            return null_condition(self.teacher_module, self.spec).unsqueeze(0)
+        return torch.zeros(1, dtype=torch.long) if self.spec.num_classes else None
+
+    def real_score(self, teacher: Denoiser) -> Denoiser:
+        """What matches the data's distribution: the first teacher of a student's run (loaded here, frozen), else
+        `teacher` itself."""
+        if self.first_teacher is None:
+            return teacher
+        device = next(teacher.parameters()).device
+        real, _, _ = load_denoiser(self.first_teacher, device)
+        return real
+
     def round_budget(self, rnd: Round) -> dict:
-        """The budget spent once `rnd` is done (and, before it, a warm-up: budgets are counted from the start)."""
+        """The budget spent once `rnd` is done (and, before it, a warm-up: budgets are counted from the start). A
+        counted method's (training/counting.py) is the budget before it, which its phase adds to as it ends."""
         per_update = self.cfg.distill.batch_size * self.cfg.distill.grad_accum
         budget = self.budget
+        if self.method.counted(self.cfg):
+            return dict(budget)
         if rnd is self.rounds[0] and self.warms_up:
             budget = add_cost(budget, self.cfg.distill.convert_updates, per_update, ConversionObjective.EVALS)
         return add_cost(budget, rnd.updates, per_update, self.method.evals)
@@ -107,12 +140,7 @@ class DistillPlan:
         record = {"config": self.cfg.to_dict(), "model": student.spec.to_dict(),
                   "sampling": self.sampling | {"steps": m}, "round": r, "sampling_steps": m,
                   "teacher": str(teacher_stem)}
-        settings = optim_settings(distill_cfg.optim, rnd.updates, "linear")
-        if self.lora is not None:  # an EMA copy of the network would duplicate the shared base weights
-            settings = replace(settings, ema_decay=0.0)
-        method = self.method
-        if method.self_ema(self.cfg) is not None:  # cd's target network, tract's self-teacher (and sampling weights)
-            settings = replace(settings, ema_decay=method.self_ema(self.cfg))
+        settings, method = self.round_settings(rnd), self.method
         if method.sampler is not None:
             record["sampling"] |= {"sampler": method.sampler}
         self.budget = budget = self.round_budget(rnd)
@@ -218,7 +246,7 @@ def method_rounds(cfg: Config, record: dict, teacher_spec: ModelSpec) -> list[Ro
     if teacher_spec.guidance is not None and not method.guided:
         raise ConfigError(f"distill.method = {d.method!r} distils unguided and class-conditional models; a guided "
                           "(w-conditioned) model is distilled with distill.method = \"pd\" (docs/methods.md)")
-    return method.rounds(cfg, record, rounds) if rounds else rounds
+    return method.rounds(cfg, record, rounds) if rounds or method.from_target else rounds
 
 
 def plan_distillation(teacher_spec: ModelSpec, record: dict, ckpt_cfg: Config, cfg: Config | None) -> DistillPlan:
@@ -252,7 +280,21 @@ def plan_distillation(teacher_spec: ModelSpec, record: dict, ckpt_cfg: Config, c
                                           "skip_scale": float(cfg.distill.cd_skip_scale)})
     return DistillPlan(cfg, spec, schedule, teacher_param, record["sampling"],
                        teacher_clip_threshold(cfg.distill.teacher_clip, cfg.distill.teacher_clip_logsnr), w_train,
-                       method_rounds(cfg, record, teacher_spec), recorded_budget(record))
+                       method_rounds(cfg, record, teacher_spec), recorded_budget(record), first_teacher(record))
+
+
+def first_teacher(record: dict) -> Path | None:
+    """The teacher a student's chain of rounds started from (None for a teacher, or when its files are gone)."""
+    stem = record.get("teacher") if record.get("kind") == "student" else None
+    while stem is not None:
+        try:
+            parent = read_record(stem)
+        except CheckpointError:
+            return None
+        if parent.get("kind") != "student":
+            return Path(stem)
+        stem = parent.get("teacher")
+    return None
 
 
 def prepare_teacher(teacher: Denoiser, plan: DistillPlan, run: Run) -> Denoiser:

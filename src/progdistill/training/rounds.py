@@ -20,7 +20,8 @@ from ..build import load_denoiser
 from ..checkpoint import CheckpointError, read_record
 from ..config import Config, config_from_json
 from ..sampling import balanced_labels, generate
-from .phase import Run, resume_config, run_phase
+from .phase import Run, resume_config
+from .players import train_phase
 from .plan import DistillPlan, Round, plan_distillation, prepare_teacher
 from .resume import latest_loadable
 from .runlog import RunLog
@@ -135,7 +136,7 @@ def distill(
             if resume_from is None and rnd is plan.rounds[0]:
                 plan.warm_up(teacher, student, rnd, run)
             phase = plan.phase(rnd, out, teacher_stem, student)
-            result = run_phase(phase, student, plan.objective(teacher, rnd), run, resume_from=resume_from)
+            result = train_phase(phase, student, plan.objective(teacher, rnd), run, resume_from=resume_from)
             log_round(run, plan, rnd, teacher, result)
             stems.append(phase.final)
             if on_round is not None:
