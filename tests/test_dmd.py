@@ -163,3 +163,17 @@ def test_players_phase_killed_and_resumed_bitwise(teacher_run, tmp_path, method,
     records = [json.loads((d / "students" / f"{name}.json").read_text()) for d in (tmp_path / "ref", out)]
     assert records[0]["loss_history"] == records[1]["loss_history"]
     assert records[0]["budget"] == records[1]["budget"] and records[0]["budget"]["forward_equivalent"] > 0
+
+
+def test_a_non_finite_loss_of_any_player_stops_the_phase():
+    from progdistill.training.loop import NonFiniteLossError
+
+    teacher = _mlp(0).requires_grad_(False)
+    objective, student = _objective(teacher), _mlp(1)
+    real_loss = objective.loss
+    objective.loss = lambda name, *a: real_loss(name, *a) * (float("nan") if name == "disc" else 1.0)
+    loop = _loop(objective, student)
+    loop.total = 10
+    loop.step(1, _batches(), objective)
+    with pytest.raises(NonFiniteLossError, match="player disc"):
+        loop.flush()

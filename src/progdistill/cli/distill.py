@@ -24,10 +24,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_config_args(parser, default=None)
     parser.add_argument("--method", choices=DISTILL_METHODS,
                         help="pd: progressive distillation (the default), cd: consistency distillation (one student "
-                             "for every step count), tract: TRACT's few long phases (= --set distill.method=...; "
+                             "for every step count), tract: TRACT's few long phases, dmd: DMD2 (a distill.target_steps-step "
+                             "generator, fake score and discriminator; from a teacher or any student) (= --set "
+                             "distill.method=...; pd with --set distill.adversarial_weight=W is adversarial pd; "
                              "docs/methods.md)")
     parser.add_argument("--out", help="run folder for students/ (default: the checkpoint's run folder; with --guided, "
-                        "RUN/guided; with --method cd or tract, RUN/cd or RUN/tract)")
+                        "RUN/guided; with --method cd, tract or dmd, RUN/cd, RUN/tract or RUN/dmd)")
     group = parser.add_argument_group("guided distillation (Meng et al. 2023; docs/guided.md)")
     group.add_argument("--guided", action="store_true",
                        help="from a teacher trained with label dropout: stage 1 trains a student conditioned on the "
