@@ -1,7 +1,7 @@
 # dmd against pd on the 2-D ring, one seed (BENCHMARKS.md, "Players phases"): trains a teacher, distils pd 8 -> 1
 # and two dmd 1-step generators, evaluates each run; reports in /tmp/q/*/eval. About 4 minutes on 2 cores.
 set -e
-P=/work/main/.venv/bin/progdistill
+P=${PROGDISTILL:-progdistill}  # the installed command (e.g. .venv/bin/progdistill)
 export OMP_NUM_THREADS=2
 Q=/tmp/q; rm -rf $Q; mkdir -p $Q
 $P train --config toy2d --out $Q/pd --no-progress --set data.name=ring --set train.steps=1500 > /dev/null
