@@ -1,6 +1,8 @@
 """Benchmark (issue 24): progressive distillation (PD), consistency distillation (CD, L2 and pseudo-Huber) and
 TRACT distilled from one Fashion-MNIST teacher at equal budgets, evaluated in one report with the teacher's DDIM and
-DPM-Solver++(2M) at 1, 2, 4 and 8 steps.
+DPM-Solver++(2M) at 1, 2, 4 and 8 steps. Issue 30 adds the methods past the regression ceiling (stages `ceiling`
+and `ceiling_eval`): dmd from the teacher and from pd's 1-step student, and adversarial pd, at the forward-equivalent
+evaluations of the 300- and 900-update runs (see CEILING below).
 
     python benchmarks/methods_fashion_mnist.py --out DIR                  # every stage in order
     python benchmarks/methods_fashion_mnist.py --out DIR --stage teacher  # one stage (teacher, distill, evaluate)
@@ -186,14 +188,15 @@ def plot_methods(rows: list[dict], metric: str, path: Path) -> None:
     from progdistill.evaluation.methods import teacher_best
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = dict(zip(METHODS, ("C0", "C1", "C2", "C3")))
+    colours = dict(zip([*METHODS, "dmd", "dmd_from_pd", "pd_adv", "pd_adv_relaxed"],
+                       ("C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7")))
     for name in dict.fromkeys(r["sampler"] for r in rows if r["metric"] == metric and r["steps"] > 0):
         pts = sorted((r["steps"], r["value"]) for r in rows if r["sampler"] == name and r["metric"] == metric
                      and r["steps"] <= 8)
         method = name.rsplit("_b", 1)[0]
         style = dict(color=colours.get(method, "gray"), marker="o",
                      linestyle="-" if name.endswith(f"_b{max(BUDGETS)}") else "--")
-        if method not in METHODS:
+        if method not in colours:
             style = dict(color="black" if name == "dpm_solver" else "gray", marker="s", linestyle=":")
         ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, **style)
     best = teacher_best(rows, metric)
@@ -209,10 +212,195 @@ def plot_methods(rows: list[dict], metric: str, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+# --- Issue 30: past the regression ceiling --------------------------------------------------------------------------
+# Every run is put on one axis, forward-equivalent network evaluations (a backward counted as two; the students'
+# records count them). The regression runs above spend 5 per training image (2 teacher evaluations, the student's
+# forward and backward): pd_b300 96 000, pd_b900 288 000, and cd and tract the same.
+BATCH = 64
+
+
+def pd_fe(updates: int) -> int:
+    """The forward-equivalent evaluations of a 300- or 900-update pd, cd or tract run of this benchmark."""
+    return updates * BATCH * 5
+
+
+# dmd: DMD2 with the project's defaults (discriminator weight 3e-3, approximate R1, t in [0.02, 0.98]) except
+# DMD_FAKE_UPDATES fake-score (and head) updates per generator update (DMD2: 5; fewer buys more generator updates
+# on the same budget). Runs whose "fe" is set get as many generator updates as fit in it (measured by a 2-update
+# probe of the same run); pd_adv runs take pd's updates and spend what they spend.
+DMD_FAKE_UPDATES = 1
+DMD = ["distill.method='dmd'", "distill.start_steps=32", "distill.checkpoint_every=50", "distill.log_samples=0",
+       f"distill.dmd_fake_updates={DMD_FAKE_UPDATES}"]
+ADV_WEIGHT = 0.1
+CEILING = {
+    # a 4-step generator (it samples at 1, 2 and 4 steps on its own grid) from the teacher, at pd_b300's and
+    # pd_b900's forward-equivalent evaluations
+    "dmd_b300": {"from": "teacher", "set": DMD + ["distill.target_steps=4"], "fe": pd_fe(300)},
+    "dmd_b900": {"from": "teacher", "set": DMD + ["distill.target_steps=4"], "fe": pd_fe(900)},
+    # pd, then dmd: pd_b300's 1-step student refined by dmd, the two together at pd_b900's evaluations
+    "dmd_from_pd_b900": {"from": "pd_b300", "set": DMD + ["distill.target_steps=1"], "fe": pd_fe(900)},
+    # adversarial pd (SDXL-Lightning's recipe): pd_b300 / pd_b900 plus the adversarial term, conditional; and the
+    # relaxed (unconditional) variant at 300 updates
+    "pd_adv_b300": {"from": "teacher", "set": COMMON + METHODS["pd"] + budget_settings("pd", 300)
+                    + [f"distill.adversarial_weight={ADV_WEIGHT}"]},
+    "pd_adv_b900": {"from": "teacher", "set": COMMON + METHODS["pd"] + budget_settings("pd", 900)
+                    + [f"distill.adversarial_weight={ADV_WEIGHT}"]},
+    "pd_adv_relaxed_b300": {"from": "teacher", "set": COMMON + METHODS["pd"] + budget_settings("pd", 300)
+                            + [f"distill.adversarial_weight={ADV_WEIGHT}", "distill.adversarial_relaxed=true"]},
+}
+
+
+def _source(out: Path, name: str) -> Path:
+    return out / "teacher" / "teacher" if name == "teacher" else out / name / "students" / "student_0001steps"
+
+
+def _recorded_fe(stem: Path) -> int:
+    from progdistill.checkpoint import forward_equivalent, read_record
+
+    budget = read_record(stem).get("budget")
+    return forward_equivalent(budget) if isinstance(budget, dict) else 0
+
+
+def _student(run: Path) -> Path | None:
+    found = sorted((run / "students").glob("student_*steps.json"))
+    return found[0].with_suffix("") if found else None
+
+
+def stage_ceiling(out: Path, progress: list[str], only: list[str] | None) -> dict:
+    """Distil the CEILING runs (pd_b300 first where a run starts from it); a run whose budget is counted in
+    forward-equivalent evaluations gets its generator updates from a 2-update probe (DIR/probe_NAME)."""
+    import shutil
+
+    times = {}
+    for name, run in CEILING.items():
+        if only and name not in only:
+            continue
+        if _student(out / name) is not None:
+            print(f"{name}: already distilled")
+            continue
+        if run["from"] != "teacher" and _student(out / run["from"]) is None:
+            times |= stage_distill(out, progress, [run["from"]])
+        source = _source(out, run["from"])
+        settings = list(run["set"])
+        if "fe" in run:
+            probe = out / f"probe_{name}"
+            shutil.rmtree(probe, ignore_errors=True)
+            cli(["distill", "--from", str(source), "--out", str(probe), *sets(settings + ["distill.total_updates=2"]),
+                 "--no-progress"])
+            start = _recorded_fe(source) if run["from"] != "teacher" else 0
+            per_update = (_recorded_fe(_student(probe)) - start) / 2
+            updates = int((run["fe"] - start) // per_update)
+            print(f"{name}: {per_update:.0f} forward-equivalent evaluations per generator update; {updates} updates "
+                  f"fit in {run['fe'] - start:,}")
+            settings.append(f"distill.total_updates={updates}")
+            shutil.rmtree(probe)
+        t0 = time.time()
+        cli(["distill", "--from", str(source), "--out", str(out / name), *sets(settings), *progress])
+        times[name] = round(time.time() - t0, 1)
+        print(f"{name}: {times[name]} s")
+    return times
+
+
+def stage_ceiling_eval(out: Path, num: int, seed: int, progress: list[str], previous: Path | None) -> None:
+    """One report (DIR/evaluate_ceiling) of the teacher's rows, pd_b300 (rerun) and the CEILING runs, at `num` samples
+    from `seed`; with `previous` (the committed report.json of the runs above) and the teacher's rows identical to
+    it, the runs not rerun here join from it. Then the goals of issue 30 (goals_ceiling.json)."""
+    from progdistill.evaluation.images import CLASSIFIER_METRIC
+    from progdistill.evaluation.report import evaluate_run
+
+    runs = {name: out / name for name in ["pd_b300", "pd_b900", *CEILING] if _student(out / name) is not None}
+    folder = out / ("evaluate_ceiling" if seed == 1234 else f"evaluate_ceiling_seed{seed}")
+    t0 = time.time()
+    rows = evaluate_run(out / "teacher", folder, steps=TEACHER_STEPS, num=num, seed=seed,
+                        samplers=("teacher_ddim", "dpm_solver"), max_steps={"dpm_solver": 32}, methods=runs,
+                        method_steps=list(STUDENT_STEPS), progress=not progress)
+    report = {"eval_s": round(time.time() - t0, 1), "num": num, "seed": seed, "date": time.strftime("%Y-%m-%d")}
+    merged = rows
+    if previous is not None:
+        old = json.loads(previous.read_text())
+        teacher = lambda rs: sorted((r["sampler"], r["steps"], r["value"]) for r in rs  # noqa: E731
+                                    if r["sampler"] in ("teacher_ddim", "dpm_solver") and r["metric"] == CLASSIFIER_METRIC)
+        same = teacher(old) == teacher(rows)
+        rerun_same = {name: sorted((r["steps"], r["metric"], r["value"]) for r in rows if r["sampler"] == name)
+                      == sorted((r["steps"], r["metric"], r["value"]) for r in old if r["sampler"] == name
+                                and r["metric"] != "forward_equivalent")
+                      for name in ("pd_b300", "pd_b900") if name in runs}
+        report["previous"] = {"file": str(previous), "teacher_rows_identical": same,
+                              "rerun_rows_identical_but_forward_equivalent": rerun_same}
+        if same:
+            have = {r["sampler"] for r in rows}
+            merged = rows + [r for r in old if r["sampler"] not in have] + _fe_rows(old, have)
+    report["goals"] = ceiling_goals(merged, CLASSIFIER_METRIC)
+    (folder / "report_merged.json").write_text(json.dumps(merged, indent=1))
+    (out / f"goals_ceiling{'' if seed == 1234 else f'_seed{seed}'}.json").write_text(json.dumps(report, indent=2))
+    plot_methods(merged, CLASSIFIER_METRIC, folder / "ceiling_vs_steps.png")
+    print(json.dumps(report, indent=2))
+
+
+def _fe_rows(old: list[dict], have: set[str]) -> list[dict]:
+    """The forward-equivalent rows of the previous report's students (it predates them): teacher and self-teacher
+    evaluations plus 3 per image (checkpoint.forward_equivalent)."""
+    from progdistill.checkpoint import BUDGET_KEYS, forward_equivalent
+
+    v = {(r["sampler"], r["steps"], r["metric"]): r["value"] for r in old}
+    out = []
+    for (sampler, steps, metric) in list(v):
+        if metric == "student_updates" and sampler not in have:
+            budget = {k: v[(sampler, steps, k)] for k in BUDGET_KEYS}
+            out.append({"sampler": sampler, "steps": steps, "metric": "forward_equivalent",
+                        "value": float(forward_equivalent(budget))})
+    return out
+
+
+NEW_FAMILIES = {"dmd": "dmd_", "pd_adv": "pd_adv_"}
+
+
+def ceiling_goals(rows: list[dict], metric: str) -> dict:
+    """Issue 30's goals, fixed before the run, against the teacher's best: the best 1-step student within 1.15x; the
+    best 4-step student at or below 1.0x; the best new method (dmd or pd_adv) beats every pd, cd and tract student at
+    1 and 2 steps, each at equal or lower forward-equivalent evaluations than that student."""
+    from progdistill.evaluation.methods import TEACHER_ROWS, teacher_best
+
+    best = teacher_best(rows, metric)
+    v = {(r["sampler"], r["steps"]): r["value"] for r in rows if r["metric"] == metric}
+    fe = {(r["sampler"], r["steps"]): r["value"] for r in rows if r["metric"] == "forward_equivalent"}
+    students = {key: x for key, x in v.items() if key[0] not in TEACHER_ROWS and key[0] != "data"}
+    out = {"teacher_best": {"sampler": best["sampler"], "steps": best["steps"], "value": best["value"]}}
+    for k, bound in ((1, 1.15), (4, 1.0)):
+        at = {s: x for (s, kk), x in students.items() if kk == k}
+        if at:
+            name, value = min(at.items(), key=lambda item: item[1])
+            out[f"best {k}-step student / teacher's best <= {bound}"] = {
+                "student": name, "value": round(value, 3), "ratio": round(value / best["value"], 3),
+                "met": value / best["value"] <= bound}
+    old = list(METHODS)
+    for family, prefix in NEW_FAMILIES.items():
+        verdicts = {}
+        for k in (1, 2):
+            new = {s: x for (s, kk), x in students.items() if kk == k and s.startswith(prefix)}
+            for (s, kk), x in students.items():
+                if kk != k or s.startswith(tuple(NEW_FAMILIES.values())) or s.rsplit("_b", 1)[0] not in old:
+                    continue
+                cheaper = {n: y for n, y in new.items() if fe.get((n, k), float("inf")) <= fe.get((s, k), 0)}
+                if not cheaper:
+                    verdicts[f"{k} steps vs {s}"] = {s: round(x, 3), "met": False,
+                                                     "why": "no run of this family at or below its evaluations"}
+                    continue
+                n, y = min(cheaper.items(), key=lambda item: item[1])
+                verdicts[f"{k} steps vs {s}"] = {s: round(x, 3), n: round(y, 3), "met": y < x}
+        out[f"{family} beats every pd, cd and tract student at 1 and 2 steps at <= evaluations"] = {
+            "met": bool(verdicts) and all(d["met"] for d in verdicts.values()), "cases": verdicts}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
-    p.add_argument("--stage", choices=("teacher", "distill", "evaluate", "cd_start", "all"), default="all")
+    p.add_argument("--stage", choices=("teacher", "distill", "evaluate", "cd_start", "ceiling", "ceiling_eval", "all"),
+                   default="all")
+    p.add_argument("--seed", type=int, default=1234, help="ceiling_eval: the sampling noise's seed")
+    p.add_argument("--previous", help="ceiling_eval: the committed report.json of the pd, cd and tract runs, joined "
+                   "when the teacher's rows are identical to its")
     p.add_argument("--only", action="append", help="distill only these runs (e.g. pd_b300; repeatable)")
     p.add_argument("--num", type=int, default=1000, help="samples per row")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -238,6 +426,11 @@ def main() -> None:
         stage_evaluate(out, a.num, progress)
     if a.stage in ("cd_start", "all"):
         stage_cd_start(out, a.num, progress)
+    if a.stage in ("ceiling", "all"):
+        timings.update(stage_ceiling(out, progress, a.only))
+        timing_file.write_text(json.dumps(timings, indent=2))
+    if a.stage in ("ceiling_eval", "all"):
+        stage_ceiling_eval(out, a.num, a.seed, progress, Path(a.previous) if a.previous else None)
 
 
 if __name__ == "__main__":

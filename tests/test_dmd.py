@@ -72,7 +72,7 @@ def _objective(teacher, gan_weight=0.01, steps=2):
 
 def _loop(objective, student):
     run = SimpleNamespace(accelerator=Accelerator(cpu=True))
-    return PlayersLoop(objective.players(student), run, seed=0, grad_accum=1, resume=None)
+    return PlayersLoop(objective.players(student), run, seed=0, grad_accum=1, total=1, resume=None)
 
 
 def _batches(n=32):
@@ -163,6 +163,12 @@ def test_players_phase_killed_and_resumed_bitwise(teacher_run, tmp_path, method,
     records = [json.loads((d / "students" / f"{name}.json").read_text()) for d in (tmp_path / "ref", out)]
     assert records[0]["loss_history"] == records[1]["loss_history"]
     assert records[0]["budget"] == records[1]["budget"] and records[0]["budget"]["forward_equivalent"] > 0
+    if method == "dmd":  # the 2-step generator also samples at 1 step, on its own grid (the report lists both)
+        from progdistill.evaluation.methods import method_students
+
+        stem = tmp_path / "ref" / "students" / name
+        assert records[0]["sampling"]["counts"] == [1, 2]
+        assert method_students(tmp_path / "ref") == ("ddim", {1: stem, 2: stem})
 
 
 def test_a_non_finite_loss_of_any_player_stops_the_phase():

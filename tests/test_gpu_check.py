@@ -31,7 +31,8 @@ def test_gpu_check_dry_run(tmp_path):
     assert all(p["rc"] == 0 for p in e2e["phases"].values()) and list(e2e["phases"]) == [
         "train", "distill", "evaluate", "export"]
     assert {r["metric"] for r in e2e["evaluate_rows"]} == {"teacher_rms", "teacher_psnr", "student_updates",
-                                                           "images_seen", "teacher_evals", "self_evals"}
+                                                           "images_seen", "teacher_evals", "self_evals",
+                                                           "forward_equivalent"}
     assert e2e["exported_pipeline"]["finite"]
     for name in ("gpu_check.md", "gpu_check.log", "profile_train.txt", "e2e_report.md", "e2e_samples_1step.png"):
         assert (out / name).is_file(), name

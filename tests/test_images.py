@@ -153,8 +153,12 @@ def test_evaluate_end_to_end(image_run, tmp_path):
     assert got == {("data", 0), ("teacher_ddim", 1), ("teacher_ddim", 2), ("teacher_ddim", 4), ("dpm_solver", 1),
                    ("dpm_solver", 2), ("teacher_ancestral", 1), ("student", 1), ("student", 2)}
     assert {r["metric"] for r in rows} == {"frechet_classifier", "teacher_rms", "teacher_psnr", "student_updates",
-                                           "images_seen", "teacher_evals", "self_evals"}
+                                           "images_seen", "teacher_evals", "self_evals",
+                                           "forward_equivalent"}
     assert {r["sampler"] for r in rows if r["metric"] == "student_updates"} == {"student"}  # budgets: students only
+    b = {r["metric"]: r["value"] for r in rows if r["sampler"] == "student" and r["steps"] == 1}
+    # pd: the teacher's two evaluations per image and the student's forward and backward (3 forward-equivalents)
+    assert b["forward_equivalent"] == b["teacher_evals"] + b["self_evals"] + 3 * b["images_seen"] > 0
     assert all(np.isfinite(r["value"]) for r in rows)
     for name in ("report.json", "report.md", "frechet_classifier_vs_steps.png", "teacher_rms_vs_steps.png",
                  "samples/steps_0001.png", "samples/steps_0004.png"):
@@ -246,7 +250,7 @@ def test_evaluate_on_folder_data_without_any_weights_file(tmp_path):
                  "--max-baseline-steps", "1"]) == 0
     rows = json.loads((run / "eval" / "report.json").read_text())
     assert {r["metric"] for r in rows} == {"teacher_rms", "teacher_psnr", "student_updates", "images_seen",
-                                           "teacher_evals", "self_evals"}  # the students' budgets
+                                           "teacher_evals", "self_evals", "forward_equivalent"}  # the students' budgets
     v = {(r["sampler"], r["steps"], r["metric"]): r["value"] for r in rows if r["metric"] in ("teacher_rms", "teacher_psnr")}
     assert v[("teacher_ddim", 4, "teacher_rms")] == 0.0  # the reference: the teacher's 4-step DDIM itself
     for (sampler, k, metric), value in v.items():

@@ -349,3 +349,31 @@ def test_lora_is_refused_where_it_cannot_ship(sd, students):
     guided, record, ckpt_cfg = load_denoiser(students["guided"][2])
     with pytest.raises(ConfigError, match="guided"):
         plan_distillation(guided.spec, record, ckpt_cfg, cfg)
+
+
+@pytest.fixture(scope="module")
+def dmd_student(sd):
+    """A 4-step dmd generator of the text teacher, its real score the teacher guided at w = 2 (a fixed-w student),
+    a few updates with the discriminator head on the U-Net's mid block."""
+    cfg = load_config("stable_diffusion", DISTILL + ["distill.method=\"dmd\"", "distill.target_steps=4",
+                                                     "distill.total_updates=3", "distill.dmd_fake_updates=2",
+                                                     "distill.dmd_guidance=2", "distill.dmd_gan_weight=0.1",
+                                                     "distill.optim.lr=1e-3", "mixed_precision=\"no\""])
+    return distill(sd["teacher"], sd["root"] / "dmd", cfg, progress=False)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_exported_dmd_student_equals_the_project_sampler(sd, dmd_student, steps, tmp_path):
+    """A dmd generator exports as a pd student does (a DDIMScheduler at its grid's trailing timesteps, its own
+    prediction type), also at the counts below its own whose grids lie on its own; its record says which."""
+    (stem,) = dmd_student
+    teacher = load_denoiser(sd["teacher"])[0]
+    student, record, _ = load_denoiser(stem)
+    assert record["sampling"]["counts"] == [1, 2, 4] and record["budget"]["players"]["generator"]["updates"] == 3
+    assert set(record["budget"]["evals"]) >= {"teacher", "generator", "fake"}
+    assert any(not torch.equal(v, student.net.unet.state_dict()[k]) for k, v in teacher.net.unet.state_dict().items())
+    ours, theirs, pipe = _pipeline_latents(stem, steps, None, tmp_path / "export")
+    assert pipe.unet.config.time_cond_proj_dim is None
+    assert pipe.scheduler.config.prediction_type == {"eps": "epsilon", "v": "v_prediction"}[
+        student.spec.parameterization]
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-4)

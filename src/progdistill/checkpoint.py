@@ -24,6 +24,17 @@ FORMAT_VERSION = 2
 # A distilled student's "budget" record field: what its distillation spent, cumulative from the teacher
 # (training/methods.py writes it, evaluation/methods.py reports it).
 BUDGET_KEYS = ("student_updates", "images_seen", "teacher_evals", "self_evals")
+STUDENT_FE_PER_IMAGE = 3  # a regression method's student: one forward and one backward per training image
+
+
+def forward_equivalent(budget: dict) -> int:
+    """Forward-equivalent evaluations of a recorded budget (a backward counted as two; training/counting.py):
+    counted ones where a players phase recorded them, else (regression methods only) teacher and self-teacher
+    evaluations plus the student's forward and backward per training image."""
+    if "forward_equivalent" in budget:
+        return int(budget["forward_equivalent"])
+    return (int(budget["teacher_evals"]) + int(budget["self_evals"])
+            + STUDENT_FE_PER_IMAGE * int(budget["images_seen"]))
 
 
 class CheckpointError(ValueError):

@@ -76,7 +76,7 @@ def warn_off_student(record: dict, steps: int, sampler: str = "ddim") -> None:
             print(f"progdistill: warning: this consistency student samples with --sampler consistency (or ddim), "
                   f"not {sampler}", file=sys.stderr)
         return
-    if int(own) != steps:
+    if int(own) != steps and steps not in record.get("sampling", {}).get("counts", []):
         print(f"progdistill: warning: this student was distilled for {own} DDIM steps; sampling it with {steps} "
               "is outside what it was trained for (leave out --steps for its own)", file=sys.stderr)
     if sampler != "ddim":

@@ -7,17 +7,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import runfolder
-from ..checkpoint import BUDGET_KEYS, CheckpointError, read_record
+from ..checkpoint import BUDGET_KEYS, CheckpointError, forward_equivalent, read_record
 from .rows import DATA, ROWS, Row, Weights
 
-BUDGET_METRICS = BUDGET_KEYS  # a student's recorded budget, reported as metrics of its rows
+# a student's recorded budget, reported as metrics of its rows, with its forward-equivalent evaluations (the one axis
+# every method is put on: a backward counted as two; checkpoint.forward_equivalent)
+BUDGET_METRICS = (*BUDGET_KEYS, "forward_equivalent")
 # The teacher's rows a "teacher's best" is taken over (every teacher sampler of the registry).
 TEACHER_ROWS = tuple(name for name, row in ROWS.items() if row.weights is Weights.TEACHER)
 
 
 def method_students(run: Path) -> tuple[str, dict[int, Path]]:
     """(sampler, students by step count) of one distillation run folder: a consistency student samples at every
-    count with the consistency sampler (returned under step count 0: any); other students with DDIM at their own."""
+    count with the consistency sampler (returned under step count 0: any); other students with DDIM at their own,
+    and a student whose record lists sampling "counts" (a dmd generator: the counts whose grids lie on its own) also
+    at those, where no student of that count was saved."""
     students = runfolder.saved_students(Path(run))
     if not students:
         raise CheckpointError(f"{run} holds no distilled students (students/student_*steps.json); give a folder "
@@ -25,7 +29,11 @@ def method_students(run: Path) -> tuple[str, dict[int, Path]]:
     first = next(iter(students.values()))
     if read_record(first).get("sampling", {}).get("sampler") == "consistency":
         return "consistency", {0: first}
-    return "ddim", students
+    extra = {}
+    for steps, stem in students.items():
+        for k in read_record(stem).get("sampling", {}).get("counts", []):
+            extra.setdefault(int(k), stem)
+    return "ddim", extra | students
 
 
 def method_rows(methods: dict[str, Path], steps: list[int], reserved: set[str]) -> tuple[list[tuple[Row, int]],
@@ -45,7 +53,9 @@ def method_rows(methods: dict[str, Path], steps: list[int], reserved: set[str]) 
 def budget_of(stem: Path) -> dict[str, float]:
     """A student's recorded budget (training/methods.py), as report metrics; records from before budgets: none."""
     budget = read_record(stem).get("budget")
-    return {key: float(budget[key]) for key in BUDGET_METRICS if key in budget} if isinstance(budget, dict) else {}
+    if not isinstance(budget, dict) or any(key not in budget for key in BUDGET_KEYS):
+        return {}
+    return {key: float(budget[key]) for key in BUDGET_KEYS} | {"forward_equivalent": float(forward_equivalent(budget))}
 
 
 def teacher_best(rows: list[dict], metric: str, higher_is_better: bool = False) -> dict | None:
@@ -67,7 +77,7 @@ def methods_table(rows: list[dict], metric: str, students: list[str], higher_is_
         lines.append(f"The teacher's best {metric}: **{best['value']:.4f}** ({best['sampler']} at {best['steps']} "
                      "steps), the best over every teacher sampler and step count measured here; ratios are to it.\n")
     lines += [f"| steps | method | {metric} | / teacher's best | student updates | images seen | teacher evals | "
-              "self-teacher evals |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+              "self-teacher evals | forward-equivalent evals |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     counts = sorted({r["steps"] for r in rows if r["sampler"] in students and r["metric"] == metric}, reverse=True)
     for k in counts:
         for name in students:

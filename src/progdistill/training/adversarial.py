@@ -86,9 +86,10 @@ def make_head(features: Features, data_shape: tuple[int, ...], labels: Tensor | 
     """A head sized by one probe of the features on a zero input, its weights drawn from `seed` (the global RNG is
     left as it was, so resumed and fresh runs build the same head)."""
     device = next(features.denoiser.parameters()).device
+    inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in (inputs or {}).items()}
     with torch.no_grad():
         probe = features(EvalCounter(), torch.zeros(1, *data_shape, device=device), torch.zeros(1, device=device),
-                         labels, **(inputs or {}))
+                         labels, **inputs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return DiscriminatorHead(probe.shape[1], probe.ndim == 4, pairs).to(device)

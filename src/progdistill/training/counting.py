@@ -16,7 +16,8 @@ from typing import Callable
 
 import torch
 
-STUDENT_FE_PER_IMAGE = 3  # a regression method's student: one forward and one backward per training image
+from ..checkpoint import STUDENT_FE_PER_IMAGE, forward_equivalent  # noqa: F401 (re-exported)
+
 BACKWARD_FE = 2
 
 
@@ -81,11 +82,3 @@ class EvalCounter:
                 "self_evals": budget["self_evals"], "evals": evals, "players": players,
                 "forward_equivalent": forward_equivalent(budget) + self.forward_equivalent()}
 
-
-def forward_equivalent(budget: dict) -> int:
-    """Forward-equivalent evaluations of a recorded budget: counted ones where a players phase recorded them, else
-    (regression methods only) teacher and self-teacher evaluations plus the student's forward and backward."""
-    if "forward_equivalent" in budget:
-        return int(budget["forward_equivalent"])
-    return (int(budget["teacher_evals"]) + int(budget["self_evals"])
-            + STUDENT_FE_PER_IMAGE * int(budget["images_seen"]))

@@ -144,6 +144,9 @@ class Method:
     # whether its phases train several players (training/players.py), their budget counted as they run
     counted: Callable[[Config], bool] = lambda cfg: False
     from_target: bool = False  # it also trains from a student at distill.target_steps already (its `rounds` decide)
+    # its k-step student also samples with DDIM at every power-of-two count below k (on a subset of its own grid
+    # t = j/k, each of whose points it was trained at): recorded as the student's sampling "counts"
+    grid_counts: bool = False
 
 
 def _pd_objective(teacher, schedule, rnd: Round, plan, noise):
@@ -239,9 +242,14 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("dmd", "DMD2 (Yin et al. 2024): a few-step generator matched to the data through a fake score and a GAN",
            _dmd_objective, (0, 0), loss=lambda cfg: cfg.distill.weighting, self_ema=lambda cfg: None,
            desc=lambda rnd: f"DMD2: a {rnd.student_steps}-step generator", rounds=_dmd_rounds,
-           counted=lambda cfg: True, from_target=True),
+           counted=lambda cfg: True, from_target=True, grid_counts=True),
 )}
 assert tuple(METHODS) == DISTILL_METHODS, "config.choices.DISTILL_METHODS lists the registry's names"
+
+
+def grid_counts(steps: int) -> list[int]:
+    """The power-of-two step counts whose uniform time grids lie on a `steps`-step one (1, 2, 4 for 4)."""
+    return [1 << i for i in range(steps.bit_length()) if steps % (1 << i) == 0]
 
 
 def method_of(cfg: Config) -> Method:

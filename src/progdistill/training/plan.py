@@ -19,7 +19,7 @@ from ..diffusion.schedules import Schedule
 from ..guidance import null_condition
 from ..nets.spec import ModelSpec
 from .noise import noise_for
-from .methods import Method, Round, add_cost, method_of, plan_rounds, recorded_budget
+from .methods import Method, Round, add_cost, grid_counts, method_of, plan_rounds, recorded_budget
 from .objectives import ConversionObjective, teacher_clip_threshold, training_w_range
 from .loop import OptimSettings
 from .phase import Phase, Run, optim_settings
@@ -143,6 +143,8 @@ class DistillPlan:
         settings, method = self.round_settings(rnd), self.method
         if method.sampler is not None:
             record["sampling"] |= {"sampler": method.sampler}
+        if method.grid_counts:
+            record["sampling"] |= {"counts": grid_counts(m)}
         self.budget = budget = self.round_budget(rnd)
         return Phase(name=f"round{r:02d}", desc=method.desc(rnd), settings=settings, final_record={"budget": budget},
                      weighting=method.loss(self.cfg), seed=distill_cfg.seed + ROUND_NOISE_SEED_STRIDE * r,

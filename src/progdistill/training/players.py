@@ -76,8 +76,9 @@ class PlayersLoop:
     """The state of a players phase: each player's prepared network, optimizer, schedule and EMA, the objective's
     generator and the counted evaluations; `step` runs one phase step."""
 
-    def __init__(self, players: list[Player], run: Run, seed: int, grad_accum: int, resume: dict | None):
-        self.accelerator, self.grad_accum = run.accelerator, grad_accum
+    def __init__(self, players: list[Player], run: Run, seed: int, grad_accum: int, total: int,
+                 resume: dict | None):
+        self.accelerator, self.grad_accum, self.total = run.accelerator, grad_accum, total
         self.shard = (run.accelerator.process_index, run.accelerator.num_processes)
         self.generator = torch.Generator(device=run.accelerator.device).manual_seed(seed)
         self.counter, self.first, self.pending, self.last = EvalCounter(run.accelerator.num_processes), 1, [], {}
@@ -176,14 +177,16 @@ class PlayersLoop:
                 raise NonFiniteLossError(f"player {st.player.name}: non-finite loss ({loss}) or gradient norm at its "
                                          f"update {st.updates}; stopping (no checkpoint is written from it on). Lower "
                                          "the learning rate, keep grad_clip > 0, or check the data for NaNs.")
-            step_values[st.player.name] = loss
+            step_values.setdefault(st.player.name, []).append(loss)
 
-    def _record(self, step: int, values: dict[str, float]) -> None:
+    def _record(self, step: int, values: dict[str, list[float]]) -> None:
+        """A phase step's loss of each player: the mean over its updates in that step (a fake score updated five
+        times logs the mean of its five losses)."""
         keep, new = SMOOTHING
         for st in self.states:
             if st.player.name not in values:
                 continue
-            value = values[st.player.name]
+            value = sum(values[st.player.name]) / len(values[st.player.name])
             st.running = value if st.running is None else keep * st.running + new * value
             if step % HISTORY_EVERY == 0 or step == self.total:
                 st.history.append((step, st.running))
@@ -266,8 +269,7 @@ def run_players_phase(phase: Phase, student: nn.Module, objective: PlayersObject
     phase.check_data(run.data)
     players = objective.players(student)
     resume = restore_players(resume_from, players) if resume_from is not None else None
-    loop = PlayersLoop(players, run, phase.seed, phase.grad_accum, resume)
-    loop.total = phase.settings.total_steps
+    loop = PlayersLoop(players, run, phase.seed, phase.grad_accum, phase.settings.total_steps, resume)
     if resume is not None:
         _load_emas(loop, resume.pop("tensors"), resume_from)
     per_step = sum(p.updates for p in players) * phase.grad_accum
