@@ -123,6 +123,9 @@ def main() -> None:
     parser.add_argument("--before", required=True, type=Path, help="src/ folder of the previous release")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--compare-only", action="store_true", help="compare what an earlier run left in --out")
+    parser.add_argument("--new-metric", action="append", default=[],
+                        help="a report metric the after tree adds on purpose (repeatable): the reports are also "
+                             "compared with its rows left out")
     args = parser.parse_args()
     result: dict = {"machine": f"{os.cpu_count()} CPU cores", "date": time.strftime("%Y-%m-%d"),
                     "torch": torch.__version__}
@@ -142,6 +145,12 @@ def main() -> None:
     result["training"] = compare_checkpoints(args.out / "before" / "train", args.out / "after" / "train")
     result["demo_reports_identical"] = {key: reports["before"][key].read_bytes() == reports["after"][key].read_bytes()
                                         for key in reports["before"]}
+    if args.new_metric:
+        result["demo_reports_identical_without_new_metrics"] = {
+            "new_metrics": args.new_metric,
+            **{key: json.loads(reports["before"][key].read_text()) == [
+                r for r in json.loads(reports["after"][key].read_text()) if r["metric"] not in args.new_metric]
+               for key in reports["before"]}}
     (args.out / "equivalence.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
