@@ -23,7 +23,14 @@ from pathlib import Path
 
 import torch
 
-from progdistill.cli import main as cli
+from progdistill.cli import main as _cli
+
+
+def cli(args: list[str]) -> None:
+    """A progdistill command in this process; a failure stops the benchmark (its message was printed)."""
+    code = _cli(args)
+    if code:
+        raise SystemExit(f"progdistill {' '.join(args[:1])} failed (exit {code}): progdistill {' '.join(args)}")
 
 # The teacher: the fashion_mnist preset (small class-conditional U-Net, v output, cosine schedule, EMA 0.995).
 TEACHER = ["train.steps=2000", "train.lr=1e-3", "train.checkpoint_every=500"]
@@ -352,6 +359,31 @@ def _fe_rows(old: list[dict], have: set[str]) -> list[dict]:
     return out
 
 
+SPREAD_SEEDS = (1234, 1235, 1236)
+
+
+def stage_spread(out: Path, num: int, progress: list[str]) -> None:
+    """The seed-to-seed spread: the teacher's best row (DPM-Solver++(2M) at 16 steps) and every rerun or CEILING
+    run's 1-step student, at `num` samples from each of SPREAD_SEEDS (DIR/spread.json: values, and each row's
+    max - min over the seeds relative to its mean)."""
+    from progdistill.evaluation.images import CLASSIFIER_METRIC
+    from progdistill.evaluation.report import evaluate_run
+
+    runs = {name: out / name for name in ["pd_b300", "pd_b900", *CEILING] if _student(out / name) is not None}
+    values: dict[str, list[float]] = {}
+    for seed in SPREAD_SEEDS:
+        rows = evaluate_run(out / "teacher", out / f"spread_seed{seed}", steps=[16], num=num, seed=seed,
+                            samplers=("dpm_solver",), methods=runs, method_steps=[1], progress=not progress)
+        for r in rows:
+            if r["metric"] == CLASSIFIER_METRIC and r["sampler"] != "data":
+                values.setdefault(f"{r['sampler']}@{r['steps']}", []).append(r["value"])
+    spread = {k: {"values": v, "relative_range": (max(v) - min(v)) / (sum(v) / len(v))} for k, v in values.items()}
+    report = {"seeds": list(SPREAD_SEEDS), "num": num, "metric": CLASSIFIER_METRIC, "rows": spread,
+              "date": time.strftime("%Y-%m-%d")}
+    (out / "spread.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
 NEW_FAMILIES = {"dmd": "dmd_", "pd_adv": "pd_adv_"}
 
 
@@ -396,7 +428,8 @@ def ceiling_goals(rows: list[dict], metric: str) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
-    p.add_argument("--stage", choices=("teacher", "distill", "evaluate", "cd_start", "ceiling", "ceiling_eval", "all"),
+    p.add_argument("--stage", choices=("teacher", "distill", "evaluate", "cd_start", "ceiling", "ceiling_eval", "spread",
+                                        "all"),
                    default="all")
     p.add_argument("--seed", type=int, default=1234, help="ceiling_eval: the sampling noise's seed")
     p.add_argument("--previous", help="ceiling_eval: the committed report.json of the pd, cd and tract runs, joined "
@@ -431,6 +464,8 @@ def main() -> None:
         timing_file.write_text(json.dumps(timings, indent=2))
     if a.stage in ("ceiling_eval", "all"):
         stage_ceiling_eval(out, a.num, a.seed, progress, Path(a.previous) if a.previous else None)
+    if a.stage in ("spread", "all"):
+        stage_spread(out, a.num, progress)
 
 
 if __name__ == "__main__":
