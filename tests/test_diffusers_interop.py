@@ -258,3 +258,30 @@ def test_import_defaults_for_an_eps_teacher_and_diffusers_own_ddim(tmp_path, fas
                  if r["sampler"] == "diffusers_ddim" and r["metric"] == "teacher_rms"}
     ours2 = generate(teacher, schedule_of(cfg), 2, 6, SHAPE, seed=1234)
     assert agreement[2] == pytest.approx((x2.double() - ours2.double()).pow(2).mean().sqrt().item(), rel=1e-4)
+
+
+def test_dmd_generator_of_an_imported_teacher_exports_back(tmp_path, fashion):
+    """dmd on an imported diffusers pixel teacher (eps, unconditional): a 2-step generator (fake score, head on the
+    UNet2DModel's mid block), exported to DDIMPipeline and equal to the project's sampler at 1 and 2 steps."""
+    hub = _hub_model(tmp_path, "epsilon", "linear")
+    run = tmp_path / "run"
+    assert main(["import-diffusers", "--model", str(hub), "--out", str(run), "--config", "fashion_mnist",
+                 "--set", f"data.root={fashion}", "--set", "data.conditional=false"]) == 0
+    assert main(["distill", "--from", str(run / "teacher"), "--method", "dmd", "--no-progress",
+                 "--set", "distill.target_steps=2", "--set", "distill.total_updates=3", "--set",
+                 "distill.batch_size=8", "--set", "distill.dmd_fake_updates=2", "--set", "distill.dmd_gan_weight=0.1",
+                 "--set", "distill.checkpoint_every=0", "--set", "distill.convert_updates=2"]) == 0
+    stem = run / "dmd" / "students" / "student_0002steps"
+    student, record, scfg = load_denoiser(stem)
+    assert record["sampling"]["counts"] == [1, 2] and record["budget"]["players"]["generator"]["updates"] == 3
+    assert {"teacher", "generator", "fake"} <= set(record["budget"]["evals"])
+    sch = schedule_of(scfg)
+    for steps in (1, 2):
+        out = tmp_path / f"export{steps}"
+        assert main(["export-diffusers", "--ckpt", str(stem), "--out", str(out), "--steps", str(steps)]) == 0
+        back = DDIMPipeline.from_pretrained(out)
+        back.set_progress_bar_config(disable=True)
+        images = back(batch_size=4, generator=torch.Generator().manual_seed(9), num_inference_steps=steps,
+                      output_type="np", use_clipped_model_output=True).images
+        ours = generate(student, sch, steps, 4, SHAPE, seed=9, clip=scfg.sample.clip)
+        assert abs(images - _as_images(ours)).max() < 1e-4, steps
