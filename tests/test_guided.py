@@ -397,6 +397,28 @@ def test_guided_distillation_resumes_exactly_after_kills_in_stage1_and_stage2(te
     assert main(["sample", "--ckpt", str(student), "--guidance", "2", "--num", "8", "--out",
                  str(tmp_path / "s.pt"), "--no-progress"]) == 0
     assert torch.load(tmp_path / "s.pt")["samples"].shape == (8, 2)
+    # dmd trains generators without a w input: from a w-conditioned student it is refused, naming what to do
+    assert main(["distill", "--from", str(student), "--method", "dmd", "--out", str(tmp_path / "dmd"),
+                 "--no-progress"]) == 2
+
+
+def test_dmd_guided_real_score_on_a_label_dropout_teacher(teacher_run, tmp_path):
+    """distill.dmd_guidance = w: the real score is the label-dropout teacher's classifier-free guided x_hat (two
+    teacher calls per real-score evaluation, counted), a fixed-w generator without a w input."""
+    out = tmp_path / "dmd"
+    _run("distill", "--from", str(teacher_run / "teacher"), "--method", "dmd", "--out", str(out), "--no-progress",
+         *_sets(DISTILL + ["distill.target_steps=1", "distill.total_updates=4", "distill.dmd_fake_updates=1",
+                           "distill.dmd_guidance=2"]))
+    record = json.loads((out / "students" / "student_0001steps.json").read_text())
+    assert record["model"].get("guidance") is None and record["config"]["distill"]["dmd_guidance"] == 2.0
+    unguided = tmp_path / "plain"
+    _run("distill", "--from", str(teacher_run / "teacher"), "--method", "dmd", "--out", str(unguided),
+         "--no-progress", *_sets(DISTILL + ["distill.target_steps=1", "distill.total_updates=4",
+                                            "distill.dmd_fake_updates=1"]))
+    plain = json.loads((unguided / "students" / "student_0001steps.json").read_text())
+    # the generator updates' real-score calls: 4 updates x the batch, once unguided, twice guided
+    batch = record["budget"]["images_seen"] // 4
+    assert record["budget"]["evals"]["teacher"]["forward"] - plain["budget"]["evals"]["teacher"]["forward"] == 4 * batch
 
 
 def test_cli_refusals(teacher_run, tmp_path, capsys):

@@ -163,6 +163,10 @@ def _pd_objective(teacher, schedule, rnd: Round, plan, noise):
 
 def _dmd_objective(teacher, schedule, rnd: Round, plan, noise):
     d = plan.cfg.distill
+    if plan.spec.w_range is not None:
+        raise ConfigError("distill.method = 'dmd' trains generators without a w input, and this checkpoint is a "
+                          "w-conditioned (guided) student; distil its label-dropout teacher instead, with "
+                          "distill.dmd_guidance = w for a student guided at w")
     base = replace(plan.round_settings(rnd), decay="constant")
     generator = replace(base, lr=d.dmd_lr or base.lr)
     critic = replace(generator, lr=d.dmd_fake_lr or generator.lr, ema_decay=0.0, total_steps=rnd.updates *
