@@ -328,9 +328,9 @@ def stage_ceiling_eval(out: Path, num: int, seed: int, progress: list[str], prev
         teacher = lambda rs: sorted((r["sampler"], r["steps"], r["value"]) for r in rs  # noqa: E731
                                     if r["sampler"] in ("teacher_ddim", "dpm_solver") and r["metric"] == CLASSIFIER_METRIC)
         same = teacher(old) == teacher(rows)
-        rerun_same = {name: sorted((r["steps"], r["metric"], r["value"]) for r in rows if r["sampler"] == name)
-                      == sorted((r["steps"], r["metric"], r["value"]) for r in old if r["sampler"] == name
-                                and r["metric"] != "forward_equivalent")
+        rerun_same = {name: sorted((r["steps"], r["metric"], r["value"]) for r in rows if r["sampler"] == name
+                                   and r["metric"] != "forward_equivalent")
+                      == sorted((r["steps"], r["metric"], r["value"]) for r in old if r["sampler"] == name)
                       for name in ("pd_b300", "pd_b900") if name in runs}
         report["previous"] = {"file": str(previous), "teacher_rows_identical": same,
                               "rerun_rows_identical_but_forward_equivalent": rerun_same}
