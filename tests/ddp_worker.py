@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from progdistill.config import load_config
-from progdistill.training import phase, rounds, teacher
+from progdistill.training import phase, players, rounds, teacher
 
 OVERRIDES = ["model.hidden=32", "model.depth=2", "model.emb_dim=16", "data.size=2000", "train.batch_size=64",
              "train.steps=6", "train.warmup=2", "train.checkpoint_every=3", "distill.start_steps=2",
@@ -23,6 +23,7 @@ def main(out: Path, extra: list[str]) -> None:
         return real(stem, *args, **kwargs)
 
     phase.save_checkpoint = logged
+    players.save_checkpoint = logged  # a players phase's (dmd's) mid-phase checkpoints
     cfg = load_config("toy2d", OVERRIDES + extra)
     stem = teacher.train_teacher(cfg, out, progress=False)
     rounds.distill(stem, out, cfg, progress=False)

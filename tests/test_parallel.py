@@ -26,7 +26,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("extra", [[], ["perf.per_example_noise=true"]], ids=["global_batch_noise", "per_example_noise"])
+DMD = ["distill.method='dmd'", "distill.target_steps=1", "distill.total_updates=4", "distill.dmd_fake_updates=2",
+       "distill.dmd_gan_weight=0.1"]
+
+
+@pytest.mark.parametrize("extra", [[], ["perf.per_example_noise=true"], DMD],
+                         ids=["global_batch_noise", "per_example_noise", "dmd_players"])
 def test_two_processes_match_one_and_write_once(tmp_path, extra):
     two, one = tmp_path / "two", tmp_path / "one"
     two.mkdir()
@@ -40,6 +45,7 @@ def test_two_processes_match_one_and_write_once(tmp_path, extra):
     assert not (two / "writes-rank1.log").exists()
     written = (two / "writes-rank0.log").read_text().split()
     assert written == ["teacher_step00000003", "teacher", "round01_step00000002", "student_0001steps"]
+    # (dmd: three players, each with its own optimizer and no_sync over its micro-batches; the frozen ones unwrapped)
 
     cfg = load_config("toy2d", OVERRIDES + extra)
     distill(train_teacher(cfg, one, progress=False), one, cfg, progress=False)
