@@ -30,7 +30,7 @@ def method_students(run: Path) -> tuple[str, dict[int, Path]]:
     if read_record(first).get("sampling", {}).get("sampler") == "consistency":
         return "consistency", {0: first}
     extra = {}
-    for steps, stem in students.items():
+    for stem in students.values():
         for k in read_record(stem).get("sampling", {}).get("counts", []):
             extra.setdefault(int(k), stem)
     return "ddim", extra | students
