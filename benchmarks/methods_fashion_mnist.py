@@ -233,19 +233,22 @@ def pd_fe(updates: int) -> int:
 
 # dmd: DMD2 with the project's defaults (discriminator weight 3e-3, approximate R1, t in [0.02, 0.98]) except
 # DMD_FAKE_UPDATES fake-score (and head) updates per generator update (DMD2: 5; fewer buys more generator updates
-# on the same budget). Runs whose "fe" is set get as many generator updates as fit in it (measured by a 2-update
+# on the same budget) and the generator's learning rate, 2e-5 against the fake score's 2e-4. Both were chosen by
+# benchmarks/dmd_settings_probe.sh (40 updates from pd_b300's 1-step student, 500 samples from another seed than
+# the report's): the generator at 2e-4 went from pd's 77.6 to 237.3, at 2e-5 to 61.6 (5 fake updates: 62.7, at 3x
+# the evaluations). Runs whose "fe" is set get as many generator updates as fit in it (measured by a 2-update
 # probe of the same run); pd_adv runs take pd's updates and spend what they spend.
 DMD_FAKE_UPDATES = 1
 DMD = ["distill.method='dmd'", "distill.start_steps=32", "distill.checkpoint_every=50", "distill.log_samples=0",
-       f"distill.dmd_fake_updates={DMD_FAKE_UPDATES}"]
+       f"distill.dmd_fake_updates={DMD_FAKE_UPDATES}", "distill.dmd_lr=2e-5", "distill.dmd_fake_lr=2e-4"]
 ADV_WEIGHT = 0.1
 CEILING = {
+    # pd, then dmd: pd_b300's 1-step student refined by dmd, the two together at pd_b900's evaluations
+    "dmd_from_pd_b900": {"from": "pd_b300", "set": DMD + ["distill.target_steps=1"], "fe": pd_fe(900)},
     # a 4-step generator (it samples at 1, 2 and 4 steps on its own grid) from the teacher, at pd_b300's and
     # pd_b900's forward-equivalent evaluations
     "dmd_b300": {"from": "teacher", "set": DMD + ["distill.target_steps=4"], "fe": pd_fe(300)},
     "dmd_b900": {"from": "teacher", "set": DMD + ["distill.target_steps=4"], "fe": pd_fe(900)},
-    # pd, then dmd: pd_b300's 1-step student refined by dmd, the two together at pd_b900's evaluations
-    "dmd_from_pd_b900": {"from": "pd_b300", "set": DMD + ["distill.target_steps=1"], "fe": pd_fe(900)},
     # adversarial pd (SDXL-Lightning's recipe): pd_b300 / pd_b900 plus the adversarial term, conditional; and the
     # relaxed (unconditional) variant at 300 updates
     "pd_adv_b300": {"from": "teacher", "set": COMMON + METHODS["pd"] + budget_settings("pd", 300)
