@@ -315,7 +315,10 @@ def write_cifar_like(folder: Path, per_batch: int, seed: int = 0) -> Path:
     return folder
 
 
-def section_e2e(size: dict, device: str, precision: str, work: Path, out: Path) -> dict:
+def section_e2e(size: dict, device: str, precision: str, work: Path, out: Path, in_process: bool = False) -> dict:
+    """train -> distill -> evaluate -> export-diffusers through the command line, each a fresh process (in_process:
+    the same commands through progdistill.cli.main in this process, for the dry run: each fresh process spends
+    seconds importing diffusers before it starts)."""
     data = write_cifar_like(work / "cifar", size["e2e_images"] // 5 or 1)
     run = work / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
@@ -345,8 +348,11 @@ def section_e2e(size: dict, device: str, precision: str, work: Path, out: Path) 
            "phases": {}}
     def cli(name: str, args: list[str]):
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "progdistill.cli", *args], env=env, capture_output=True,
-                              text=True)
+        if in_process:
+            proc = _cli_in_process(args)
+        else:
+            proc = subprocess.run([sys.executable, "-m", "progdistill.cli", *args], env=env, capture_output=True,
+                                  text=True)
         seconds = time.perf_counter() - t0
         res["phases"][name] = {"seconds": round(seconds, 1), "rc": proc.returncode,
                                "output_tail": (proc.stdout + proc.stderr)[-1500:]}
@@ -379,6 +385,22 @@ def section_e2e(size: dict, device: str, precision: str, work: Path, out: Path) 
     res["exported_pipeline"] = {"seconds": round(time.perf_counter() - t0, 1), "shape": list(images.shape),
                                 "finite": bool(np.isfinite(images).all())}
     return res
+
+
+def _cli_in_process(args: list[str]) -> subprocess.CompletedProcess:
+    """progdistill.cli.main(args) here, its output captured as subprocess.run would."""
+    import contextlib
+    import io
+
+    from progdistill.cli import main as cli_main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            rc = cli_main(args)
+        except SystemExit as exc:  # argparse's exits
+            rc = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(args, rc, stdout.getvalue(), stderr.getvalue())
 
 
 def section_profile(size: dict, device: str, precision: str, out: Path) -> dict:
@@ -461,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         "agreement": lambda: section_agreement(size, device),
     }
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as work:
-        plan["e2e"] = lambda: section_e2e(size, device, a.precision, Path(work), out)
+        plan["e2e"] = lambda: section_e2e(size, device, a.precision, Path(work), out, in_process=a.dry_run)
         plan["compile"] = lambda: section_compile(size, device, a.precision)
         plan["profile"] = lambda: section_profile(size, device, a.precision, out)
         for name in wanted:  # in the order given

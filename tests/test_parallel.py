@@ -1,6 +1,7 @@
 """Data parallelism through accelerate: 2 CPU processes (gloo) with the same global batch as 1 process, and a
 2-process checkpoint resumed by 1 process."""
 
+import json
 import os
 import shutil
 import socket
@@ -30,17 +31,25 @@ DMD = ["distill.method='dmd'", "distill.target_steps=1", "distill.total_updates=
        "distill.dmd_gan_weight=0.1"]
 
 
-@pytest.mark.parametrize("extra", [[], ["perf.per_example_noise=true"], DMD],
-                         ids=["global_batch_noise", "per_example_noise", "dmd_players"])
-def test_two_processes_match_one_and_write_once(tmp_path, extra):
-    two, one = tmp_path / "two", tmp_path / "one"
-    two.mkdir()
+VARIANTS = {"global_batch_noise": [], "per_example_noise": ["perf.per_example_noise=true"], "dmd_players": DMD}
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory):
+    """Every variant on 2 gloo processes, in one launch (ddp_worker.py runs them one after the other)."""
+    root = tmp_path_factory.mktemp("two")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(_free_port()), str(Path(__file__).parent / "ddp_worker.py"), str(two), *extra],
-        env=env, capture_output=True, text=True, timeout=600)
+         "--master_port", str(_free_port()), str(Path(__file__).parent / "ddp_worker.py"), str(root),
+         json.dumps(VARIANTS)], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return root
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_two_processes_match_one_and_write_once(two_process_runs, tmp_path, variant):
+    one, two, extra = tmp_path / "one", two_process_runs / variant, VARIANTS[variant]
     # Only rank 0 wrote, and it wrote every checkpoint once.
     assert not (two / "writes-rank1.log").exists()
     written = (two / "writes-rank0.log").read_text().split()

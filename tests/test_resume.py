@@ -26,8 +26,8 @@ from progdistill.training.teacher import train_teacher
 TEACHER = ["model.hidden=64", "model.depth=2", "model.emb_dim=32", "data.size=4000", "train.batch_size=128",
            "train.steps=400", "train.checkpoint_every=100", "train.warmup=50", 'train.lr_decay="cosine"',
            "train.keep_checkpoints=2"]
-DISTILL = ["distill.start_steps=8", "distill.batch_size=128", "distill.updates_per_round=200",
-           "distill.final_updates_per_round=300", "distill.checkpoint_every=50"]
+DISTILL = ["distill.start_steps=8", "distill.batch_size=128", "distill.updates_per_round=100",
+           "distill.final_updates_per_round=150", "distill.checkpoint_every=25"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
 
@@ -75,7 +75,7 @@ def test_distillation_killed_mid_round_and_resumed_matches(reference, tmp_path):
     for suffix in (".safetensors", ".json"):  # the same teacher as the reference run
         (out / f"teacher{suffix}").write_bytes((reference / f"teacher{suffix}").read_bytes())
     partials = out / "students" / "checkpoints"
-    kill_after(["distill", "--from", str(out / "teacher"), "--no-progress", *_sets(DISTILL)], "round02_step00000150",
+    kill_after(["distill", "--from", str(out / "teacher"), "--no-progress", *_sets(DISTILL)], "round02_step00000075",
                 out / "students" / "student_0001steps.json", env=ENV)
     assert (out / "students" / "student_0004steps.json").exists()  # round 1 finished, round 2 interrupted
     _run("distill", "--resume", "--out", str(out), "--no-progress")

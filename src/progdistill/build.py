@@ -20,7 +20,7 @@ from .diffusion.parameterization import get_parameterization
 from .diffusion.schedules import Schedule, make_schedule, schedule_from_spec, schedule_spec
 from .nets import MLPNet
 from .nets.spec import ModelSpec, SpecError, build_net, resolve_args
-from .nets.unet import UNET_PRESETS, resolve_unet2d_config, unet_config
+from .nets.presets import UNET_PRESETS
 from .checkpoint import FORMAT_VERSION, CheckpointError, checkpoint_paths, load_into, read_record
 
 
@@ -99,6 +99,8 @@ def spec_from_config(cfg: Config, data_shape: tuple[int, ...], num_classes: int 
         if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
             raise ValueError(f"model.arch 'unet' needs square images [C, H, W], got examples of shape "
                              f"{tuple(data_shape)}")
+        from .nets.unet import unet_config  # imports diffusers (seconds): only for the networks built on it
+
         channels = data_shape[0]
         args = unet_config(UNET_PRESETS[m.unet], data_shape[1], channels, factor * channels, drop, rows)
     elif m.arch == "diffusers":
@@ -107,6 +109,8 @@ def spec_from_config(cfg: Config, data_shape: tuple[int, ...], num_classes: int 
         if null_class:
             raise ConfigError("train.label_dropout is for teachers trained here (model.arch unet or mlp), not for "
                               "imported diffusers models")
+        from .nets.unet import resolve_unet2d_config
+
         config = json.loads(m.diffusers_unet)
         if dropout is not None:
             config["dropout"] = dropout

@@ -190,18 +190,22 @@ def check_consistency(block: Any) -> dict | None:
 def build_net(spec: ModelSpec) -> nn.Module:
     """A freshly initialised network of `spec` (load the checkpoint's weights into it)."""
     from ..diffusion.schedules import schedule_from_spec
-    from .diffusers_net import DiffusersUNet
     from .mlp import MLPNet
-    from .sd_net import TextUNet
-    from .unet import UNet
 
+    # The U-Net families import diffusers (several seconds), so only a run that builds one pays for it.
     if spec.kind == "mlp":
         net = MLPNet(**resolve_args(MLPNet.__init__, spec.args, "MLPNet"))
     elif spec.kind == "unet":
+        from .unet import UNet
+
         net = UNet(spec.args)
     elif spec.kind == "diffusers":
+        from .diffusers_net import DiffusersUNet
+
         net = DiffusersUNet(spec.args, schedule_from_spec(spec.schedule))
     elif spec.kind == "sd_unet":
+        from .sd_net import TextUNet
+
         args = resolve_args(TextUNet.__init__, spec.args | {"schedule": None}, "TextUNet")
         net = TextUNet(**(args | {"schedule": schedule_from_spec(spec.schedule)}))
     else:
