@@ -311,17 +311,21 @@ def stage_ceiling(out: Path, progress: list[str], only: list[str] | None) -> dic
     return times
 
 
-def stage_ceiling_eval(out: Path, num: int, seed: int, progress: list[str], previous: Path | None) -> None:
+def stage_ceiling_eval(out: Path, num: int, seed: int, progress: list[str], previous: Path | None,
+                       teacher_steps: list[int] | None = None) -> None:
     """One report (DIR/evaluate_ceiling) of the teacher's rows, pd_b300 (rerun) and the CEILING runs, at `num` samples
     from `seed`; with `previous` (the committed report.json of the runs above) and the teacher's rows identical to
-    it, the runs not rerun here join from it. Then the goals of issue 30 (goals_ceiling.json)."""
+    it, the runs not rerun here join from it. Then the goals of issue 30 (goals_ceiling.json). `teacher_steps`: the
+    teacher's rows at these step counts only (default TEACHER_STEPS); a report at another `num` than the default goes
+    to evaluate_ceiling_numN and goals_ceiling_numN.json."""
     from progdistill.evaluation.images import CLASSIFIER_METRIC
     from progdistill.evaluation.report import evaluate_run
 
     runs = {name: out / name for name in ["pd_b300", "pd_b900", *CEILING] if _student(out / name) is not None}
-    folder = out / ("evaluate_ceiling" if seed == 1234 else f"evaluate_ceiling_seed{seed}")
+    tag = ("" if seed == 1234 else f"_seed{seed}") + ("" if num == 1000 else f"_num{num}")
+    folder = out / f"evaluate_ceiling{tag}"
     t0 = time.time()
-    rows = evaluate_run(out / "teacher", folder, steps=TEACHER_STEPS, num=num, seed=seed,
+    rows = evaluate_run(out / "teacher", folder, steps=teacher_steps or TEACHER_STEPS, num=num, seed=seed,
                         samplers=("teacher_ddim", "dpm_solver"), max_steps={"dpm_solver": 32}, methods=runs,
                         method_steps=list(STUDENT_STEPS), progress=not progress)
     report = {"eval_s": round(time.time() - t0, 1), "num": num, "seed": seed, "date": time.strftime("%Y-%m-%d")}
@@ -342,7 +346,8 @@ def stage_ceiling_eval(out: Path, num: int, seed: int, progress: list[str], prev
             merged = rows + [r for r in old if r["sampler"] not in have] + _fe_rows(old, have)
     report["goals"] = ceiling_goals(merged, CLASSIFIER_METRIC)
     (folder / "report_merged.json").write_text(json.dumps(merged, indent=1))
-    (out / f"goals_ceiling{'' if seed == 1234 else f'_seed{seed}'}.json").write_text(json.dumps(report, indent=2))
+    report["teacher_steps"] = teacher_steps or TEACHER_STEPS
+    (out / f"goals_ceiling{tag}.json").write_text(json.dumps(report, indent=2))
     plot_methods(merged, CLASSIFIER_METRIC, folder / "ceiling_vs_steps.png")
     print(json.dumps(report, indent=2))
 
@@ -439,6 +444,8 @@ def main() -> None:
                    "when the teacher's rows are identical to its")
     p.add_argument("--only", action="append", help="distill only these runs (e.g. pd_b300; repeatable)")
     p.add_argument("--num", type=int, default=1000, help="samples per row")
+    p.add_argument("--teacher-steps", help="ceiling_eval: the teacher's rows at these step counts only (e.g. 8,16,32; "
+                   f"default {','.join(map(str, TEACHER_STEPS))})")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args()
@@ -466,7 +473,8 @@ def main() -> None:
         timings.update(stage_ceiling(out, progress, a.only))
         timing_file.write_text(json.dumps(timings, indent=2))
     if a.stage in ("ceiling_eval", "all"):
-        stage_ceiling_eval(out, a.num, a.seed, progress, Path(a.previous) if a.previous else None)
+        stage_ceiling_eval(out, a.num, a.seed, progress, Path(a.previous) if a.previous else None,
+                           [int(x) for x in a.teacher_steps.split(",")] if a.teacher_steps else None)
     if a.stage in ("spread", "all"):
         stage_spread(out, a.num, progress)
 
