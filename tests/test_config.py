@@ -199,7 +199,7 @@ def test_every_float_field_must_be_finite():
     ("data.channels=2", "data.channels must be 1 (grayscale), 3 (RGB) or 0 (the data set's own), got 2"),
     ("sample.variance=\"huge\"", "sample.variance: unknown value 'huge'; choose one of small, large, interp"),
     ("distill.parameterization=\"w\"", "distill.parameterization: unknown value 'w'; choose one of auto, same, eps, "
-                                       "x, v, both"),
+                                       "x, v, both, flow"),
     ("mixed_precision=\"fp8\"", "mixed_precision: unknown value 'fp8'; choose one of no, fp16, bf16"),
 ])
 def test_field_errors_name_field_value_and_what_is_allowed(override, message):

@@ -49,7 +49,11 @@ def test_weightings_equal_their_mse_identities(logsnrs, seed):
     x_mse = per_example_x_mse(x_hat, x)
     eps_mse = per_example_x_mse(eps_from_x(z, x_hat, alpha, sigma), eps)
     v_mse = per_example_x_mse(v_from_x(z, x_hat, alpha, sigma), alpha * eps - sigma * x)
-    expected = {"constant": x_mse, "snr": eps_mse, "snr_plus1": v_mse, "snr_trunc": torch.maximum(x_mse, eps_mse)}
+    # flow matching's velocity u = eps - x at the flow point z / (alpha + sigma), time t = sigma / (alpha + sigma)
+    u_hat = (z - (alpha + sigma) * x_hat) / sigma
+    u_mse = per_example_x_mse(u_hat, eps - x)
+    expected = {"constant": x_mse, "snr": eps_mse, "snr_plus1": v_mse, "snr_trunc": torch.maximum(x_mse, eps_mse),
+                "velocity": u_mse}
     assert set(expected) == set(WEIGHTINGS)
     for name, per_example in expected.items():
         got = get_weighting(name)(logsnr) * x_mse

@@ -73,7 +73,7 @@ def schedule_of(source: Config | ModelSpec) -> Schedule:
         return schedule_from_spec(source.schedule)
     d = source.diffusion
     return make_schedule(d.schedule, d.logsnr_min, d.logsnr_max, num_timesteps=d.num_timesteps,
-                         beta_schedule=d.beta_schedule, beta_start=d.beta_start, beta_end=d.beta_end)
+                         beta_schedule=d.beta_schedule, beta_start=d.beta_start, beta_end=d.beta_end, shift=d.shift)
 
 
 def spec_from_config(cfg: Config, data_shape: tuple[int, ...], num_classes: int = 0,
@@ -121,7 +121,8 @@ def spec_from_config(cfg: Config, data_shape: tuple[int, ...], num_classes: int 
     else:  # pragma: no cover - validate() only admits known archs
         raise ValueError(f"unknown model.arch {m.arch!r}")
     schedule = schedule_spec(d.schedule, d.logsnr_min, d.logsnr_max, num_timesteps=d.num_timesteps,
-                             beta_schedule=d.beta_schedule, beta_start=d.beta_start, beta_end=d.beta_end)
+                             beta_schedule=d.beta_schedule, beta_start=d.beta_start, beta_end=d.beta_end,
+                             shift=d.shift)
     return ModelSpec(m.arch, args, m.parameterization, schedule, data_shape, int(num_classes), null_class)
 
 

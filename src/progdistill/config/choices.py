@@ -22,9 +22,9 @@ UNET_PRESETS = ("cifar10", "imagenet64", "small")
 
 # diffusion.parameterization.PARAMETERIZATIONS, diffusion.schedules.SCHEDULES, diffusion.weighting.WEIGHTINGS,
 # diffusion.samplers.VARIANCES
-PARAMETERIZATIONS = ("eps", "x", "v", "both")
-SCHEDULES = ("cosine", "linear", "discrete")
-WEIGHTINGS = ("snr", "snr_trunc", "snr_plus1", "constant")
+PARAMETERIZATIONS = ("eps", "x", "v", "both", "flow")
+SCHEDULES = ("cosine", "linear", "discrete", "flow")
+WEIGHTINGS = ("snr", "snr_trunc", "snr_plus1", "constant", "velocity")
 VARIANCES = ("small", "large", "interp")
 # diffusion.weighting.FORBIDDEN: (parameterization, weighting) pairs known not to train, and why.
 FORBIDDEN = {("eps", "snr_trunc"): "eps prediction with snr_trunc weighting diverges (paper section 3); "

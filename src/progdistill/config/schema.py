@@ -55,7 +55,8 @@ class ModelConfig:
 
 @dataclass
 class DiffusionConfig:
-    # cosine, linear (DDPM betas, continuous time) or discrete (a diffusers scheduler's)
+    # cosine, linear (DDPM betas, continuous time), discrete (a diffusers scheduler's) or flow (flow matching:
+    # x_t = (1 - t) x + t eps, with model.parameterization = "flow" and diffusion.weighting = "velocity")
     schedule: str = checked("cosine", one_of(choices.SCHEDULES))
     logsnr_min: float = -20.0
     logsnr_max: float = 20.0
@@ -65,6 +66,8 @@ class DiffusionConfig:
     beta_schedule: str = checked("linear", one_of(choices.BETA_SCHEDULES))
     beta_start: float = 1e-4
     beta_end: float = 0.02
+    # schedule = flow: flow matching's interpolant; SD3's static time shift (1: none)
+    shift: float = checked(1.0, positive())
 
 
 @dataclass
@@ -308,6 +311,19 @@ def teacher_loss_trains(cfg: Config) -> None:
         raise ConfigError(f"diffusion.weighting: {reason}")
 
 
+def flow_schedule_fits(cfg: Config) -> None:
+    """Refuse an eps-predicting model on the flow schedule (x_hat = (z - sigma eps) / alpha is infinite at its exact
+    pure-noise end, t = 1) and the flow (velocity) parameterization on a schedule it was not made for."""
+    d, m = cfg.diffusion, cfg.model
+    if d.schedule == "flow" and m.parameterization == "eps":
+        raise ConfigError("model.parameterization = \"eps\" cannot run on diffusion.schedule = \"flow\": its t = 1 is "
+                          "pure noise, where x_hat = (z - sigma eps) / alpha divides by zero; use \"flow\" (velocity), "
+                          "\"v\" or \"x\"")
+    if m.parameterization == "flow" and d.schedule != "flow":
+        raise ConfigError(f"model.parameterization = \"flow\" (a flow-matching velocity) needs diffusion.schedule = "
+                          f"\"flow\", got {d.schedule!r}")
+
+
 def logsnr_range_is_ordered(cfg: Config) -> None:
     """Refuse an empty log-SNR range."""
     if not cfg.diffusion.logsnr_min < cfg.diffusion.logsnr_max:
@@ -340,5 +356,5 @@ def method_fits(cfg: Config) -> None:
 
 CROSS_FIELD_RULES: tuple[Callable[[Config], None], ...] = (
     network_fits_data, image_source_is_complete, label_dropout_has_labels, guidance_range_is_ordered,
-    teacher_loss_trains, logsnr_range_is_ordered, distill_steps_halve, method_fits,
+    teacher_loss_trains, flow_schedule_fits, logsnr_range_is_ordered, distill_steps_halve, method_fits,
 )

@@ -49,7 +49,9 @@ def consistency_output(z: Tensor, x_hat: Tensor, logsnr: Tensor, logsnr_max: flo
     lam = broadcast(logsnr.to(z.dtype), z)
     alpha, _ = alpha_sigma(lam)
     skip = c_skip(lam, logsnr_max, sigma_data, skip_scale)
-    return skip * (z / alpha) + (1.0 - skip) * x_hat
+    f = skip * (z / alpha) + (1.0 - skip) * x_hat
+    # At pure noise (alpha = 0: a flow schedule's t = 1) c_skip is 0 and f is x_hat (not 0 * inf)
+    return torch.where(alpha > 0, f, x_hat)
 
 
 def consistency_step(x_hat: Tensor, logsnr_s: Tensor, noise: Tensor) -> Tensor:

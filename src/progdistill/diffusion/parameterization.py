@@ -22,6 +22,9 @@ class Parameterization:
     channel_factor: int  # the network emits channel_factor * C channels for C data channels
     to_x: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
     ideal: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+    # The factor the network's input z is multiplied by (None: z itself). "flow": the network sees the flow point
+    # z_fm = z / (alpha + sigma), as a flow-matching model expects.
+    input_scale: Callable[[Tensor, Tensor], Tensor] | None = None
 
 
 def _x_from_eps(out: Tensor, z: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
@@ -38,11 +41,20 @@ def _x_from_both(out: Tensor, z: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor
     return sigma**2 * x_out + alpha * (z - sigma * eps_out)
 
 
+def _x_from_flow(out: Tensor, z: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    # The velocity u = eps - x at the flow point z_fm = (1 - t) x + t eps, t = sigma / (alpha + sigma):
+    # x_hat = z_fm - t u = (z - sigma u) / (alpha + sigma); finite at both ends (t = 1: x_hat = eps - u).
+    return (z - sigma * out) / (alpha + sigma)
+
+
 PARAMETERIZATIONS: dict[str, Parameterization] = {
     "eps": Parameterization("eps", 1, _x_from_eps, lambda x, eps, a, s: eps),
     "x": Parameterization("x", 1, lambda out, z, a, s: out, lambda x, eps, a, s: x),
     "v": Parameterization("v", 1, _x_from_v, lambda x, eps, a, s: a * eps - s * x),
     "both": Parameterization("both", 2, _x_from_both, lambda x, eps, a, s: torch.cat([x, eps], dim=1)),
+    # flow matching's velocity (SD3, FLUX): u = eps - x, the network fed the flow point z / (alpha + sigma)
+    "flow": Parameterization("flow", 1, _x_from_flow, lambda x, eps, a, s: eps - x,
+                             input_scale=lambda a, s: 1.0 / (a + s)),
 }
 
 

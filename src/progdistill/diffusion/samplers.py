@@ -97,7 +97,10 @@ def ancestral_step(
     alpha_t, sigma_t = alpha_sigma(lt)
     alpha_s, sigma_s = alpha_sigma(ls)
     one_minus_r = -torch.expm1(lt - ls)  # 1 - r, computed without cancellation
-    mean = (1 - one_minus_r) * (alpha_s / alpha_t) * z_t + one_minus_r * alpha_s * x_hat
+    keep = (1 - one_minus_r) * (alpha_s / alpha_t)
+    # From pure noise (alpha_t = 0: a flow schedule's t = 1) r = 0, and nothing of z_t is kept (not 0 * inf)
+    keep = torch.where(alpha_t > 0, keep, torch.zeros_like(keep))
+    mean = keep * z_t + one_minus_r * alpha_s * x_hat
     log_var = torch.log(one_minus_r) + 2 * ((1 - variance) * torch.log(sigma_s) + variance * torch.log(sigma_t))
     return mean + torch.exp(0.5 * log_var) * noise
 

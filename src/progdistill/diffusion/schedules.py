@@ -1,5 +1,7 @@
 """Noise schedules as functions t in [0, 1] -> log-SNR, and the stable alpha/sigma that follow from log-SNR.
 
+Flow matching's interpolant (FlowSchedule) is one of them: the VP process rescaled, at the same log-SNR.
+
 lambda = log(alpha^2 / sigma^2) with alpha^2 + sigma^2 = 1 (variance preserving), so
 alpha^2 = sigmoid(lambda) and sigma^2 = sigmoid(-lambda). Computing through the sigmoid keeps both ends finite.
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -120,7 +123,41 @@ class DiscreteSchedule:
         return snapped.to(torch.float32)
 
 
-Schedule = CosineSchedule | LinearBetaSchedule | DiscreteSchedule
+@dataclass(frozen=True)
+class FlowSchedule:
+    """Flow matching / rectified flow (SD3, FLUX): x_t = (1 - t) x + t eps, the variance-preserving process rescaled.
+
+    With alpha = 1 - t and sigma = t the log-SNR is lambda(t) = 2 log((1 - t) / t), infinite at both ends: t = 1 is
+    pure noise (alpha_sigma gives alpha = 0, sigma = 1 exactly) and t = 0 the data. A VP point z at this log-SNR is
+    the flow point z_fm = z / (alpha_vp + sigma_vp) (docs/flow.md), so DDIM on this schedule is the Euler step of the
+    flow's ODE, and every method of the project applies to it unchanged. `shift`: SD3's static shift of the time grid,
+    t -> shift t / (1 + (shift - 1) t) (1: none)."""
+
+    shift: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.shift, (int, float)) and self.shift > 0 and math.isfinite(self.shift)):
+            raise ValueError(f"flow schedule needs a finite shift > 0, got {self.shift!r}")
+
+    # Unclipped: the ends are exact (t = 1 has alpha = 0, t = 0 sigma = 0).
+    logsnr_min: ClassVar[float] = -math.inf
+    logsnr_max: ClassVar[float] = math.inf
+
+    def shifted(self, t: Tensor) -> Tensor:
+        """The flow time the schedule places at grid time t (SD3's shift; t itself when shift = 1)."""
+        return t if self.shift == 1.0 else self.shift * t / (1 + (self.shift - 1) * t)
+
+    def __call__(self, t: Tensor) -> Tensor:
+        s = self.shifted(t)
+        return 2.0 * (torch.log1p(-s) - torch.log(s))
+
+
+def flow_time(logsnr: Tensor) -> Tensor:
+    """The flow-matching time t = sigma / (alpha + sigma) = sigmoid(-lambda / 2) of a log-SNR (1 at -inf, 0 at inf)."""
+    return torch.sigmoid(-0.5 * logsnr)
+
+
+Schedule = CosineSchedule | LinearBetaSchedule | DiscreteSchedule | FlowSchedule
 
 
 def ddpm_alphas_cumprod(num_timesteps: int, beta_schedule: str, beta_start: float, beta_end: float) -> Tensor:
@@ -136,31 +173,38 @@ def ddpm_alphas_cumprod(num_timesteps: int, beta_schedule: str, beta_start: floa
     return sched.alphas_cumprod.to(torch.float64)
 
 
-SCHEDULES = ("cosine", "linear", "discrete")
+SCHEDULES = ("cosine", "linear", "discrete", "flow")
 
 
 def make_schedule(name: str, logsnr_min: float = -20.0, logsnr_max: float = 20.0, *, num_timesteps: int = 1000,
-                  beta_schedule: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:
-    """The schedule called `name` ("cosine", "linear" or "discrete") with the given log-SNR range; "discrete" is
-    a diffusers scheduler's alpha_bar over `num_timesteps` from `beta_schedule`, `beta_start`, `beta_end`."""
+                  beta_schedule: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02,
+                  shift: float = 1.0) -> Schedule:
+    """The schedule called `name` ("cosine", "linear", "discrete" or "flow") with the given log-SNR range; "discrete"
+    is a diffusers scheduler's alpha_bar over `num_timesteps` from `beta_schedule`, `beta_start`, `beta_end`; "flow"
+    is flow matching's interpolant with its time shift `shift` (it has no log-SNR range: its ends are exact)."""
     if name == "cosine":
         return CosineSchedule(logsnr_min, logsnr_max)
     if name == "linear":
         return LinearBetaSchedule(logsnr_min=logsnr_min, logsnr_max=logsnr_max)
     if name == "discrete":
         return DiscreteSchedule(ddpm_alphas_cumprod(num_timesteps, beta_schedule, beta_start, beta_end), logsnr_max)
-    raise ValueError(f"unknown schedule {name!r}: choose 'cosine', 'linear' or 'discrete'")
+    if name == "flow":
+        return FlowSchedule(float(shift))
+    raise ValueError(f"unknown schedule {name!r}: choose 'cosine', 'linear', 'discrete' or 'flow'")
 
 
 SCHEDULE_PARAMS = {"cosine": ("logsnr_min", "logsnr_max"), "linear": ("logsnr_min", "logsnr_max"),
-                   "discrete": ("logsnr_max", "num_timesteps", "beta_schedule", "beta_start", "beta_end")}
+                   "discrete": ("logsnr_max", "num_timesteps", "beta_schedule", "beta_start", "beta_end"),
+                   "flow": ("shift",)}
 
 
 def schedule_spec(name: str, logsnr_min: float = -20.0, logsnr_max: float = 20.0, *, num_timesteps: int = 1000,
-                  beta_schedule: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02) -> dict:
+                  beta_schedule: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02,
+                  shift: float = 1.0) -> dict:
     """{"name": name, and the parameters that schedule uses}: how a checkpoint record stores its schedule."""
     values = dict(logsnr_min=float(logsnr_min), logsnr_max=float(logsnr_max), num_timesteps=int(num_timesteps),
-                  beta_schedule=beta_schedule, beta_start=float(beta_start), beta_end=float(beta_end))
+                  beta_schedule=beta_schedule, beta_start=float(beta_start), beta_end=float(beta_end),
+                  shift=float(shift))
     if name not in SCHEDULE_PARAMS:
         raise ValueError(f"unknown schedule {name!r}: choose {', '.join(SCHEDULE_PARAMS)}")
     return {"name": name, **{k: values[k] for k in SCHEDULE_PARAMS[name]}}

@@ -15,6 +15,9 @@ WEIGHTINGS: dict[str, Callable[[Tensor], Tensor]] = {
     "snr_trunc": lambda logsnr: torch.exp(logsnr).clamp(min=1.0),  # = max(x-MSE, eps-MSE)
     "snr_plus1": lambda logsnr: torch.exp(logsnr) + 1.0,  # = v-MSE
     "constant": lambda logsnr: torch.ones_like(logsnr),  # = x-MSE
+    # = flow matching's velocity MSE: x_hat - x = -t (u_hat - u), t = 1 / (1 + e^(lambda/2)); finite at t = 0
+    # (lambda = inf, where the x error is 0) by capping lambda at 60
+    "velocity": lambda logsnr: (1.0 + torch.exp(0.5 * logsnr.clamp(max=60.0))).square(),
 }
 
 # Combinations known not to train: eps-prediction with snr_trunc diverged in the paper (x_hat ~ 1/alpha near t = 1).

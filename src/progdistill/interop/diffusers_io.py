@@ -71,6 +71,10 @@ def export_diffusers(ckpt: str | Path, out: str | Path, *, steps: int | None = N
         raise ConfigError(f"{ckpt} is a consistency-distilled student: its c_skip mix with z / alpha is not part of a "
                           "UNet2DModel, so no stock diffusers pipeline reproduces it; sample it with 'progdistill "
                           "sample --sampler consistency' (docs/methods.md)")
+    if spec.schedule.get("name") == "flow" or spec.parameterization not in PREDICTION_TYPES:
+        raise ConfigError(f"{ckpt} is a flow-matching model ({spec.parameterization!r} output on the "
+                          f"{spec.schedule.get('name')!r} schedule): export to diffusers' flow-matching pipelines is "
+                          "not built yet (docs/flow.md); sample it with 'progdistill sample'")
     if len(shape) != 3 or spec.kind not in ("unet", "diffusers"):
         raise ConfigError(f"export-diffusers needs an image model (a 'unet' or 'diffusers' network); {ckpt} is "
                           f"a {spec.kind!r} model of data shape {list(shape)}")
