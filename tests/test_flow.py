@@ -16,8 +16,8 @@ from progdistill.diffusion.distillation import distillation_target
 from progdistill.diffusion.dpm_solver import dpm_solver_pp_2m
 from progdistill.diffusion.parameterization import get_parameterization
 from progdistill.diffusion.samplers import ancestral, ddim
-from progdistill.diffusion.schedules import (FlowSchedule, alpha_sigma, broadcast, flow_time, make_schedule,
-                                             schedule_from_spec, schedule_spec, step_grid)
+from progdistill.diffusion.schedules import (FlowSchedule, alpha_sigma, broadcast, flow_time, flux_shift,
+                                             make_schedule, schedule_from_spec, schedule_spec, step_grid)
 from progdistill.diffusion.weighting import weighted_loss
 from progdistill.nets.base import noise_condition
 
@@ -56,6 +56,36 @@ def test_flow_schedule_ends_are_exact_and_shift_is_sd3s():
     assert make_schedule("flow") == FlowSchedule()
     with pytest.raises(ValueError, match="shift > 0"):
         FlowSchedule(0.0)
+
+
+@pytest.mark.parametrize("shift,dynamic", [(1.0, False), (3.0, False), (None, True)])
+def test_diffusers_flow_euler_scheduler_visits_our_grid_and_takes_our_steps(shift, dynamic):
+    """FlowMatchEulerDiscreteScheduler given our unshifted times as `sigmas=` shifts them (SD3's static shift, or
+    FLUX's dynamic one through `mu`) onto exactly our grid, and its Euler steps with our velocity network equal the
+    project's DDIM on the flow schedule: the route by which a flow student's steps reach the stock pipelines."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    n, seq_len = 4, 1024
+    if dynamic:
+        sched = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+        mu = calculate_shift(seq_len)
+        ours = FlowSchedule(flux_shift(seq_len))
+        assert math.isclose(flux_shift(seq_len), math.exp(mu), rel_tol=1e-12)
+    else:
+        sched, mu, ours = FlowMatchEulerDiscreteScheduler(shift=shift), None, FlowSchedule(shift)
+    grid = step_grid(ours, n, dtype=torch.float64)
+    sched.set_timesteps(sigmas=[i / n for i in range(n, 0, -1)], mu=mu)
+    torch.testing.assert_close(sched.sigmas.double(), flow_time(grid), rtol=1e-6, atol=1e-6)
+    net = VelocityNet(5)
+    z0 = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    z = z0.clone()
+    for i, timestep in enumerate(sched.timesteps):
+        sigma = sched.sigmas[i].double()  # the network's time input from the scheduler's own sigma
+        cond = noise_condition((2 * (torch.log1p(-sigma) - torch.log(sigma))).expand(3))
+        z = sched.step(net(z, cond), timestep, z).prev_sample
+    torch.testing.assert_close(z, ddim(Denoiser(net, "flow"), z0.clone(), grid), rtol=1e-5, atol=1e-5)
 
 
 def test_velocity_parameterization_round_trip_and_input():

@@ -152,6 +152,15 @@ class FlowSchedule:
         return 2.0 * (torch.log1p(-s) - torch.log(s))
 
 
+def flux_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096, base_shift: float = 0.5,
+               max_shift: float = 1.15) -> float:
+    """FLUX's resolution-dependent ("dynamic") shift as a FlowSchedule shift: diffusers shifts sigmas by
+    e^mu / (e^mu + 1 / t - 1) = s t / (1 + (s - 1) t) with s = e^mu, mu linear in the image's token count
+    (FluxPipeline's calculate_shift, whose defaults these are)."""
+    slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return math.exp(image_seq_len * slope + base_shift - slope * base_seq_len)
+
+
 def flow_time(logsnr: Tensor) -> Tensor:
     """The flow-matching time t = sigma / (alpha + sigma) = sigmoid(-lambda / 2) of a log-SNR (1 at -inf, 0 at inf)."""
     return torch.sigmoid(-0.5 * logsnr)
