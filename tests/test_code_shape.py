@@ -67,3 +67,19 @@ def test_no_module_outside_the_registry_asks_which_method_runs():
             found += [f"{path.relative_to(SRC)}:{i}" for i, line in enumerate(path.read_text().splitlines(), 1)
                       if asks.search(line)]
     assert found == []
+
+
+def test_no_module_outside_the_family_registry_asks_which_network_family_it_has():
+    """A network family is one entry of nets/families.py's FAMILIES (what it takes, builds, exports); nothing else
+    in src/ compares a model's kind or model.arch with a family's name."""
+    import re
+
+    from progdistill.config.choices import NET_KINDS
+    from progdistill.nets.families import FAMILIES
+
+    assert tuple(FAMILIES) == NET_KINDS
+    names = "|".join(FAMILIES)
+    asks = re.compile(rf"""(kind|arch|["']kind["']\))\)?\s*(==|!=|in|not in)\s*[(\["']+({names})["']""")
+    found = [f"{path.relative_to(SRC)}:{i}" for path in SRC.rglob("*.py") if path.name != "families.py"
+             for i, line in enumerate(path.read_text().splitlines(), 1) if asks.search(line)]
+    assert found == []

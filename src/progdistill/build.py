@@ -20,6 +20,7 @@ from .diffusion.parameterization import get_parameterization
 from .diffusion.schedules import Schedule, make_schedule, schedule_from_spec, schedule_spec
 from .nets import MLPNet
 from .nets.spec import ModelSpec, SpecError, build_net, resolve_args
+from .nets.families import FAMILIES
 from .nets.presets import UNET_PRESETS
 from .checkpoint import FORMAT_VERSION, CheckpointError, checkpoint_paths, load_into, read_record
 
@@ -76,6 +77,38 @@ def schedule_of(source: Config | ModelSpec) -> Schedule:
                          beta_schedule=d.beta_schedule, beta_start=d.beta_start, beta_end=d.beta_end, shift=d.shift)
 
 
+def _mlp_args(m, data_shape, factor, drop, rows, dropout) -> dict:
+    if len(data_shape) != 1:
+        raise ValueError(f"model.arch 'mlp' needs flat data, got examples of shape {tuple(data_shape)}")
+    args = dict(data_dim=data_shape[0], out_dim=factor * data_shape[0], hidden=m.hidden, depth=m.depth,
+                emb_dim=m.emb_dim, dropout=drop, num_classes=rows)
+    return resolve_args(MLPNet.__init__, args, "MLPNet")
+
+
+def _unet_args(m, data_shape, factor, drop, rows, dropout) -> dict:
+    if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
+        raise ValueError(f"model.arch 'unet' needs square images [C, H, W], got examples of shape "
+                         f"{tuple(data_shape)}")
+    from .nets.unet import unet_config  # imports diffusers (seconds): only for the networks built on it
+
+    channels = data_shape[0]
+    return unet_config(UNET_PRESETS[m.unet], data_shape[1], channels, factor * channels, drop, rows)
+
+
+def _diffusers_args(m, data_shape, factor, drop, rows, dropout) -> dict:
+    from .nets.unet import resolve_unet2d_config
+
+    config = json.loads(m.diffusers_unet)
+    if dropout is not None:
+        config["dropout"] = dropout
+    return resolve_unet2d_config(config)
+
+
+# How `train` turns the model config into each family's constructor arguments (imported families without a config
+# of their own, sd_unet, have none: import-diffusers writes their spec).
+_ARGS_FROM_CONFIG = {"mlp": _mlp_args, "unet": _unet_args, "diffusers": _diffusers_args}
+
+
 def spec_from_config(cfg: Config, data_shape: tuple[int, ...], num_classes: int = 0,
                      dropout: float | None = None) -> ModelSpec:
     """The network a config describes for data of shape `data_shape` (one example, without the batch dimension),
@@ -89,37 +122,16 @@ def spec_from_config(cfg: Config, data_shape: tuple[int, ...], num_classes: int 
     rows = num_classes + int(null_class)  # the null class ("no label") is one more class-embedding row
     factor = get_parameterization(m.parameterization).channel_factor
     drop = m.dropout if dropout is None else dropout
-    if m.arch == "mlp":
-        if len(data_shape) != 1:
-            raise ValueError(f"model.arch 'mlp' needs flat data, got examples of shape {tuple(data_shape)}")
-        args = dict(data_dim=data_shape[0], out_dim=factor * data_shape[0], hidden=m.hidden, depth=m.depth,
-                    emb_dim=m.emb_dim, dropout=drop, num_classes=rows)
-        args = resolve_args(MLPNet.__init__, args, "MLPNet")
-    elif m.arch == "unet":
-        if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
-            raise ValueError(f"model.arch 'unet' needs square images [C, H, W], got examples of shape "
-                             f"{tuple(data_shape)}")
-        from .nets.unet import unet_config  # imports diffusers (seconds): only for the networks built on it
-
-        channels = data_shape[0]
-        args = unet_config(UNET_PRESETS[m.unet], data_shape[1], channels, factor * channels, drop, rows)
-    elif m.arch == "diffusers":
-        if d.schedule != "discrete":
-            raise ConfigError("model.arch 'diffusers' is a discrete-time model: set diffusion.schedule = \"discrete\"")
-        if null_class:
-            raise ConfigError("train.label_dropout is for teachers trained here (model.arch unet or mlp), not for "
-                              "imported diffusers models")
-        from .nets.unet import resolve_unet2d_config
-
-        config = json.loads(m.diffusers_unet)
-        if dropout is not None:
-            config["dropout"] = dropout
-        args = resolve_unet2d_config(config)
-    elif m.arch == "sd_unet":
-        raise ConfigError("model.arch 'sd_unet' models are imported, not built from a config: `progdistill "
+    fam = FAMILIES[m.arch]
+    if not fam.trained_here and fam.config_key is None:
+        raise ConfigError(f"model.arch {m.arch!r} models are imported, not built from a config: `progdistill "
                           "import-diffusers --model SD_FOLDER --captions IMAGES`")
-    else:  # pragma: no cover - validate() only admits known archs
-        raise ValueError(f"unknown model.arch {m.arch!r}")
+    if fam.schedules is not None and d.schedule not in fam.schedules:
+        raise ConfigError(f"model.arch {m.arch!r} is a discrete-time model: set diffusion.schedule = \"discrete\"")
+    if null_class and not fam.trained_here:
+        raise ConfigError("train.label_dropout is for teachers trained here (model.arch unet or mlp), not for "
+                          "imported diffusers models")
+    args = _ARGS_FROM_CONFIG[m.arch](m, data_shape, factor, drop, rows, dropout)
     schedule = schedule_spec(d.schedule, d.logsnr_min, d.logsnr_max, num_timesteps=d.num_timesteps,
                              beta_schedule=d.beta_schedule, beta_start=d.beta_start, beta_end=d.beta_end,
                              shift=d.shift)

@@ -68,7 +68,11 @@ def refuse_text_to_image(run: Path) -> None:
         record = json.loads(runfolder.teacher_record(run).read_text())
     except (OSError, ValueError):
         return  # the evaluation itself reports a missing or broken teacher
-    if record.get("model", {}).get("kind") == "sd_unet":
+    from ..nets.families import FAMILIES
+
+    kind = record.get("model", {}).get("kind")
+    fam = FAMILIES.get(kind) if isinstance(kind, str) else None
+    if fam is not None and fam.text_conditioned:
         raise ConfigError(f"{run} holds a latent text-to-image model: `progdistill evaluate` does not evaluate those "
                           "yet; sample with `progdistill sample --prompt`, or see how benchmarks/"
                           "latent_fashion_mnist.py --stage evaluate measures its runs (docs/latent.md)")

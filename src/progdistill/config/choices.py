@@ -16,8 +16,10 @@ LATENT_MODES = ("mean", "sample")
 # Channels of the image data sets with a fixed format (folders: data.channels, RGB by default).
 NATIVE_CHANNELS = {"fashion-mnist": 1, "cifar10": 3}
 
-# nets.presets.NET_KINDS and UNET_PRESETS
-NET_KINDS = ("mlp", "unet", "diffusers", "sd_unet")
+# the network families (nets/families.py, torch-free) and nets.presets.UNET_PRESETS
+from ..nets.families import FAMILIES  # noqa: E402
+
+NET_KINDS = tuple(FAMILIES)
 UNET_PRESETS = ("cifar10", "imagenet64", "small")
 
 # diffusion.parameterization.PARAMETERIZATIONS, diffusion.schedules.SCHEDULES, diffusion.weighting.WEIGHTINGS,

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 
+from ..nets.families import FAMILIES
 from . import choices
 from .constraints import (ConfigError, EvenAtLeast, Listed, PowerOfTwo, at_least, check_distill_steps,
                           check_fields, checked, one_of, positive, unit_interval)
@@ -246,29 +247,31 @@ class Config:
 
 
 def network_fits_data(cfg: Config) -> None:
-    """Refuse a network unfit for the data, or an imported one without its config or its discrete schedule."""
+    """Refuse a network unfit for the data, or an imported one without its config or its discrete schedule (what
+    each family takes: nets/families.py)."""
     name, arch = cfg.data.name, cfg.model.arch
-    if (name in choices.CAPTIONED) != (arch == "sd_unet"):
+    fam = FAMILIES[arch]
+    if (name in choices.CAPTIONED) != (fam.data == "captions"):
         raise ConfigError(f"data.name {name!r} with model.arch {arch!r}: captioned images (data.name 'captions') go "
                           "with latent text-to-image models (model.arch 'sd_unet') only; create such a run with "
                           "`progdistill import-diffusers --model SD_FOLDER --captions IMAGES`")
-    if arch == "sd_unet":
+    if fam.data == "captions":
         if not (cfg.data.components and cfg.data.root and cfg.data.image_size > 0):
             raise ConfigError("data.name 'captions' needs data.root (images with a metadata.jsonl), data.image_size "
                               "and data.components (written by import-diffusers)")
-        if cfg.diffusion.schedule != "discrete":
-            raise ConfigError("model.arch 'sd_unet' is a discrete-time model: set diffusion.schedule = \"discrete\"")
+        if fam.schedules is not None and cfg.diffusion.schedule not in fam.schedules:
+            raise ConfigError(f"model.arch {arch!r} is a discrete-time model: set diffusion.schedule = \"discrete\"")
         return
     images = name in choices.IMAGE_DATASETS
-    if images and arch not in ("unet", "diffusers"):
+    if images and fam.data != "image":
         raise ConfigError(f"data.name {name!r} is an image data set: set model.arch = \"unet\"")
-    if arch == "diffusers" and not cfg.model.diffusers_unet:
-        raise ConfigError("model.arch 'diffusers' needs model.diffusers_unet (the UNet2DModel config); create "
+    if fam.config_key is not None and not getattr(cfg.model, fam.config_key):
+        raise ConfigError(f"model.arch {arch!r} needs model.{fam.config_key} (the UNet2DModel config); create "
                           "such a run with `progdistill import-diffusers`")
-    if not images and arch != "mlp":
+    if not images and fam.data != "vector":
         raise ConfigError(f"data.name {name!r} is 2-D data: set model.arch = \"mlp\"")
-    if arch == "diffusers" and cfg.diffusion.schedule != "discrete":
-        raise ConfigError("model.arch 'diffusers' is a discrete-time model: set diffusion.schedule = \"discrete\"")
+    if fam.schedules is not None and cfg.diffusion.schedule not in fam.schedules:
+        raise ConfigError(f"model.arch {arch!r} is a discrete-time model: set diffusion.schedule = \"discrete\"")
 
 
 def image_source_is_complete(cfg: Config) -> None:
@@ -292,7 +295,7 @@ def label_dropout_has_labels(cfg: Config) -> None:
                           "(2-D data with classes: ring_classes)")
     if not cfg.data.conditional:
         raise ConfigError("train.label_dropout > 0 trains a class-conditional model: set data.conditional = true")
-    if cfg.model.arch in ("diffusers", "sd_unet"):
+    if not FAMILIES[cfg.model.arch].trained_here:
         raise ConfigError("train.label_dropout is for teachers trained here (model.arch unet or mlp), not for "
                           "imported diffusers models")
 

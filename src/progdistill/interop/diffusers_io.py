@@ -29,6 +29,7 @@ from ..build import build_denoiser, load_checkpoint, load_data, model_record, sc
 from ..config import Config, ConfigError
 from ..denoiser import noise_condition
 from ..diffusion.schedules import alpha_sigma
+from ..nets.families import FAMILIES
 from ..checkpoint import CheckpointError, save_checkpoint
 from ..sampling import sample_in_batches
 
@@ -75,13 +76,14 @@ def export_diffusers(ckpt: str | Path, out: str | Path, *, steps: int | None = N
         raise ConfigError(f"{ckpt} is a flow-matching model ({spec.parameterization!r} output on the "
                           f"{spec.schedule.get('name')!r} schedule): export to diffusers' flow-matching pipelines is "
                           "not built yet (docs/flow.md); sample it with 'progdistill sample'")
-    if len(shape) != 3 or spec.kind not in ("unet", "diffusers"):
+    fam = FAMILIES[spec.kind]
+    if len(shape) != 3 or fam.export != "DDIMPipeline":
         raise ConfigError(f"export-diffusers needs an image model (a 'unet' or 'diffusers' network); {ckpt} is "
                           f"a {spec.kind!r} model of data shape {list(shape)}")
     steps = int(steps or loaded.sampling["steps"])
     param = spec.parameterization
     guided = spec.guidance is not None
-    if guided and (param == "both" or spec.kind != "unet"):
+    if guided and (param == "both" or not fam.guided_export):
         raise ConfigError(f"export of a guided student needs a 'unet' network with eps, x or v output; {ckpt} is a "
                           f"{spec.kind!r} network with {param!r} output")
     clip = loaded.sampling["clip"] if clip is None else clip
@@ -115,7 +117,7 @@ def _exported_scheduler_and_unet(spec, net, steps: int, train_timesteps: int | N
     schedule = schedule_of(spec)
     common = dict(clip_sample=clip, clip_sample_range=1.0, set_alpha_to_one=True, steps_offset=0,
                   timestep_spacing="trailing", prediction_type=PREDICTION_TYPES[spec.parameterization])
-    if spec.kind == "diffusers":
+    if FAMILIES[spec.kind].own_timesteps:
         T = spec.schedule["num_timesteps"]
         if train_timesteps not in (None, T):
             raise ConfigError(f"an imported model keeps its own {T} timesteps; drop --train-timesteps")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-NET_KINDS = ("mlp", "unet", "diffusers", "sd_unet")
+from .families import FAMILIES
+
+NET_KINDS = tuple(FAMILIES)  # the network families (nets/families.py)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from typing import Any
 from torch import nn
 
 from .args import SpecError, _jsonable, resolve_args  # noqa: F401 (re-exported)
+from .families import FAMILIES
 from .presets import NET_KINDS
 
 
@@ -51,7 +52,7 @@ class ModelSpec:
     @property
     def text_conditioned(self) -> bool:
         """A text-to-image model: its `labels` are text-encoder hidden states, None the empty caption."""
-        return self.kind == "sd_unet"
+        return FAMILIES[self.kind].text_conditioned
 
     @property
     def class_rows(self) -> int:
@@ -113,9 +114,9 @@ class ModelSpec:
             raise SpecError(f"model.null_class must be true or false (true only with num_classes > 0), got "
                             f"{null_class!r}")
         components = data.get("components")
-        if (kind == "sd_unet") != isinstance(components, dict):
+        if FAMILIES[kind].text_conditioned != isinstance(components, dict):
             raise SpecError("model.components (the Stable Diffusion folder's VAE, tokenizer and text encoder) is "
-                            f"required for an 'sd_unet' model and only for one, got {components!r}")
+                            f"required for a text-conditioned ('sd_unet') model and only for one, got {components!r}")
         return cls(kind, dict(args), data["parameterization"], dict(schedule), tuple(shape), num_classes,
                    null_class, check_guidance_block(data.get("guidance")), check_teacher_clip(data.get("teacher_clip")),
                    components, check_consistency(data.get("consistency")))
@@ -189,27 +190,10 @@ def check_consistency(block: Any) -> dict | None:
 
 def build_net(spec: ModelSpec) -> nn.Module:
     """A freshly initialised network of `spec` (load the checkpoint's weights into it)."""
-    from ..diffusion.schedules import schedule_from_spec
-    from .mlp import MLPNet
-
-    # The U-Net families import diffusers (several seconds), so only a run that builds one pays for it.
-    if spec.kind == "mlp":
-        net = MLPNet(**resolve_args(MLPNet.__init__, spec.args, "MLPNet"))
-    elif spec.kind == "unet":
-        from .unet import UNet
-
-        net = UNet(spec.args)
-    elif spec.kind == "diffusers":
-        from .diffusers_net import DiffusersUNet
-
-        net = DiffusersUNet(spec.args, schedule_from_spec(spec.schedule))
-    elif spec.kind == "sd_unet":
-        from .sd_net import TextUNet
-
-        args = resolve_args(TextUNet.__init__, spec.args | {"schedule": None}, "TextUNet")
-        net = TextUNet(**(args | {"schedule": schedule_from_spec(spec.schedule)}))
-    else:
+    if spec.kind not in FAMILIES:
         raise SpecError(f"unknown network kind {spec.kind!r}; known: {', '.join(NET_KINDS)}")
+    # Each family builds its own network (the U-Net families import diffusers, seconds, only when built).
+    net = FAMILIES[spec.kind].build(spec)
     if int(getattr(net, "num_classes", 0)) != spec.class_rows:
         raise SpecError(f"the network's arguments make {net.num_classes} class rows, the spec says "
                         f"{spec.num_classes} classes" + (" plus the null class" if spec.null_class else ""))

@@ -17,6 +17,7 @@ from ..config import Config, ConfigError, student_config
 from ..denoiser import Denoiser
 from ..diffusion.schedules import Schedule
 from ..guidance import null_condition
+from ..nets.families import FAMILIES
 from ..nets.spec import ModelSpec
 from .noise import noise_for
 from .methods import Method, Round, add_cost, grid_counts, method_of, plan_rounds, recorded_budget
@@ -76,7 +77,7 @@ class DistillPlan:
     @property
     def lora(self) -> dict | None:
         """A LoRA student's adapter (rank, targets); None for full fine-tuning."""
-        return self.spec.args.get("lora") if self.spec.kind == "sd_unet" else None
+        return self.spec.args.get("lora") if FAMILIES[self.spec.kind].lora else None
 
     def round_teacher(self, teacher: Denoiser):
         """What the round's targets come from: the teacher, or for LoRA students the shared network with the
@@ -209,13 +210,13 @@ def with_recorded_clipping(cfg: Config, teacher_spec: ModelSpec) -> Config:
 
 def with_lora(spec: ModelSpec, rank: int) -> ModelSpec:
     """The students' spec with a LoRA adapter of `rank` (distill.lora_rank > 0; a LoRA teacher keeps its own)."""
-    recorded = spec.args.get("lora") if spec.kind == "sd_unet" else None
+    recorded = spec.args.get("lora") if FAMILIES[spec.kind].lora else None
     if rank <= 0 or recorded is not None:
         if recorded is not None and rank > 0 and rank != recorded["rank"]:
             raise ConfigError(f"this checkpoint is a LoRA student of rank {recorded['rank']}; its students keep that "
                               f"rank (distill.lora_rank = {rank})")
         return spec
-    if spec.kind != "sd_unet" or spec.guidance is not None:
+    if not FAMILIES[spec.kind].lora or spec.guidance is not None:
         raise ConfigError("distill.lora_rank is for plain distillation of latent text-to-image models (imported "
                           "Stable Diffusion folders); a guided student's w input cannot ship as LoRA weights")
     from ..nets.sd_net import lora_block
