@@ -149,7 +149,7 @@ def test_flow_teacher_trains_distils_by_every_method_and_samples(tmp_path, capsy
     schedule; every sampler is finite on it; an eps teacher on the flow schedule is refused."""
     teacher = tmp_path / "t"
     small = ["model.hidden=32", "model.depth=2", "model.emb_dim=16", "data.size=2000", "train.batch_size=64",
-             "train.steps=200", "train.checkpoint_every=200", "diffusion.shift=2.0"]
+             "train.steps=60", "train.checkpoint_every=60", "diffusion.shift=2.0"]
     sets = lambda items: [x for s in items for x in ("--set", s)]  # noqa: E731
     assert main(["train", "--out", str(teacher), "--no-progress", *sets(FLOW + small)]) == 0
     record = json.loads((teacher / "teacher.json").read_text())
