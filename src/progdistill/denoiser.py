@@ -34,13 +34,10 @@ class Denoiser(nn.Module):
         # Any module net(z, cond, labels) is accepted (an open type: tests and users wrap their own networks);
         # the project's networks (nets.base.DenoiserNet) may bring their own condition.
         cond = self.net.condition(logsnr) if hasattr(self.net, "condition") else noise_condition(logsnr)
-        scale = self.parameterization.input_scale
-        if scale is None:
-            z_in = z
-        else:  # a flow model sees the flow point z / (alpha + sigma)
-            z_in = z * scale(*alpha_sigma(broadcast(logsnr.to(z.dtype), z)))
-        out = (self.net(z_in, cond, labels) if w is None else self.net(z_in, cond, labels, w)).to(z.dtype)
         alpha, sigma = alpha_sigma(broadcast(logsnr.to(z.dtype), z))
+        scale = self.parameterization.input_scale  # a flow model sees the flow point z / (alpha + sigma)
+        z_in = z if scale is None else z * scale(alpha, sigma)
+        out = (self.net(z_in, cond, labels) if w is None else self.net(z_in, cond, labels, w)).to(z.dtype)
         x_hat = self.parameterization.to_x(out, z, alpha, sigma)
         if self.consistency is None:
             return x_hat
