@@ -24,7 +24,7 @@ ROOT = "progdistill"
 # Low to high. A package name stands for the package and every module in it; the root package stands for itself
 # only (it is the public face, allowed to reach everything, and imported by nothing).
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("math", ("progdistill.diffusion", "progdistill.data")),
+    ("math", ("progdistill.conditioning", "progdistill.diffusion", "progdistill.data")),
     ("nets", ("progdistill.nets",)),
     ("denoiser", ("progdistill.denoiser", "progdistill.guidance", "progdistill.compiling")),
     ("checkpoint and config", ("progdistill.checkpoint", "progdistill.config", "progdistill.presets",

@@ -12,10 +12,12 @@ be guided. diffusers' guidance_scale is 1 + w.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
+from . import conditioning
 from .diffusion.guidance import guided_x_hat
 from .nets.spec import ModelSpec
 
@@ -24,19 +26,15 @@ class GuidanceError(ValueError):
     """Guidance asked of a model that cannot give it, or at a weight outside what it was trained for."""
 
 
-def null_like(labels: Tensor, null: int | Tensor) -> Tensor:
-    """The null condition for every row of `labels`: the null class (an index), or the empty caption's text-encoder
-    hidden states [L, D] repeated for every example of a text-conditioned batch [B, L, D]."""
-    if isinstance(null, Tensor):
-        return null.to(labels.device, labels.dtype).expand_as(labels)
-    return torch.full_like(labels, int(null))
+null_like = conditioning.null_like  # the null condition for every row of a batch's labels
 
 
 def null_condition(denoiser, spec: ModelSpec | None = None) -> int | Tensor:
-    """What a model's unconditional branch is given: the empty caption's hidden states for a text-to-image model,
-    the null class (index num_classes) otherwise."""
+    """What a model's unconditional branch is given: the empty caption's condition for a text-to-image model (its
+    hidden states, or a mapping such as SD3's hidden states and pooled embeddings), the null class (index
+    num_classes) otherwise."""
     spec = spec if spec is not None else denoiser.spec
-    return denoiser.net.null_text if spec.text_conditioned else spec.num_classes
+    return denoiser.net.null_condition() if spec.text_conditioned else spec.num_classes
 
 
 class ClassifierFreeGuidance:
@@ -46,17 +44,17 @@ class ClassifierFreeGuidance:
 
     def __init__(self, denoiser, w: float | Tensor, null_label: int | Tensor):
         self.denoiser, self.w = denoiser, w
-        self.null_label = null_label if isinstance(null_label, Tensor) else int(null_label)
+        self.null_label = null_label if isinstance(null_label, (Tensor, Mapping)) else int(null_label)
 
     def __call__(self, z: Tensor, logsnr: Tensor, labels: Tensor | None = None) -> Tensor:
         b = z.shape[0]
-        if labels is None and isinstance(self.null_label, Tensor):  # text-to-image: the empty prompt, unguided
-            labels = self.null_label.expand(b, *self.null_label.shape)
+        if labels is None and isinstance(self.null_label, (Tensor, Mapping)):  # text-to-image: the empty prompt
+            labels = conditioning.expand(self.null_label, b)
         if labels is None:
             raise GuidanceError("classifier-free guidance needs the class labels to guide towards")
         logsnr = logsnr.expand(b) if logsnr.ndim == 0 else logsnr
         null = null_like(labels, self.null_label)
-        x = self.denoiser(torch.cat([z, z]), torch.cat([logsnr, logsnr]), torch.cat([labels, null]))
+        x = self.denoiser(torch.cat([z, z]), torch.cat([logsnr, logsnr]), conditioning.cat([labels, null]))
         return guided_x_hat(x[:b], x[b:], self.w)
 
 

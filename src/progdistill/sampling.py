@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from .diffusion.registry import SAMPLERS, get_sampler
 from .diffusion.schedules import Schedule, step_grid
 from .compiling import maybe_compiled
+from . import conditioning
 from .guidance import check_guidance, guided
 
 __all__ = ["SAMPLERS", "balanced_labels", "generate", "sample_in_batches"]
@@ -89,7 +90,7 @@ def sample_in_batches(
     for start in range(0, num, batch_size):
         b = min(batch_size, num - start)
         z = torch.randn((b, *data_shape), generator=gen, device=device)
-        batch_labels = labels[start : start + b].to(device) if labels is not None else None
+        batch_labels = conditioning.to(conditioning.rows(labels, slice(start, start + b)), device)
         out.append(denoise(z, batch_labels, gen).cpu())
         bar.update(b)
     bar.close()

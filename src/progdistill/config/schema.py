@@ -253,14 +253,14 @@ def network_fits_data(cfg: Config) -> None:
     fam = FAMILIES[arch]
     if (name in choices.CAPTIONED) != (fam.data == "captions"):
         raise ConfigError(f"data.name {name!r} with model.arch {arch!r}: captioned images (data.name 'captions') go "
-                          "with latent text-to-image models (model.arch 'sd_unet') only; create such a run with "
+                          "with latent text-to-image models (model.arch 'sd_unet' or 'sd3') only; create such a run with "
                           "`progdistill import-diffusers --model SD_FOLDER --captions IMAGES`")
     if fam.data == "captions":
         if not (cfg.data.components and cfg.data.root and cfg.data.image_size > 0):
             raise ConfigError("data.name 'captions' needs data.root (images with a metadata.jsonl), data.image_size "
                               "and data.components (written by import-diffusers)")
         if fam.schedules is not None and cfg.diffusion.schedule not in fam.schedules:
-            raise ConfigError(f"model.arch {arch!r} is a discrete-time model: set diffusion.schedule = \"discrete\"")
+            raise ConfigError(_schedule_message(arch, fam))
         return
     images = name in choices.IMAGE_DATASETS
     if images and fam.data != "image":
@@ -271,7 +271,14 @@ def network_fits_data(cfg: Config) -> None:
     if not images and fam.data != "vector":
         raise ConfigError(f"data.name {name!r} is 2-D data: set model.arch = \"mlp\"")
     if fam.schedules is not None and cfg.diffusion.schedule not in fam.schedules:
-        raise ConfigError(f"model.arch {arch!r} is a discrete-time model: set diffusion.schedule = \"discrete\"")
+        raise ConfigError(_schedule_message(arch, fam))
+
+
+def _schedule_message(arch: str, fam) -> str:
+    if fam.schedules == ("discrete",):
+        return f"model.arch {arch!r} is a discrete-time model: set diffusion.schedule = \"discrete\""
+    return (f"model.arch {arch!r} runs on the {' or '.join(fam.schedules)} schedule: set diffusion.schedule = "
+            f"\"{fam.schedules[0]}\"")
 
 
 def image_source_is_complete(cfg: Config) -> None:

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .. import conditioning
+
 Key = tuple[int, bool]  # (example index, flip it horizontally)
 
 
@@ -202,7 +204,7 @@ class Batches:
         x, labels = next(self._it)
         self.position += 1
         x = to_unit_range(x.to(self.device, non_blocking=True))
-        return x, (labels.to(self.device, non_blocking=True) if labels is not None else None)
+        return x, conditioning.to(labels, self.device, non_blocking=True)
 
     def state_dict(self) -> dict:
         return self.sampler.state_dict(self.position)

@@ -5,7 +5,9 @@ datasets' imagefolder read), encoded once into a memory-mapped cache.
 Layout: CACHE/latents/KEY/ with KEY from the image cache's listing, the VAE's and text encoder's content hashes,
 the image size and the latent mode, holding `latents.npy` (float32 [N, c, h, w], scaled as the pipeline scales
 them: the latent distribution's mean by default, or one sample per image from data.seed), `text.npy` (float32
-[U, L, D]: the text encoder's hidden states of the U distinct captions, the empty caption "" first),
+[U, L, D]: the text encoder's hidden states of the U distinct captions, the empty caption "" first; for a layout whose
+condition is a mapping, as SD3's, one file per key instead: `text.encoder_hidden_states.npy`,
+`text.pooled_projections.npy`),
 `caption_index.npy` (int32 [N]: each image's row of text.npy), `ids.npy` (int32 [N, L]: the tokenised captions) and
 `manifest.json`, written last. Images are decoded through the folder cache (cache.py) and encoded a chunk at a time,
 so memory stays flat in the data set's size. Caching the hidden states rather than re-encoding captions every step
@@ -68,10 +70,11 @@ def read_metadata(root: Path, column: str = "text") -> tuple[list[Path], list[st
 
 
 class CaptionedLatents(ExampleData):
-    """Cached latents (float, memory-mapped) with each one's caption as text-encoder hidden states, as the batch
-    stream's (x, labels). Never flipped (a flipped latent is not the latent of the flipped image)."""
+    """Cached latents (float, memory-mapped) with each one's caption as text-encoder hidden states (or a mapping of
+    named condition tensors: `text` a dict of arrays), as the batch stream's (x, labels). Never flipped (a flipped
+    latent is not the latent of the flipped image)."""
 
-    def __init__(self, latents: np.ndarray, text: np.ndarray, caption_index: np.ndarray):
+    def __init__(self, latents: np.ndarray, text: np.ndarray | dict[str, np.ndarray], caption_index: np.ndarray):
         self.images, self.text, self.caption_index = latents, text, np.asarray(caption_index)
         if len(self.caption_index) != len(latents):
             raise ValueError(f"{len(latents)} latents but {len(self.caption_index)} caption indices")
@@ -98,13 +101,16 @@ class CaptionedLatents(ExampleData):
         n = limit if 0 < limit < len(self) else len(self)
         return CaptionedLatents(self.images[:n], self.text, self.caption_index[:n])
 
-    def __getitems__(self, keys: Sequence) -> tuple[Tensor, Tensor]:
+    def __getitems__(self, keys: Sequence) -> tuple[Tensor, Tensor | dict[str, Tensor]]:
         idx = np.fromiter((k[0] for k in keys), dtype=np.int64, count=len(keys))
         order = np.argsort(idx, kind="stable")
         x = np.empty((len(idx), *self.images.shape[1:]), dtype=np.float32)
         x[order] = self.images[idx[order]]
-        text = np.asarray(self.text[self.caption_index[idx]], dtype=np.float32)
-        return torch.from_numpy(x), torch.from_numpy(text)
+        rows = self.caption_index[idx]
+        if isinstance(self.text, dict):
+            return torch.from_numpy(x), {k: torch.from_numpy(np.asarray(v[rows], dtype=np.float32))
+                                         for k, v in self.text.items()}
+        return torch.from_numpy(x), torch.from_numpy(np.asarray(self.text[rows], dtype=np.float32))
 
 
 def _write_npy(path: Path, chunks, shape: tuple[int, ...], dtype, bar) -> None:
@@ -137,9 +143,17 @@ def _encode(components: Components, images: np.ndarray, captions: list[str], dir
         _write_npy(directory / "latents.npy", latent_chunks(), (n, *probe.shape[1:]), np.float32, bar)
     with tqdm(total=len(distinct), desc="encoding captions (text encoder)", unit="caption", disable=not progress,
               file=sys.stderr) as bar:
-        chunks = (components.encode_prompts(distinct[s : s + 64]).numpy() for s in range(0, len(distinct), 64))
         probe_text = components.encode_prompts([""])
-        _write_npy(directory / "text.npy", chunks, (len(distinct), *probe_text.shape[1:]), np.float32, bar)
+        if isinstance(probe_text, dict):  # a mapping condition: one file per key, one pass of the encoders
+            encoded = [components.encode_prompts(distinct[s : s + 64]) for s in range(0, len(distinct), 64)]
+            for key, probe_key in probe_text.items():
+                _write_npy(directory / f"text.{key}.npy", (e[key].numpy() for e in encoded),
+                           (len(distinct), *probe_key.shape[1:]), np.float32, bar)
+            files["text_keys"] = list(probe_text)
+            probe_text = probe_text[next(iter(probe_text))]
+        else:
+            chunks = (components.encode_prompts(distinct[s : s + 64]).numpy() for s in range(0, len(distinct), 64))
+            _write_npy(directory / "text.npy", chunks, (len(distinct), *probe_text.shape[1:]), np.float32, bar)
     np.save(directory / "caption_index.npy", np.fromiter((row[c] for c in captions), dtype=np.int32, count=n))
     np.save(directory / "ids.npy", np.concatenate([components.tokenize(captions[s : s + 256]).numpy().astype(np.int32)
                                                    for s in range(0, n, 256)]).reshape(n, ids.shape[1]))
@@ -154,7 +168,9 @@ def _cached(directory: Path, expect: dict) -> dict | None:
         return None
     if any(manifest.get(k) != v for k, v in expect.items()):
         return None
-    names = ("latents.npy", "text.npy", "caption_index.npy", "ids.npy")
+    keys = manifest.get("files", {}).get("text_keys")
+    text = [f"text.{k}.npy" for k in keys] if keys else ["text.npy"]
+    names = ("latents.npy", *text, "caption_index.npy", "ids.npy")
     return manifest if all((directory / name).is_file() for name in names) else None
 
 
@@ -175,9 +191,15 @@ def load_captioned_latents(root: str | Path, components: dict, *, image_size: in
               "vae": components["vae"]["sha256"], "text_encoder": components["text_encoder"]["sha256"],
               "tokenizer": components["tokenizer"]["sha256"], "image_size": image_size, "channels": channels,
               "mode": mode, "seed": seed if mode == "sample" else None, "count": len(paths)}
+    if components.get("layout", "sd") != "sd":  # the other layouts' extra components (SD 1.x keys as before)
+        expect |= {"layout": components["layout"], "shift_factor": components["shift_factor"],
+                   "max_sequence_length": components["max_sequence_length"],
+                   **{name: components[name]["sha256"] for name in ("text_encoder_2", "text_encoder_3", "tokenizer_2",
+                                                                    "tokenizer_3") if name in components}}
     key = hashlib.sha256(json.dumps(expect, sort_keys=True).encode()).hexdigest()[:20]
     directory = cache_root() / "latents" / key
-    if _cached(directory, expect) is None:
+    manifest = _cached(directory, expect)
+    if manifest is None:
         images = cached_folder(root, paths, image_size, channels, workers=workers, progress=progress)
         loaded = load_components(components)
         try:
@@ -186,9 +208,12 @@ def load_captioned_latents(root: str | Path, components: dict, *, image_size: in
         except OSError as e:
             raise DataError(f"cannot write the latent cache in {directory}: {e}; free some space or set "
                             "PROGDISTILL_CACHE to another folder") from e
-        _atomic_write_text(directory / "manifest.json", json.dumps(expect | {"files": files}, indent=1))
+        manifest = expect | {"files": files}
+        _atomic_write_text(directory / "manifest.json", json.dumps(manifest, indent=1))
     latents = np.load(directory / "latents.npy", mmap_mode="r")
-    text = np.load(directory / "text.npy", mmap_mode="r")
+    keys = manifest["files"].get("text_keys")
+    text = ({k: np.load(directory / f"text.{k}.npy", mmap_mode="r") for k in keys} if keys
+            else np.load(directory / "text.npy", mmap_mode="r"))
     return CaptionedLatents(latents, text, np.load(directory / "caption_index.npy"))
 
 

@@ -7,6 +7,12 @@ that what a latent model is trained, distilled and sampled with is what the stoc
   classifier-free guidance is the empty caption "".
 - Images -> latents: `vae.encode(x).latent_dist` (its mean, or a sample) times `vae.config.scaling_factor`, x in
   [-1, 1]; latents -> images: `vae.decode(z / scaling_factor)`.
+
+An SD3 folder (layout "sd3") has three text encoders (CLIP-L and CLIP-G with projection, T5) and their tokenizers,
+and a VAE with a `shift_factor`: prompts are encoded by StableDiffusion3Pipeline's own `encode_prompt` (so the
+condition is exactly the pipeline's: {"encoder_hidden_states": CLIP and T5 hidden states joined on the sequence
+axis, "pooled_projections": the two CLIP pooled outputs}), latents are (mean - shift_factor) * scaling_factor and
+decode as z / scaling_factor + shift_factor.
 """
 
 from __future__ import annotations
@@ -21,6 +27,15 @@ from torch import Tensor
 from .decode import DataError
 
 COMPONENTS = ("vae", "text_encoder", "tokenizer")
+# Each layout's frozen components, and those that encode prompts. A block without "layout" is "sd" (records written
+# before layouts existed read as before).
+LAYOUT_COMPONENTS = {"sd": COMPONENTS,
+                     "sd3": ("vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2",
+                             "tokenizer_3")}
+TEXT_COMPONENTS = {"sd": ("tokenizer", "text_encoder"),
+                   "sd3": ("tokenizer", "tokenizer_2", "tokenizer_3", "text_encoder", "text_encoder_2",
+                           "text_encoder_3")}
+SD3_MAX_SEQUENCE_LENGTH = 256  # StableDiffusion3Pipeline's default max_sequence_length (T5 tokens)
 HASH_CHUNK = 1 << 22
 
 
@@ -42,27 +57,38 @@ def folder_sha256(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def describe_components(folder: str | Path) -> dict:
+def layout_of(block: dict) -> str:
+    return block.get("layout", "sd")
+
+
+def describe_components(folder: str | Path, layout: str = "sd", max_sequence_length: int | None = None) -> dict:
     """The `components` block a latent model's record carries: the folder, each component's sub-folder and content
-    hash, and the VAE's scaling factor."""
+    hash, and the VAE's scaling factor (and, for an SD3 folder, its layout, shift factor and the T5 prompt length)."""
     import json
 
     folder = Path(folder).resolve()
     block: dict = {"folder": str(folder)}
-    for name in COMPONENTS:
+    if layout != "sd":
+        block["layout"] = layout
+    for name in LAYOUT_COMPONENTS[layout]:
         sub = folder / name
         if not sub.is_dir():
-            raise ComponentError(f"{folder} has no {name}/ folder: a Stable Diffusion folder holds unet/, vae/, "
-                                 "text_encoder/, tokenizer/ and scheduler/")
+            raise ComponentError(f"{folder} has no {name}/ folder: a {layout} folder holds "
+                                 f"{', '.join(c + '/' for c in LAYOUT_COMPONENTS[layout])} beside its network and "
+                                 "scheduler/")
         block[name] = {"path": name, "sha256": folder_sha256(sub)}
     try:
         vae_config = json.loads((folder / "vae" / "config.json").read_text())
     except (OSError, ValueError) as e:
         raise ComponentError(f"cannot read the VAE's config {folder / 'vae' / 'config.json'}: {e}") from None
     block["scaling_factor"] = float(vae_config.get("scaling_factor", 0.18215))
-    if vae_config.get("shift_factor") not in (None, 0, 0.0):
-        raise ComponentError("this VAE has a shift_factor (an SD3/Flux-style VAE); only Stable Diffusion 1.x/2.x "
-                             "VAEs (scaling_factor only) are supported")
+    if layout == "sd":
+        if vae_config.get("shift_factor") not in (None, 0, 0.0):
+            raise ComponentError("this VAE has a shift_factor (an SD3/Flux-style VAE) but the folder's network is a "
+                                 "Stable Diffusion 1.x/2.x U-Net, whose VAEs have scaling_factor only")
+    else:
+        block["shift_factor"] = float(vae_config.get("shift_factor") or 0.0)
+        block["max_sequence_length"] = int(max_sequence_length or SD3_MAX_SEQUENCE_LENGTH)
     return block
 
 
@@ -91,10 +117,18 @@ class Components:
     tokenizer: object | None
     text_encoder: torch.nn.Module | None
     scaling_factor: float
+    layout: str = "sd"
+    shift_factor: float = 0.0
+    others: dict | None = None  # an SD3 folder's second and third tokenizers and text encoders
+    max_sequence_length: int | None = None
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: list[str], device: torch.device | str = "cpu") -> Tensor:
-        """Text-encoder hidden states [B, L, D] of `prompts`, exactly as StableDiffusionPipeline.encode_prompt."""
+    def encode_prompts(self, prompts: list[str], device: torch.device | str = "cpu") -> Tensor | dict[str, Tensor]:
+        """The condition of `prompts` exactly as the layout's stock pipeline computes it: text-encoder hidden states
+        [B, L, D] (StableDiffusionPipeline.encode_prompt), or for SD3 the mapping {"encoder_hidden_states",
+        "pooled_projections"} of StableDiffusion3Pipeline.encode_prompt."""
+        if self.layout == "sd3":
+            return self._encode_sd3(list(prompts), device)
         ids = self.tokenize(prompts)
         encoder = self.text_encoder.to(device)
         mask = None
@@ -102,6 +136,18 @@ class Components:
             mask = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                                   truncation=True, return_tensors="pt").attention_mask.to(device)
         return encoder(ids.to(device), attention_mask=mask)[0].float()
+
+    def _encode_sd3(self, prompts: list[str], device) -> dict[str, Tensor]:
+        from diffusers import StableDiffusion3Pipeline
+
+        encoders = {k: v.to(device) for k, v in self.others.items() if k.startswith("text_encoder")}
+        pipe = StableDiffusion3Pipeline(transformer=None, scheduler=None, vae=None, tokenizer=self.tokenizer,
+                                        text_encoder=self.text_encoder.to(device), **encoders,
+                                        **{k: v for k, v in self.others.items() if k.startswith("tokenizer")})
+        hidden, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=torch.device(device),
+                                                  do_classifier_free_guidance=False,
+                                                  max_sequence_length=self.max_sequence_length)
+        return {"encoder_hidden_states": hidden.float(), "pooled_projections": pooled.float()}
 
     def tokenize(self, prompts: list[str]) -> Tensor:
         return self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
@@ -112,18 +158,33 @@ class Components:
         """Scaled latents of images x in [-1, 1]: the latent distribution's mean, or a sample from `generator`."""
         dist = self.vae.encode(x.to(next(self.vae.parameters()).device)).latent_dist
         z = dist.sample(generator) if sample else dist.mean
+        if self.shift_factor:
+            return (z.float() - self.shift_factor) * self.scaling_factor
         return z.float() * self.scaling_factor
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         """Images in [-1, 1] (clamped) of scaled latents."""
         device = next(self.vae.parameters()).device
-        return self.vae.decode(latents.to(device) / self.scaling_factor).sample.clamp(-1, 1).float().cpu()
+        z = latents.to(device) / self.scaling_factor
+        if self.shift_factor:
+            z = z + self.shift_factor
+        return self.vae.decode(z).sample.clamp(-1, 1).float().cpu()
 
 
 def load_components(block: dict, need=COMPONENTS, folder: str | Path | None = None,
                     device: torch.device | str = "cpu") -> Components:
-    """The components named in `need` (the rest None), each checked against its recorded hash first."""
+    """The components named in `need` (the rest None), each checked against its recorded hash first. For an SD3
+    block, "tokenizer" and "text_encoder" stand for all three of each."""
+    import transformers
+
+    layout = layout_of(block)
+    if layout == "sd3" and ("text_encoder" in need or "tokenizer" in need):
+        need = tuple(need) + tuple(c for c in TEXT_COMPONENTS["sd3"] if c not in need)
+    classes = {"text_encoder": "CLIPTextModel", "tokenizer": "CLIPTokenizer"} if layout == "sd" else {
+        "text_encoder": "CLIPTextModelWithProjection", "text_encoder_2": "CLIPTextModelWithProjection",
+        "text_encoder_3": "T5EncoderModel", "tokenizer": "CLIPTokenizer", "tokenizer_2": "CLIPTokenizer",
+        "tokenizer_3": "T5TokenizerFast"}
     loaded: dict = {}
     for name in need:
         path = check_component(block, name, folder)
@@ -132,15 +193,14 @@ def load_components(block: dict, need=COMPONENTS, folder: str | Path | None = No
                 from diffusers import AutoencoderKL
 
                 loaded[name] = AutoencoderKL.from_pretrained(path).to(device).eval().requires_grad_(False)
-            elif name == "text_encoder":
-                from transformers import CLIPTextModel
-
-                loaded[name] = CLIPTextModel.from_pretrained(path).to(device).eval().requires_grad_(False)
+            elif name.startswith("text_encoder"):
+                cls = getattr(transformers, classes[name])
+                loaded[name] = cls.from_pretrained(path).to(device).eval().requires_grad_(False)
             else:
-                from transformers import CLIPTokenizer
-
-                loaded[name] = CLIPTokenizer.from_pretrained(path)
+                loaded[name] = getattr(transformers, classes[name]).from_pretrained(path)
         except (OSError, ValueError, RuntimeError) as e:
             raise ComponentError(f"cannot load the {name} in {path}: {e}") from None
+    others = {k: v for k, v in loaded.items() if k[-2:] in ("_2", "_3")} or None
     return Components(loaded.get("vae"), loaded.get("tokenizer"), loaded.get("text_encoder"),
-                      float(block["scaling_factor"]))
+                      float(block["scaling_factor"]), layout, float(block.get("shift_factor", 0.0)), others,
+                      block.get("max_sequence_length"))

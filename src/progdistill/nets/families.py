@@ -61,6 +61,13 @@ def _build_sd_unet(spec):
     return TextUNet(**(args | {"schedule": schedule_from_spec(spec.schedule)}))
 
 
+def _build_sd3(spec):
+    from .args import resolve_args
+    from .sd3_net import SD3Net
+
+    return SD3Net(**resolve_args(SD3Net.__init__, spec.args, "SD3Net"))
+
+
 FAMILIES: dict[str, Family] = {
     "mlp": Family("mlp", "an MLP on flat (2-D) data", "vector", _build_mlp),
     "unet": Family("unet", "the paper's U-Net (diffusers' UNet2DModel) on images", "image", _build_unet,
@@ -71,6 +78,9 @@ FAMILIES: dict[str, Family] = {
     "sd_unet": Family("sd_unet", "an imported Stable Diffusion 1.x UNet2DConditionModel (latent, text-conditioned)",
                       "captions", _build_sd_unet, trained_here=False, schedules=("discrete",), text_conditioned=True,
                       lora=True, export="StableDiffusionPipeline"),
+    "sd3": Family("sd3", "an imported SD3 SD3Transformer2DModel (MMDiT; latent flow matching, text-conditioned)",
+                  "captions", _build_sd3, trained_here=False, schedules=("flow",), text_conditioned=True, lora=True,
+                  export="StableDiffusion3Pipeline", guided_export=True),
 }
 
 

@@ -108,6 +108,10 @@ class TextUNet(DenoiserNet):
                 module.merge()
         return {k.replace(".base_layer", ""): v for k, v in merged.state_dict().items() if ".lora_" not in k}
 
+    def null_condition(self) -> Tensor:
+        """The empty caption's hidden states [L, D]."""
+        return self.null_text
+
     def condition(self, logsnr: Tensor) -> Tensor:
         return self.schedule.timestep(logsnr)
 

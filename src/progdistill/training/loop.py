@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from .. import conditioning
 from ..denoiser import Denoiser
 from ..diffusion.weighting import weighted_loss
 from ..compiling import maybe_compiled
@@ -135,7 +136,7 @@ class TrainingLoop:
         accelerator, device = self.accelerator, self.accelerator.device
         self.images_seen += x.shape[0] * self.shard[1]
         x = x.to(device, non_blocking=True)
-        labels = labels.to(device) if labels is not None else None
+        labels = conditioning.to(labels, device)
         with accelerator.autocast():  # distillation: the teacher evaluates in the student's precision
             target = objective(x, labels, self.generator, self.shard)
         z_t = target.z_t

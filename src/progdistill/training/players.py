@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .. import conditioning
 from ..checkpoint import CheckpointError, checkpoint_paths, load_tensors, prune, read_record, save_checkpoint
 from .counting import EvalCounter
 from .loop import HISTORY_EVERY, SMOOTHING, DROPOUT_SEED_OFFSET, NonFiniteLossError, OptimSettings, make_ema
@@ -126,7 +127,7 @@ class PlayersLoop:
         for micro in range(self.grad_accum):
             x, labels = next(batches)
             x = x.to(self.accelerator.device, non_blocking=True)
-            labels = labels.to(self.accelerator.device) if labels is not None else None
+            labels = conditioning.to(labels, self.accelerator.device)
             last = micro == self.grad_accum - 1
             with contextlib.nullcontext() if last else self.accelerator.no_sync(st.model):
                 with self.accelerator.autocast():

@@ -1,0 +1,105 @@
+"""Small SD3-layout pipeline folders built offline: for tests and the README's runnable example (no SD3 can be
+downloaded there).
+
+The sizes are those of diffusers' own StableDiffusion3Pipeline tests: one MMDiT layer (attention_head_dim 8, 4
+heads, joint_attention_dim 32, pooled_projection_dim 64), two CLIP text encoders with projection (hidden 32,
+projection 32: pooled outputs concatenated = 64), a T5 encoder of width 32, a VAE with a `shift_factor`, and a
+FlowMatchEulerDiscreteScheduler with SD3's shift 3.0. The CLIP tokenizers are interop/tiny_sd.py's BPE over the
+fixture's words; the T5 tokenizer is a Unigram model trained here on the same words with the `tokenizers` library
+(T5's special tokens: <pad> 0, </s> 1, <unk> 2, and </s> appended to every sequence), wrapped as transformers'
+T5TokenizerFast. Weights are random (from `seed`) unless the caller trains them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .tiny_sd import tiny_tokenizer
+
+T5_SPECIALS = ("<pad>", "</s>", "<unk>")
+
+
+def tiny_t5_tokenizer(words, max_length: int = 16):
+    """A T5TokenizerFast whose Unigram vocabulary is trained offline on `words` (and their letters)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import T5TokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    corpus = sorted({w.lower() for w in words if w})
+    corpus += [" ".join(corpus)] + list("abcdefghijklmnopqrstuvwxyz0123456789")
+    tok.train_from_iterator(corpus, trainers.UnigramTrainer(vocab_size=200, special_tokens=list(T5_SPECIALS),
+                                                            unk_token="<unk>", show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", tok.token_to_id("</s>"))])
+    return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+                           extra_ids=0, model_max_length=max_length)
+
+
+def tiny_clip_with_projection(vocab_size: int, max_length: int = 16, hidden: int = 32, projection: int = 32,
+                              seed: int = 0):
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=37, projection_dim=projection,
+                            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=max_length,
+                            bos_token_id=0, eos_token_id=1, pad_token_id=1, layer_norm_eps=1e-5, hidden_act="gelu")
+    torch.manual_seed(seed)
+    return CLIPTextModelWithProjection(config).eval()
+
+
+def tiny_t5_encoder(vocab_size: int, d_model: int = 32, seed: int = 0):
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(vocab_size=vocab_size, d_model=d_model, d_kv=8, d_ff=37, num_layers=1, num_heads=4,
+                      relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    torch.manual_seed(seed)
+    return T5EncoderModel(config).eval()
+
+
+def tiny_sd3_transformer(sample_size: int = 8, latent_channels: int = 4, seed: int = 0, **extra):
+    import torch
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    return SD3Transformer2DModel(sample_size=sample_size, patch_size=1, in_channels=latent_channels,
+                                 out_channels=latent_channels, num_layers=1, attention_head_dim=8,
+                                 num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=32,
+                                 pooled_projection_dim=64, **extra)
+
+
+def tiny_sd3_vae(image_channels: int = 1, channels=(8, 16), latent_channels: int = 4, sample_size: int = 16,
+                 scaling_factor: float = 1.5035, shift_factor: float = 0.0609, seed: int = 0):
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    n = len(channels)
+    return AutoencoderKL(in_channels=image_channels, out_channels=image_channels, block_out_channels=tuple(channels),
+                         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+                         latent_channels=latent_channels, norm_num_groups=min(channels) // 2, layers_per_block=1,
+                         sample_size=sample_size, scaling_factor=scaling_factor, shift_factor=shift_factor,
+                         use_quant_conv=False, use_post_quant_conv=False).eval()
+
+
+def build_tiny_sd3_folder(out: str | Path, words=("a", "photo", "of", "shirt", "shoe", "bag"), *, seed: int = 0,
+                          image_channels: int = 1, image_size: int = 16, shift: float = 3.0,
+                          max_length: int = 16, transformer=None) -> Path:
+    """A randomly initialised SD3-layout folder of test size (latents 4 x image_size/2 squared) that
+    `StableDiffusion3Pipeline.from_pretrained` loads offline; `transformer`: use this one instead of a random one."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+    tokenizer = tiny_tokenizer(words, max_length)
+    tokenizer_3 = tiny_t5_tokenizer(words, max_length)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer if transformer is not None else tiny_sd3_transformer(image_size // 2, seed=seed + 4),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=shift),
+        vae=tiny_sd3_vae(image_channels, sample_size=image_size, seed=seed + 3),
+        text_encoder=tiny_clip_with_projection(len(tokenizer), max_length, seed=seed + 1), tokenizer=tokenizer,
+        text_encoder_2=tiny_clip_with_projection(len(tokenizer), max_length, seed=seed + 2), tokenizer_2=tokenizer,
+        text_encoder_3=tiny_t5_encoder(len(tokenizer_3), seed=seed + 5), tokenizer_3=tokenizer_3)
+    pipe.save_pretrained(out)
+    return Path(out)
