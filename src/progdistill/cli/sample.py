@@ -69,13 +69,15 @@ def sample_labels(args: argparse.Namespace, num_classes: int) -> Tensor:
 
 
 def prompt_labels(args: argparse.Namespace, spec: ModelSpec) -> Tensor | None:
-    """The text-encoder hidden states of every sample's prompt (--prompt in turn; None: the empty caption)."""
+    """The condition of every sample's prompt (--prompt in turn; None: the empty caption): text-encoder hidden
+    states, or the layout's mapping of them (SD3: hidden states and pooled embeddings)."""
+    from .. import conditioning
     from ..interop.stable_diffusion import prompt_embeddings
 
     if not args.prompt:
         return None
     embeddings = prompt_embeddings(spec, args.prompt, args.components)
-    return embeddings[[i % len(args.prompt) for i in range(args.num)]]
+    return conditioning.rows(embeddings, [i % len(args.prompt) for i in range(args.num)])
 
 
 def run(args: argparse.Namespace) -> None:

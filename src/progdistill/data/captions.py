@@ -113,6 +113,11 @@ class CaptionedLatents(ExampleData):
         return torch.from_numpy(x), torch.from_numpy(np.asarray(self.text[rows], dtype=np.float32))
 
 
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+
 def _write_npy(path: Path, chunks, shape: tuple[int, ...], dtype, bar) -> None:
     """Stream `chunks` (arrays along the first axis) into a .npy file of `shape`."""
     with open(path, "wb") as f:
@@ -146,9 +151,9 @@ def _encode(components: Components, images: np.ndarray, captions: list[str], dir
         probe_text = components.encode_prompts([""])
         if isinstance(probe_text, dict):  # a mapping condition: one file per key, one pass of the encoders
             encoded = [components.encode_prompts(distinct[s : s + 64]) for s in range(0, len(distinct), 64)]
-            for key, probe_key in probe_text.items():
+            for k, (key, probe_key) in enumerate(probe_text.items()):
                 _write_npy(directory / f"text.{key}.npy", (e[key].numpy() for e in encoded),
-                           (len(distinct), *probe_key.shape[1:]), np.float32, bar)
+                           (len(distinct), *probe_key.shape[1:]), np.float32, bar if k == 0 else _NoBar())
             files["text_keys"] = list(probe_text)
             probe_text = probe_text[next(iter(probe_text))]
         else:

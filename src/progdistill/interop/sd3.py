@@ -50,6 +50,18 @@ def is_sd3_folder(folder: str | Path) -> bool:
     return config.get("_class_name") == "SD3Transformer2DModel"
 
 
+def check_transformer_layout(folder: str | Path) -> None:
+    """Refuse a folder whose transformer/ holds a network other than SD3's, naming it (FLUX, SANA, PixArt, ...)."""
+    try:
+        name = json.loads((Path(folder) / "transformer" / "config.json").read_text()).get("_class_name")
+    except (OSError, ValueError):
+        return
+    if name != "SD3Transformer2DModel":
+        raise ConfigError(f"{folder}/transformer holds a {name}: import takes transformer folders of the SD3 layout "
+                          "(SD3Transformer2DModel) only; FluxTransformer2DModel and the other transformer layouts "
+                          "are not supported yet")
+
+
 def _check_layout(folder: Path) -> tuple[dict, dict]:
     """(transformer config, scheduler config) of an SD3 folder, or a ConfigError naming what is missing or
     unsupported."""
@@ -206,8 +218,9 @@ def _save_lora(net, out: Path) -> dict:
 def _summary(ckpt: str | Path, spec: ModelSpec, steps: int, w: float | None) -> dict:
     sigmas = student_sigmas(steps)
     length = spec.components["max_sequence_length"]
-    scale = 1.0 if w is not None else 1.0
-    call = (f"pipe('a photo of a cat', num_inference_steps={steps}, sigmas={sigmas}, guidance_scale={scale:g}, "
+    # A guided student runs unguided in the pipeline (its w is folded in); any other model may also be guided by
+    # the pipeline itself (guidance_scale = 1 + w > 1: two transformer calls per step).
+    call = (f"pipe('a photo of a cat', num_inference_steps={steps}, sigmas={sigmas}, guidance_scale=1.0, "
             f"max_sequence_length={length})")
     return {"steps": steps, "sigmas": sigmas, "shift": float(spec.schedule["shift"]), "max_sequence_length": length,
             "transformer_calls_per_step": 1, "load": "StableDiffusion3Pipeline.from_pretrained(folder)", "call": call,
