@@ -103,3 +103,42 @@ def build_tiny_sd3_folder(out: str | Path, words=("a", "photo", "of", "shirt", "
         text_encoder_3=tiny_t5_encoder(len(tokenizer_3), seed=seed + 5), tokenizer_3=tokenizer_3)
     pipe.save_pretrained(out)
     return Path(out)
+
+
+def write_toy_captions(out: str | Path, num: int = 64, words=("a", "photo", "of", "shirt", "shoe", "bag"),
+                       size: int = 20, seed: int = 0) -> Path:
+    """`num` small grey images (a bright bar whose place depends on the caption) with captions, as a captioned
+    folder: data for the runnable example, not for measuring anything."""
+    import numpy as np
+
+    from .tiny_sd import write_captioned_folder
+
+    rng = np.random.default_rng(seed)
+    things = list(words[3:]) or ["thing"]
+    captions, images = [], rng.integers(0, 40, (num, size, size)).astype(np.uint8)
+    for i in range(num):
+        k = i % len(things)
+        images[i, 3 + 4 * k : 7 + 4 * k, 4:16] += 200
+        captions.append(f"a photo of a {things[k]}")
+    return write_captioned_folder(out, images, captions)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m progdistill.interop.tiny_sd3",
+                                     description="Write a tiny, randomly initialised SD3-layout folder (diffusers' "
+                                                 "test sizes; StableDiffusion3Pipeline loads it offline) and, with "
+                                                 "--captions, a small captioned image folder to distil it on.")
+    parser.add_argument("out", help="folder to write the SD3 pipeline into")
+    parser.add_argument("--captions", metavar="DIR", help="also write captioned toy images here")
+    parser.add_argument("--num", type=int, default=64, help="how many captioned images (default 64)")
+    parser.add_argument("--max-length", type=int, default=16, help="the tokenizers' length (default 16)")
+    a = parser.parse_args(argv)
+    print(f"SD3 folder: {build_tiny_sd3_folder(a.out, max_length=a.max_length)}")
+    if a.captions:
+        print(f"captioned images: {write_toy_captions(a.captions, a.num)}")
+
+
+if __name__ == "__main__":
+    main()
