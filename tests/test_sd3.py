@@ -264,11 +264,11 @@ def test_changed_component_and_unsupported_layouts_are_refused(sd3, tmp_path):
     shutil.rmtree(folder / "tokenizer_3")
     with pytest.raises(ConfigError, match="tokenizer_3/"):
         import_sd3(folder, tmp_path / "run2", cfg, captions=str(sd3["captions"]))
-    flux = tmp_path / "flux"
-    (flux / "transformer").mkdir(parents=True)
-    (flux / "transformer" / "config.json").write_text(json.dumps({"_class_name": "FluxTransformer2DModel"}))
-    with pytest.raises(ConfigError, match="FluxTransformer2DModel"):
-        _main_raises("import-diffusers", "--model", str(flux), "--captions", str(sd3["captions"]), "--out",
+    sana = tmp_path / "sana"
+    (sana / "transformer").mkdir(parents=True)
+    (sana / "transformer" / "config.json").write_text(json.dumps({"_class_name": "SanaTransformer2DModel"}))
+    with pytest.raises(ConfigError, match="SanaTransformer2DModel"):
+        _main_raises("import-diffusers", "--model", str(sana), "--captions", str(sd3["captions"]), "--out",
                      str(tmp_path / "run3"))
 
 

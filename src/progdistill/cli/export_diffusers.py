@@ -21,7 +21,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                     "N, guidance_scale=1 + w) takes exactly the student's steps, one U-Net call per step for a "
                     "guided student. SD3 models load with the stock StableDiffusion3Pipeline: pipe(prompt, "
                     "num_inference_steps=N, sigmas=[...]) takes the student's steps (the sigmas are printed); a "
-                    "guided student is written at one guidance weight (--w) and runs with guidance_scale=1.")
+                    "guided student is written at one guidance weight (--w) and runs with guidance_scale=1. FLUX models load with "
+                    "the stock FluxPipeline: pipe(prompt, num_inference_steps=N, guidance_scale=1 + w) takes the "
+                    "student's steps.")
     parser.add_argument("--ckpt", required=True, help="student or teacher checkpoint (image model)")
     parser.add_argument("--out", required=True, help="new folder for the pipeline")
     parser.add_argument("--steps", type=int, help="sampling steps the pipeline is set up for (default: the student's)")
@@ -40,6 +42,7 @@ def run(args: argparse.Namespace) -> None:
     from ..build import read_model_record
     from ..interop.diffusers_io import export_diffusers
     from ..config import ConfigError
+    from ..interop.flux import export_flux
     from ..interop.sd3 import export_sd3
     from ..interop.stable_diffusion import export_stable_diffusion
     from ..nets.families import FAMILIES
@@ -49,6 +52,15 @@ def run(args: argparse.Namespace) -> None:
     record, spec = read_model_record(args.ckpt)
     if args.steps is not None:
         warn_off_student(record, args.steps)
+    if FAMILIES[spec.kind].export == "FluxPipeline":
+        if args.w is not None:
+            raise ConfigError("--w is for guided SD3 students; a FLUX student takes w as the pipeline's "
+                              "guidance_scale = 1 + w")
+        summary = export_flux(args.ckpt, Path(args.out), steps=args.steps, components_folder=args.components)
+        print(f"FluxPipeline written to {args.out}: {summary['steps']} steps (the pipeline's own grid at "
+              f"{summary['height']}x{summary['width']}), one transformer call per step\n"
+              f"  pipe = FluxPipeline.from_pretrained({args.out!r})\n  image = {summary['call']}.images[0]")
+        return
     if FAMILIES[spec.kind].export == "StableDiffusion3Pipeline":
         summary = export_sd3(args.ckpt, Path(args.out), steps=args.steps, w=args.w, components_folder=args.components)
         print(f"StableDiffusion3Pipeline written to {args.out}: {summary['steps']} steps on sigmas "

@@ -24,7 +24,11 @@ def register(commands: argparse._SubParsersAction) -> None:
                     "stay in the folder, named in the checkpoint with their content hashes. SD3 folders "
                     "(transformer/ with an SD3Transformer2DModel, three text encoders and tokenizers, vae/, "
                     "scheduler/ with a FlowMatchEulerDiscreteScheduler) are imported the same way, on the flow "
-                    "schedule with the scheduler's shift (docs/flow.md).",
+                    "schedule with the scheduler's shift (docs/flow.md). FLUX folders (transformer/ with a "
+                    "FluxTransformer2DModel, CLIP text_encoder/, T5 text_encoder_2/, their tokenizers, vae/, "
+                    "scheduler/) too, at the resolution --set data.image_size=N (FLUX's shift depends on it); a "
+                    "transformer with guidance_embeds (FLUX.1-dev) is w-conditioned, w in [guided.w_min, "
+                    "guided.w_max].",
         epilog="Then: progdistill distill --from OUT/teacher [--guided --out OUT]; for Stable Diffusion folders "
                "start from --config stable_diffusion (docs/latent.md)")
     parser.add_argument("--model", required=True, help="the diffusers folder (holds unet/ and scheduler/)")
@@ -35,8 +39,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="Stable Diffusion folders: the captioned images to distil on (images and a "
                              "metadata.jsonl; the caption column is data.caption_column, default text)")
     parser.add_argument("--max-sequence-length", type=int, metavar="N",
-                        help="SD3 folders: the T5 prompt length, the pipeline's max_sequence_length (default 256, "
-                             "as there); recorded with the model and given in the export's call")
+                        help="SD3 and FLUX folders: the T5 prompt length, the pipeline's max_sequence_length "
+                             "(default 256 for SD3, 512 for FLUX, as there); recorded with the model and given in the "
+                             "export's call")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value, e.g. --set data.root=/data/cifar-10-batches-py (repeatable)")
     parser.add_argument("--out", required=True, help="run folder to create")
@@ -48,24 +53,27 @@ def run(args: argparse.Namespace) -> None:
     """Import the diffusers folder --model as the teacher of a new run folder --out."""
     from ..config import ConfigError
     from ..interop.diffusers_io import import_diffusers
+    from ..interop.flux import import_flux, is_flux_folder
     from ..interop.sd3 import check_transformer_layout, import_sd3, is_sd3_folder
     from ..interop.stable_diffusion import import_stable_diffusion, is_stable_diffusion_folder
 
     out = Path(args.out)
     check_fresh_out(out, runfolder.teacher_record(out), args.force)
     check_transformer_layout(args.model)
-    sd3 = is_sd3_folder(args.model)
-    latent = sd3 or is_stable_diffusion_folder(args.model)
-    if args.max_sequence_length is not None and not sd3:
-        raise ConfigError(f"--max-sequence-length is for SD3 folders; {args.model}/transformer holds no "
-                          "SD3Transformer2DModel")
+    sd3, flux = is_sd3_folder(args.model), is_flux_folder(args.model)
+    latent = sd3 or flux or is_stable_diffusion_folder(args.model)
+    if args.max_sequence_length is not None and not (sd3 or flux):
+        raise ConfigError(f"--max-sequence-length is for SD3 and FLUX folders; {args.model}/transformer holds "
+                          "neither an SD3Transformer2DModel nor a FluxTransformer2DModel")
     if args.config is None and not latent:
         raise ConfigError("--config is required for a pixel-space model (the data it is distilled on)")
     if args.captions and not latent:
         raise ConfigError(f"--captions is for Stable Diffusion and SD3 folders; {args.model} holds neither a "
                           "UNet2DConditionModel (unet/) nor an SD3Transformer2DModel (transformer/)")
     cfg = load_config(args.config or "stable_diffusion", args.overrides)
-    if sd3:
+    if flux:
+        stem = import_flux(args.model, out, cfg, args.captions, args.max_sequence_length)
+    elif sd3:
         stem = import_sd3(args.model, out, cfg, args.captions, args.max_sequence_length)
     elif latent:
         stem = import_stable_diffusion(args.model, out, cfg, args.captions)

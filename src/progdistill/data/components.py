@@ -31,11 +31,22 @@ COMPONENTS = ("vae", "text_encoder", "tokenizer")
 # before layouts existed read as before).
 LAYOUT_COMPONENTS = {"sd": COMPONENTS,
                      "sd3": ("vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2",
-                             "tokenizer_3")}
+                             "tokenizer_3"),
+                     "flux": ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")}
 TEXT_COMPONENTS = {"sd": ("tokenizer", "text_encoder"),
                    "sd3": ("tokenizer", "tokenizer_2", "tokenizer_3", "text_encoder", "text_encoder_2",
-                           "text_encoder_3")}
-SD3_MAX_SEQUENCE_LENGTH = 256  # StableDiffusion3Pipeline's default max_sequence_length (T5 tokens)
+                           "text_encoder_3"),
+                   "flux": ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2")}
+# The transformers classes of each layout's text components.
+TEXT_CLASSES = {"sd": {"text_encoder": "CLIPTextModel", "tokenizer": "CLIPTokenizer"},
+                "sd3": {"text_encoder": "CLIPTextModelWithProjection", "text_encoder_2": "CLIPTextModelWithProjection",
+                        "text_encoder_3": "T5EncoderModel", "tokenizer": "CLIPTokenizer",
+                        "tokenizer_2": "CLIPTokenizer", "tokenizer_3": "T5TokenizerFast"},
+                "flux": {"text_encoder": "CLIPTextModel", "text_encoder_2": "T5EncoderModel",
+                         "tokenizer": "CLIPTokenizer", "tokenizer_2": "T5TokenizerFast"}}
+# The pipelines' default max_sequence_length (T5 tokens): StableDiffusion3Pipeline 256, FluxPipeline 512.
+MAX_SEQUENCE_LENGTH = {"sd3": 256, "flux": 512}
+SD3_MAX_SEQUENCE_LENGTH = MAX_SEQUENCE_LENGTH["sd3"]
 HASH_CHUNK = 1 << 22
 
 
@@ -88,7 +99,7 @@ def describe_components(folder: str | Path, layout: str = "sd", max_sequence_len
                                  "Stable Diffusion 1.x/2.x U-Net, whose VAEs have scaling_factor only")
     else:
         block["shift_factor"] = float(vae_config.get("shift_factor") or 0.0)
-        block["max_sequence_length"] = int(max_sequence_length or SD3_MAX_SEQUENCE_LENGTH)
+        block["max_sequence_length"] = int(max_sequence_length or MAX_SEQUENCE_LENGTH[layout])
     return block
 
 
@@ -129,6 +140,8 @@ class Components:
         "pooled_projections"} of StableDiffusion3Pipeline.encode_prompt."""
         if self.layout == "sd3":
             return self._encode_sd3(list(prompts), device)
+        if self.layout == "flux":
+            return self._encode_flux(list(prompts), device)
         ids = self.tokenize(prompts)
         encoder = self.text_encoder.to(device)
         mask = None
@@ -147,6 +160,16 @@ class Components:
         hidden, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=torch.device(device),
                                                   do_classifier_free_guidance=False,
                                                   max_sequence_length=self.max_sequence_length)
+        return {"encoder_hidden_states": hidden.float(), "pooled_projections": pooled.float()}
+
+    def _encode_flux(self, prompts: list[str], device) -> dict[str, Tensor]:
+        from diffusers import FluxPipeline
+
+        pipe = FluxPipeline(transformer=None, scheduler=None, vae=None, tokenizer=self.tokenizer,
+                            text_encoder=self.text_encoder.to(device), tokenizer_2=self.others["tokenizer_2"],
+                            text_encoder_2=self.others["text_encoder_2"].to(device))
+        hidden, pooled, _ = pipe.encode_prompt(prompts, None, device=torch.device(device),
+                                               max_sequence_length=self.max_sequence_length)
         return {"encoder_hidden_states": hidden.float(), "pooled_projections": pooled.float()}
 
     def tokenize(self, prompts: list[str]) -> Tensor:
@@ -174,17 +197,14 @@ class Components:
 
 def load_components(block: dict, need=COMPONENTS, folder: str | Path | None = None,
                     device: torch.device | str = "cpu") -> Components:
-    """The components named in `need` (the rest None), each checked against its recorded hash first. For an SD3
-    block, "tokenizer" and "text_encoder" stand for all three of each."""
+    """The components named in `need` (the rest None), each checked against its recorded hash first. For an SD3 or
+    FLUX block, "tokenizer" and "text_encoder" stand for all of each."""
     import transformers
 
     layout = layout_of(block)
-    if layout == "sd3" and ("text_encoder" in need or "tokenizer" in need):
-        need = tuple(need) + tuple(c for c in TEXT_COMPONENTS["sd3"] if c not in need)
-    classes = {"text_encoder": "CLIPTextModel", "tokenizer": "CLIPTokenizer"} if layout == "sd" else {
-        "text_encoder": "CLIPTextModelWithProjection", "text_encoder_2": "CLIPTextModelWithProjection",
-        "text_encoder_3": "T5EncoderModel", "tokenizer": "CLIPTokenizer", "tokenizer_2": "CLIPTokenizer",
-        "tokenizer_3": "T5TokenizerFast"}
+    if layout != "sd" and ("text_encoder" in need or "tokenizer" in need):
+        need = tuple(need) + tuple(c for c in TEXT_COMPONENTS[layout] if c not in need)
+    classes = TEXT_CLASSES[layout]
     loaded: dict = {}
     for name in need:
         path = check_component(block, name, folder)

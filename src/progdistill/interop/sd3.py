@@ -51,15 +51,15 @@ def is_sd3_folder(folder: str | Path) -> bool:
 
 
 def check_transformer_layout(folder: str | Path) -> None:
-    """Refuse a folder whose transformer/ holds a network other than SD3's, naming it (FLUX, SANA, PixArt, ...)."""
+    """Refuse a folder whose transformer/ holds a network other than SD3's or FLUX's, naming it (SANA, PixArt,
+    ...)."""
     try:
         name = json.loads((Path(folder) / "transformer" / "config.json").read_text()).get("_class_name")
     except (OSError, ValueError):
         return
-    if name != "SD3Transformer2DModel":
-        raise ConfigError(f"{folder}/transformer holds a {name}: import takes transformer folders of the SD3 layout "
-                          "(SD3Transformer2DModel) only; FluxTransformer2DModel and the other transformer layouts "
-                          "are not supported yet")
+    if name not in ("SD3Transformer2DModel", "FluxTransformer2DModel"):
+        raise ConfigError(f"{folder}/transformer holds a {name}: import takes transformer folders of the SD3 "
+                          "(SD3Transformer2DModel) and FLUX (FluxTransformer2DModel) layouts only")
 
 
 def _check_layout(folder: Path) -> tuple[dict, dict]:

@@ -105,6 +105,41 @@ def build_tiny_sd3_folder(out: str | Path, words=("a", "photo", "of", "shirt", "
     return Path(out)
 
 
+def tiny_flux_transformer(latent_channels: int = 1, guidance_embeds: bool = False, seed: int = 0):
+    """diffusers' FluxPipeline test size: 1 + 1 layers, 2 heads of 16, joint dim 32, pooled 32."""
+    import torch
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    return FluxTransformer2DModel(patch_size=1, in_channels=4 * latent_channels, out_channels=4 * latent_channels,
+                                  num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                                  joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+                                  guidance_embeds=guidance_embeds)
+
+
+def build_tiny_flux_folder(out: str | Path, words=("a", "photo", "of", "shirt", "shoe", "bag"), *, seed: int = 0,
+                           image_channels: int = 1, image_size: int = 16, max_length: int = 16,
+                           guidance_embeds: bool = False) -> Path:
+    """A randomly initialised FLUX-layout folder of test size (a CLIP text encoder for the pooled embedding, a T5
+    for the hidden states, a VAE with a shift factor and 1 latent channel, 2x2-packed into 4; FLUX's dynamic shift);
+    `guidance_embeds`: FLUX.1-dev's guidance input (else FLUX.1-schnell's layout)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    from .tiny_sd import tiny_text_encoder
+
+    tokenizer = tiny_tokenizer(words, max_length)
+    tokenizer_2 = tiny_t5_tokenizer(words, max_length)
+    pipe = FluxPipeline(
+        transformer=tiny_flux_transformer(1, guidance_embeds, seed=seed + 4),
+        scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                  base_image_seq_len=256, max_image_seq_len=4096),
+        vae=tiny_sd3_vae(image_channels, latent_channels=1, sample_size=image_size, seed=seed + 3),
+        text_encoder=tiny_text_encoder(len(tokenizer), max_length, seed=seed + 1), tokenizer=tokenizer,
+        text_encoder_2=tiny_t5_encoder(len(tokenizer_2), seed=seed + 5), tokenizer_2=tokenizer_2)
+    pipe.save_pretrained(out)
+    return Path(out)
+
+
 def write_toy_captions(out: str | Path, num: int = 64, words=("a", "photo", "of", "shirt", "shoe", "bag"),
                        size: int = 20, seed: int = 0) -> Path:
     """`num` small grey images (a bright bar whose place depends on the caption) with captions, as a captioned

@@ -68,6 +68,13 @@ def _build_sd3(spec):
     return SD3Net(**resolve_args(SD3Net.__init__, spec.args, "SD3Net"))
 
 
+def _build_flux(spec):
+    from .args import resolve_args
+    from .flux_net import FluxNet
+
+    return FluxNet(**resolve_args(FluxNet.__init__, spec.args, "FluxNet"))
+
+
 FAMILIES: dict[str, Family] = {
     "mlp": Family("mlp", "an MLP on flat (2-D) data", "vector", _build_mlp),
     "unet": Family("unet", "the paper's U-Net (diffusers' UNet2DModel) on images", "image", _build_unet,
@@ -81,6 +88,9 @@ FAMILIES: dict[str, Family] = {
     "sd3": Family("sd3", "an imported SD3 SD3Transformer2DModel (MMDiT; latent flow matching, text-conditioned)",
                   "captions", _build_sd3, trained_here=False, schedules=("flow",), text_conditioned=True, lora=True,
                   export="StableDiffusion3Pipeline", guided_export=True),
+    "flux": Family("flux", "an imported FLUX FluxTransformer2DModel (latent flow matching, text-conditioned, packed "
+                   "latents)", "captions", _build_flux, trained_here=False, schedules=("flow",), text_conditioned=True,
+                   lora=True, export="FluxPipeline", guided_export=True),
 }
 
 
