@@ -12,7 +12,8 @@ An SD3 folder (layout "sd3") has three text encoders (CLIP-L and CLIP-G with pro
 and a VAE with a `shift_factor`: prompts are encoded by StableDiffusion3Pipeline's own `encode_prompt` (so the
 condition is exactly the pipeline's: {"encoder_hidden_states": CLIP and T5 hidden states joined on the sequence
 axis, "pooled_projections": the two CLIP pooled outputs}), latents are (mean - shift_factor) * scaling_factor and
-decode as z / scaling_factor + shift_factor.
+decode as z / scaling_factor + shift_factor. A FLUX folder (layout "flux") has CLIP (pooled output) and T5 and a
+shifted VAE; prompts are encoded by FluxPipeline's own `encode_prompt`.
 """
 
 from __future__ import annotations
