@@ -99,16 +99,22 @@ def test_import_records_the_layout_the_resolutions_shift_and_null_condition(flux
     assert torch.equal(unpack(pack(z), 8, 8), z)
 
 
+@pytest.fixture(scope="module")
+def teacher_export(flux):
+    """The teacher exported once (the folder does not depend on the step count)."""
+    summary = export_flux(flux["teacher"], flux["root"] / "teacher_export", steps=2)
+    assert "sigmas" not in summary["call"] and "num_inference_steps=2" in summary["call"]
+    return flux["root"] / "teacher_export"
+
+
 @pytest.mark.parametrize("steps", [1, 2, 4])
-def test_exported_teacher_and_student_equal_the_project_sampler(flux, students, steps, tmp_path):
+def test_exported_teacher_and_student_equal_the_project_sampler(flux, students, teacher_export, steps, tmp_path):
     """FluxPipeline's default grid with the exported (static) shift is the project's: no sigmas needed. The teacher
     unguided and with the pipeline's true classifier-free guidance (negative prompt ""), and the plain student."""
     ours, spec = _ours(flux["teacher"], steps, None)
-    summary = export_flux(flux["teacher"], tmp_path / "teacher", steps=steps)
-    assert "sigmas" not in summary["call"]
-    torch.testing.assert_close(_pipeline(tmp_path / "teacher", steps, spec.data_shape), ours, rtol=0, atol=1e-4)
+    torch.testing.assert_close(_pipeline(teacher_export, steps, spec.data_shape), ours, rtol=0, atol=1e-4)
     guided, _ = _ours(flux["teacher"], steps, 2.0)
-    theirs = _pipeline(tmp_path / "teacher", steps, spec.data_shape, true_cfg_scale=3.0, negative_prompt="")
+    theirs = _pipeline(teacher_export, steps, spec.data_shape, true_cfg_scale=3.0, negative_prompt="")
     torch.testing.assert_close(theirs, guided, rtol=0, atol=1e-4)
     ours, spec = _ours(students["plain"][steps], steps, None)
     export_flux(students["plain"][steps], tmp_path / "student", steps=steps)

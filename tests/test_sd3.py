@@ -123,15 +123,21 @@ def test_latent_cache_shifts_and_scales_and_stores_the_mapping(sd3):
     torch.testing.assert_close(decoded, frozen.vae.decode(x[:1] / 1.5035 + 0.0609).sample.clamp(-1, 1))
 
 
-@pytest.mark.parametrize("steps", [1, 2, 4])
-def test_exported_teacher_and_student_equal_the_project_sampler(sd3, students, steps, tmp_path):
-    """The teacher (unguided, and guided by the pipeline's own two branches at two w) and the plain student."""
-    ours, spec = _ours(sd3["teacher"], steps, None)
-    summary = export_sd3(sd3["teacher"], tmp_path / "teacher", steps=steps)
-    assert summary["sigmas"] == student_sigmas(steps) and f"sigmas={student_sigmas(steps)}" in summary["call"]
+@pytest.fixture(scope="module")
+def teacher_pipe(sd3):
+    """The teacher exported once (an export's folder does not depend on the step count; its summary does)."""
     from diffusers import StableDiffusion3Pipeline
 
-    pipe = StableDiffusion3Pipeline.from_pretrained(tmp_path / "teacher")
+    summary = export_sd3(sd3["teacher"], sd3["root"] / "teacher_export", steps=2)
+    assert summary["sigmas"] == student_sigmas(2) == [1.0, 0.5] and "sigmas=[1.0, 0.5]" in summary["call"]
+    return StableDiffusion3Pipeline.from_pretrained(sd3["root"] / "teacher_export")
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_exported_teacher_and_student_equal_the_project_sampler(sd3, students, teacher_pipe, steps, tmp_path):
+    """The teacher (unguided, and guided by the pipeline's own two branches at two w) and the plain student."""
+    ours, spec = _ours(sd3["teacher"], steps, None)
+    pipe = teacher_pipe
     torch.testing.assert_close(_pipeline(pipe, steps, spec.data_shape), ours, rtol=0, atol=1e-4)
     for w in (1.0, 3.0):
         guided, _ = _ours(sd3["teacher"], steps, w)
