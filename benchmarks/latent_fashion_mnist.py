@@ -44,6 +44,17 @@ guided sampler searched over DPM-Solver++(2M) at 8-32 steps and DDIM at 64; the 
 exported 4-step guided student checked against the project's sampler; OUT/report.{json,md}, frechet_vs_steps.png,
 grids/), `agreement` (each student's RMS distance, in decoded images, to the teacher's best sampler from the same
 noise and prompts, beside the teacher's own short samplers). `--stage all` runs every stage; each writes OUT/STAGE.json, copied to benchmarks/results/latent_fmnist/.
+
+`--layout sd3` builds the flow-matching variant instead (issue 31): the same VAE, captions and evaluation, but an
+SD3-layout folder (diffusers' StableDiffusion3Pipeline): two CLIPTextModelWithProjection and a T5EncoderModel, all
+frozen at their random initialisation (CLIP BPE and a T5 Unigram tokenizer made offline, progdistill.interop.tiny_sd3),
+and a teacher SD3Transformer2DModel trained from scratch by flow matching (x_t = (1 - t) x + t eps, t from the
+logit-normal distribution of SD3's training, velocity target eps - x, MSE; the condition is the pipeline's
+{encoder_hidden_states, pooled_projections}, 10% dropped to the empty caption's), scheduler FlowMatchEulerDiscrete
+(shift --flow-shift). Import, distillation (pd; guided students with the zero-initialised w input), evaluation and
+the stock-pipeline check (the exported guided 4-step student at each w, sigmas= the student's) then take the SD3
+path; the teacher's samplers are Euler (DDIM on the flow schedule) and DPM-Solver++(2M). Results go to
+benchmarks/results/latent_flow_fmnist/.
 """
 
 from __future__ import annotations
@@ -73,6 +84,7 @@ PROMPTS = tuple(f"a photo of {with_article(c)}" for c in CLASS_NAMES)
 CAPTIONS = tuple(t.format(with_article(c)) for c in CLASS_NAMES for t in TEMPLATES)  # class-major: 10 x 4
 STAGES = ("build", "import", "distill", "evaluate", "agreement")
 RESULTS = Path(__file__).resolve().parent / "results" / "latent_fmnist"
+FLOW_RESULTS = Path(__file__).resolve().parent / "results" / "latent_flow_fmnist"
 MAX_LENGTH = 16
 
 
@@ -231,8 +243,87 @@ def train_teacher(a, latents, caption_ids, text_table, null_emb, times: dict):
                          "params": sum(p.numel() for p in unet.parameters())}
 
 
+def sd3_text(a):
+    """An SD3 folder's tokenizers and text encoders, frozen at random initialisation, and the condition mapping of
+    every training caption and of the empty caption as StableDiffusion3Pipeline.encode_prompt computes them."""
+    from progdistill.data.components import Components
+    from progdistill.interop.tiny_sd import tiny_tokenizer
+    from progdistill.interop.tiny_sd3 import tiny_clip_with_projection, tiny_t5_encoder, tiny_t5_tokenizer
+
+    tokenizer = tiny_tokenizer(caption_words(), max_length=MAX_LENGTH)
+    t5_tokenizer = tiny_t5_tokenizer(caption_words(), max_length=MAX_LENGTH)
+    h = a.text_hidden
+    encoders = {"text_encoder": tiny_clip_with_projection(len(tokenizer), MAX_LENGTH, hidden=h, projection=h,
+                                                          seed=a.seed + 1),
+                "text_encoder_2": tiny_clip_with_projection(len(tokenizer), MAX_LENGTH, hidden=h, projection=h,
+                                                            seed=a.seed + 5),
+                "text_encoder_3": tiny_t5_encoder(len(t5_tokenizer), d_model=2 * h, seed=a.seed + 6)}
+    for e in encoders.values():
+        e.requires_grad_(False)
+    text = Components(None, tokenizer, encoders["text_encoder"], 1.0, "sd3", 0.0,
+                      {"text_encoder_2": encoders["text_encoder_2"], "text_encoder_3": encoders["text_encoder_3"],
+                       "tokenizer_2": tokenizer, "tokenizer_3": t5_tokenizer}, MAX_LENGTH)
+    return text, text.encode_prompts(list(CAPTIONS)), text.encode_prompts([""])
+
+
+def train_sd3_teacher(a, latents, caption_ids, table: dict, null: dict, times: dict):
+    """An SD3Transformer2DModel trained by flow matching on the scaled latents (EMA weights returned)."""
+    import torch
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(a.seed + 3)
+    net = SD3Transformer2DModel(sample_size=8, patch_size=a.sd3_patch, in_channels=4, out_channels=4,
+                                num_layers=a.sd3_layers, attention_head_dim=a.sd3_head_dim,
+                                num_attention_heads=a.sd3_heads, caption_projection_dim=a.sd3_head_dim * a.sd3_heads,
+                                joint_attention_dim=2 * a.text_hidden, pooled_projection_dim=2 * a.text_hidden,
+                                pos_embed_max_size=16).train()
+    ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    opt = torch.optim.AdamW(net.parameters(), lr=a.teacher_lr, weight_decay=0.0)
+    rng = np.random.default_rng(a.seed + 30)
+    torch.manual_seed(a.seed + 31)
+    n, start, losses = len(latents), time.perf_counter(), []
+    pbar = bar(range(a.teacher_steps), desc="teacher (flow matching)")
+    for step in pbar:
+        for g in opt.param_groups:
+            g["lr"] = a.teacher_lr * cosine_lr(step, a.teacher_steps, min(200, a.teacher_steps // 10 + 1))
+        idx = torch.from_numpy(rng.integers(0, n, a.teacher_batch))
+        x = latents[idx]
+        drop = torch.from_numpy(rng.random(a.teacher_batch) < a.caption_dropout)
+        cond = {k: torch.where(drop.view(-1, *[1] * (v.ndim - 1)), null[k].expand(len(idx), *null[k].shape[1:]),
+                               v[caption_ids[idx]]) for k, v in table.items()}
+        t = torch.sigmoid(torch.randn(a.teacher_batch))  # SD3's logit-normal(0, 1) times
+        eps = torch.randn_like(x)
+        zt = (1 - t)[:, None, None, None] * x + t[:, None, None, None] * eps
+        pred = net(hidden_states=zt, timestep=1000 * t, encoder_hidden_states=cond["encoder_hidden_states"],
+                   pooled_projections=cond["pooled_projections"], return_dict=False)[0]
+        loss = (pred - (eps - x)).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        decay = min(a.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for k, v in net.state_dict().items():
+                if v.dtype.is_floating_point:
+                    ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+                else:
+                    ema[k].copy_(v)
+        losses.append(loss.item())
+        if step % 25 == 0 or step == a.teacher_steps - 1:
+            pbar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
+    times["teacher_train_s"] = time.perf_counter() - start
+    times["teacher_step_s"] = times["teacher_train_s"] / max(1, a.teacher_steps)
+    net.load_state_dict(ema)
+    k = min(100, len(losses))
+    curve = [float(np.mean(losses[i:i + 100])) for i in range(0, len(losses), max(1, len(losses) // 20))]
+    return net.eval(), {"final_loss_last100": float(np.mean(losses[-k:])), "first_loss_first100":
+                        float(np.mean(losses[:k])), "loss_curve_windows_of_100": curve,
+                        "params": sum(p.numel() for p in net.parameters()), "objective": "flow matching, velocity",
+                        "t_distribution": "logit-normal(0, 1)"}
+
+
 def teacher_grid(pipe, path: Path, steps: int, per_class: int, seed: int) -> dict:
-    """10 canonical prompts x per_class samples at guidance_scale 1 and 3 (DDIM), saved side by side."""
+    """10 canonical prompts x per_class samples at guidance_scale 1 and 3 (DDIM; an SD3 pipeline its own Euler),
+    saved side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -240,7 +331,8 @@ def teacher_grid(pipe, path: Path, steps: int, per_class: int, seed: int) -> dic
     import torch
     from diffusers import DDIMScheduler
 
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    if type(pipe).__name__ == "StableDiffusionPipeline":
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     panels, stats = {}, {}
     for gs in (1.0, 3.0):
         g = torch.Generator().manual_seed(seed)
@@ -256,7 +348,7 @@ def teacher_grid(pipe, path: Path, steps: int, per_class: int, seed: int) -> dic
             for c in range(per_class):
                 mosaic[r * 34 + 1:r * 34 + 33, c * 34 + 1:c * 34 + 33] = img[r, c]
         ax.imshow(mosaic, cmap="gray", vmin=0, vmax=1)
-        ax.set_title(f"guidance_scale {gs:g}, {steps} DDIM steps")
+        ax.set_title(f"guidance_scale {gs:g}, {steps} steps")
         ax.set_yticks([r * 34 + 17 for r in range(len(PROMPTS))])
         ax.set_yticklabels(CLASS_NAMES, fontsize=8)
         ax.set_xticks([])
@@ -307,6 +399,9 @@ def stage_build(a) -> dict:
     times["vae_eval_s"] = time.perf_counter() - t
     print(f"VAE: test recon MSE {vae_info['test_recon_mse']:.5f} ([-1, 1] units), scaling_factor {scaling:.5f}, "
           f"scaled channel std {vae_info['scaled_latent_channel_std']}", flush=True)
+
+    if a.layout == "sd3":
+        return build_sd3_rest(a, out, vae, vae_info, latents, caption_ids, captions, train, times, t0)
 
     # 3. tokenizer, frozen random text encoder
     tokenizer = tiny_tokenizer(caption_words(), max_length=MAX_LENGTH)
@@ -370,6 +465,76 @@ def stage_build(a) -> dict:
     return summary
 
 
+def build_sd3_rest(a, out: Path, vae, vae_info, latents, caption_ids, captions, train, times, t0) -> dict:
+    """Steps 3-6 of the build for the SD3 layout: text encoders, the flow-matching teacher, the folder, captions."""
+    import diffusers
+    import torch
+    import transformers
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+    from progdistill.interop.tiny_sd import write_captioned_folder
+
+    vae.register_to_config(shift_factor=0.0)  # an SD3 VAE's config has one (the pipeline adds it when decoding)
+    text, table, null = sd3_text(a)
+    net, teacher_info = train_sd3_teacher(a, latents, caption_ids, table, null, times)
+    print(f"teacher: loss {teacher_info['first_loss_first100']:.4f} (first 100 steps) -> "
+          f"{teacher_info['final_loss_last100']:.4f} (last 100)", flush=True)
+    t = time.perf_counter()
+    folder = out / "sd"
+    if folder.exists():
+        shutil.rmtree(folder)
+    StableDiffusion3Pipeline(transformer=net, scheduler=FlowMatchEulerDiscreteScheduler(shift=a.flow_shift), vae=vae,
+                             text_encoder=text.text_encoder, tokenizer=text.tokenizer, **text.others
+                             ).save_pretrained(folder)
+    pipe = StableDiffusion3Pipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    check = pipe("a photo of a shoe", num_inference_steps=25, guidance_scale=3.0, output_type="np",
+                 max_sequence_length=MAX_LENGTH, height=32, width=32,
+                 generator=torch.Generator().manual_seed(a.seed)).images
+    assert check.shape[:3] == (1, 32, 32) and np.isfinite(check).all(), check.shape
+    times["save_and_load_check_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    grid_stats = teacher_grid(_Sd3Grid(pipe), out / "teacher_grid.png", a.grid_steps, a.grid_per_class, a.seed)
+    times["grid_s"] = time.perf_counter() - t
+    n_cap = min(a.captions_limit, len(train))
+    if (out / "captions").exists():
+        shutil.rmtree(out / "captions")
+    write_captioned_folder(out / "captions", train[:n_cap], captions[:n_cap])
+    times["total_s"] = time.perf_counter() - t0
+    summary = {"stage": "build", "layout": "sd3", "settings": dict(vars(a)),
+               "timings_s": {k: round(v, 3) for k, v in times.items()}, "vae": vae_info, "teacher": teacher_info,
+               "text": {"max_length": MAX_LENGTH, "clip_hidden": a.text_hidden, "t5_d_model": 2 * a.text_hidden,
+                        "encoders": "2 CLIPTextModelWithProjection + T5EncoderModel, frozen at random init",
+                        "captions": list(CAPTIONS), "prompts": list(PROMPTS), "caption_dropout": a.caption_dropout},
+               "grid": {"file": "teacher_grid.png", "steps": a.grid_steps, "per_class": a.grid_per_class,
+                        **grid_stats},
+               "sd_folder": str(folder.resolve()), "captions_folder": {"path": str((out / "captions").resolve()),
+                                                                        "images": n_cap},
+               "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                            "transformers": transformers.__version__, "python": platform.python_version()},
+               "threads": torch.get_num_threads()}
+    (out / "build.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if not a.no_results_copy:
+        results_dir(a).mkdir(parents=True, exist_ok=True)
+        shutil.copy(out / "build.json", results_dir(a) / ("build_quick.json" if a.quick else "build.json"))
+    print(f"build done in {times['total_s'] / 60:.1f} min: {folder}", flush=True)
+    return summary
+
+
+class _Sd3Grid:
+    """An SD3 pipeline called as teacher_grid calls a Stable Diffusion one (the fixture's prompt length, 32 px)."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def __call__(self, prompts, **kw):
+        return self.pipe(prompts, max_sequence_length=MAX_LENGTH, height=32, width=32, **kw)
+
+
+def results_dir(a) -> Path:
+    return FLOW_RESULTS if getattr(a, "layout", "sd") == "sd3" else RESULTS
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # The user's path: import, distillation (guided, plain, LoRA), evaluation
 # ------------------------------------------------------------------------------------------------------------------
@@ -411,8 +576,9 @@ def distill_settings(a) -> dict:
 
 def stage_import(a) -> dict:
     out, times = Path(a.out), {}
+    extra = ["--max-sequence-length", str(MAX_LENGTH)] if a.layout == "sd3" else []
     cli(["import-diffusers", "--model", str(out / "sd"), "--captions", str(out / "captions"), "--out",
-         str(out / "run"), *sets(distill_settings(a))], "import", times, "import_s")
+         str(out / "run"), *extra, *sets(distill_settings(a))], "import", times, "import_s")
     return {"stage": "import", "timings_s": times}
 
 
@@ -420,7 +586,9 @@ def stage_distill(a) -> dict:
     out, times, memory = Path(a.out), {}, {}
     teacher = str(out / "run" / "teacher")
     guided = {"guided.w_min": 0.0, "guided.w_max": max(W_VALUES), "guided.stage1_updates": a.stage1_updates,
-              "guided.embed_dim": 64, "guided.stage1_lr": a.distill_lr, "distill.weighting": "snr"}
+              "guided.embed_dim": 64, "guided.stage1_lr": a.distill_lr}
+    if a.layout == "sd":  # the eps teacher's stage 1 (a flow teacher keeps its own weighting)
+        guided["distill.weighting"] = "snr"
     jobs = {"lora": (["--out", str(out / "lora")], {"distill.lora_rank": a.lora_rank, "distill.optim.lr": a.lora_lr}),
             "plain": (["--out", str(out / "run")], {}),
             "guided": (["--guided", "--out", str(out / "guided")], guided)}
@@ -477,6 +645,7 @@ class Judge:
 def stage_evaluate(a) -> dict:
     import torch
 
+    from progdistill import conditioning
     from progdistill.build import load_checkpoint, schedule_of
     from progdistill.data.components import load_components
     from progdistill.interop.stable_diffusion import prompt_embeddings
@@ -489,7 +658,7 @@ def stage_evaluate(a) -> dict:
     spec = teacher.spec
     vae = load_components(spec.components, need=("vae",))
     labels = torch.arange(a.num) % len(CLASS_NAMES)
-    text = prompt_embeddings(spec, list(PROMPTS))[labels]
+    text = conditioning.rows(prompt_embeddings(spec, list(PROMPTS)), labels)
     judge = Judge(a.num)
     rows, grids = [], {}
     floor_images, floor_labels = padded_images("train", a.num)
@@ -525,7 +694,8 @@ def stage_evaluate(a) -> dict:
                 for w in ws:
                     measure(name, model, steps, w)
     result = {"stage": "evaluate", "num": a.num, "rows": rows, "evaluate_s": round(time.perf_counter() - t0, 1),
-              "pipeline_check": pipeline_check(out), "goals": goals(rows)}
+              "pipeline_check": pipeline_check(out) if a.layout == "sd" else pipeline_check_sd3(out),
+              "goals": goals(rows)}
     write_report(out, result, grids)
     return result
 
@@ -536,6 +706,7 @@ def stage_agreement(a) -> dict:
     beside the teacher's own 8-step DPM-Solver++ and 4-step DDIM (what distillation should beat), at every w."""
     import torch
 
+    from progdistill import conditioning
     from progdistill.build import load_checkpoint, schedule_of
     from progdistill.data.components import load_components
     from progdistill.interop.stable_diffusion import prompt_embeddings
@@ -547,7 +718,7 @@ def stage_agreement(a) -> dict:
     vae = load_components(teacher.spec.components, need=("vae",))
     num = a.agreement_num
     labels = torch.arange(num) % len(CLASS_NAMES)
-    text = prompt_embeddings(teacher.spec, list(PROMPTS))[labels]
+    text = conditioning.rows(prompt_embeddings(teacher.spec, list(PROMPTS)), labels)
 
     def images(model, steps, w, sampler="ddim"):
         z = generate(model.denoiser, schedule_of(model.spec), steps, num, model.spec.data_shape, sampler=sampler,
@@ -601,6 +772,37 @@ def pipeline_check(out: Path) -> dict:
                       output_type="latent").images
         gaps[f"w={w:g}"] = float((ours - theirs).abs().max())
     return {"folder": str(folder), "max_abs_latent_gap": gaps}
+
+
+def pipeline_check_sd3(out: Path) -> dict:
+    """The stock StableDiffusion3Pipeline on the exported 4-step guided student (one export per w, w folded in)
+    against the project's sampler, on the student's sigmas."""
+    import shutil
+
+    import torch
+    from diffusers import StableDiffusion3Pipeline
+
+    from progdistill.build import load_checkpoint, schedule_of
+    from progdistill.interop.sd3 import export_sd3, student_sigmas
+    from progdistill.interop.stable_diffusion import prompt_embeddings
+    from progdistill.sampling import generate
+
+    stem = out / "guided" / "students" / "student_0004steps"
+    gaps = {}
+    for w in W_VALUES:
+        folder = out / f"export_guided_4steps_w{w:g}"
+        shutil.rmtree(folder, ignore_errors=True)
+        export_sd3(stem, folder, steps=4, w=w)
+        loaded = load_checkpoint(stem)
+        pipe = StableDiffusion3Pipeline.from_pretrained(folder)
+        pipe.set_progress_bar_config(disable=True)
+        z = torch.randn((len(PROMPTS), *loaded.spec.data_shape), generator=torch.Generator().manual_seed(7))
+        ours = generate(loaded.denoiser, schedule_of(loaded.spec), 4, len(PROMPTS), loaded.spec.data_shape, clip=False,
+                        seed=7, labels=prompt_embeddings(loaded.spec, list(PROMPTS)), guidance=w)
+        theirs = pipe(list(PROMPTS), num_inference_steps=4, sigmas=student_sigmas(4), guidance_scale=1.0, latents=z,
+                      output_type="latent", max_sequence_length=MAX_LENGTH, height=32, width=32).images
+        gaps[f"w={w:g}"] = float((ours - theirs).abs().max())
+    return {"folder": str(out / "export_guided_4steps_w*"), "max_abs_latent_gap": gaps}
 
 
 def best(rows: list[dict], prefix: str, w: float, metric: str = "frechet_classifier") -> dict:
@@ -698,6 +900,14 @@ def parse(argv=None):
     p.add_argument("--quick", action="store_true", help="~2-minute smoke version: " + ", ".join(
         f"{k}={v}" for k, v in QUICK.items()))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layout", choices=("sd", "sd3"), default="sd",
+                   help="sd: a Stable Diffusion 1.x U-Net teacher (eps); sd3: an SD3 transformer trained by flow "
+                        "matching (results in benchmarks/results/latent_flow_fmnist/)")
+    p.add_argument("--flow-shift", type=float, default=1.0, help="sd3: the scheduler's shift")
+    p.add_argument("--sd3-layers", type=int, default=4)
+    p.add_argument("--sd3-heads", type=int, default=4)
+    p.add_argument("--sd3-head-dim", type=int, default=32)
+    p.add_argument("--sd3-patch", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--limit", type=int, default=60000, help="training images used (VAE, latents, teacher)")
     p.add_argument("--test-limit", type=int, default=5000, help="test images for the VAE reconstruction MSE")
@@ -758,8 +968,8 @@ def main(argv=None) -> None:
                         summary[key] = old.get(key, {}) | summary[key]
                 target.write_text(json.dumps(summary, indent=1))
                 if not a.no_results_copy:
-                    RESULTS.mkdir(parents=True, exist_ok=True)
-                    shutil.copy(Path(a.out) / f"{name}.json", RESULTS / f"{name}.json")
+                    results_dir(a).mkdir(parents=True, exist_ok=True)
+                    shutil.copy(Path(a.out) / f"{name}.json", results_dir(a) / f"{name}.json")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@ The sizes are those of diffusers' own StableDiffusion3Pipeline tests: one MMDiT 
 heads, joint_attention_dim 32, pooled_projection_dim 64), two CLIP text encoders with projection (hidden 32,
 projection 32: pooled outputs concatenated = 64), a T5 encoder of width 32, a VAE with a `shift_factor`, and a
 FlowMatchEulerDiscreteScheduler with SD3's shift 3.0. The CLIP tokenizers are interop/tiny_sd.py's BPE over the
-fixture's words; the T5 tokenizer is a Unigram model trained here on the same words with the `tokenizers` library
-(T5's special tokens: <pad> 0, </s> 1, <unk> 2, and </s> appended to every sequence), wrapped as transformers'
-T5TokenizerFast. Weights are random (from `seed`) unless the caller trains them.
+fixture's words; the T5 tokenizer is a Unigram model made here over the same words with the `tokenizers` library
+(each word one piece; T5's special tokens: <pad> 0, </s> 1, <unk> 2, and </s> appended to every sequence), wrapped
+as transformers' T5TokenizerFast. (Training a Unigram model on a few words with tokenizers' UnigramTrainer keeps
+letters and short pieces only, so that the captions would not fit 16 tokens.) Weights are random (from `seed`) unless the caller trains them.
 """
 
 from __future__ import annotations
@@ -20,20 +21,30 @@ T5_SPECIALS = ("<pad>", "</s>", "<unk>")
 
 
 def tiny_t5_tokenizer(words, max_length: int = 16):
-    """A T5TokenizerFast whose Unigram vocabulary is trained offline on `words` (and their letters)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A T5TokenizerFast over a Unigram model made offline with `tokenizers`: every word of `words` is one piece
+    (T5's "\u2581word"), letters, digits and punctuation (with and without the word start) the fallback for any other
+    lower-case text, T5's special tokens <pad> 0, </s> 1, <unk> 2, and </s> appended to every sequence."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import T5TokenizerFast
 
-    tok = Tokenizer(models.Unigram())
+    chars = string.ascii_lowercase + string.digits + string.punctuation
+    pieces = [(t, 0.0) for t in T5_SPECIALS] + [("\u2581", -4.0)]
+    known = sorted({w.lower() for w in words if w})
+    pieces += [("\u2581" + w, -1.0) for w in known] + [(w, -2.0) for w in known]  # "t-shirt": "\u2581t", "-", "shirt"
+    pieces += [(c, -10.0) for c in chars] + [("\u2581" + c, -9.0) for c in chars]
+    seen, vocab = set(), []
+    for piece, score in pieces:
+        if piece not in seen:
+            seen.add(piece)
+            vocab.append((piece, score))
+    tok = Tokenizer(models.Unigram(vocab, unk_id=T5_SPECIALS.index("<unk>")))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    corpus = sorted({w.lower() for w in words if w})
-    corpus += [" ".join(corpus)] + list("abcdefghijklmnopqrstuvwxyz0123456789")
-    tok.train_from_iterator(corpus, trainers.UnigramTrainer(vocab_size=200, special_tokens=list(T5_SPECIALS),
-                                                            unk_token="<unk>", show_progress=False))
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
-                                                       special_tokens=[("</s>", tok.token_to_id("</s>"))])
+                                                       special_tokens=[("</s>", T5_SPECIALS.index("</s>"))])
     return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
                            extra_ids=0, model_max_length=max_length)
 
