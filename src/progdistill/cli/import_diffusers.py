@@ -31,12 +31,13 @@ def register(commands: argparse._SubParsersAction) -> None:
                     "guided.w_max].",
         epilog="Then: progdistill distill --from OUT/teacher [--guided --out OUT]; for Stable Diffusion folders "
                "start from --config stable_diffusion (docs/latent.md)")
-    parser.add_argument("--model", required=True, help="the diffusers folder (holds unet/ and scheduler/)")
+    parser.add_argument("--model", required=True, help="the diffusers folder (holds unet/ or transformer/, and "
+                        "scheduler/)")
     parser.add_argument("--config", metavar="PRESET|FILE",
                         help=f"preset or TOML file for the data and [distill] ({', '.join(preset_names())}; default: "
-                             "stable_diffusion for a Stable Diffusion folder, required otherwise)")
+                             "stable_diffusion for a Stable Diffusion, SD3 or FLUX folder, required otherwise)")
     parser.add_argument("--captions", metavar="DIR",
-                        help="Stable Diffusion folders: the captioned images to distil on (images and a "
+                        help="Stable Diffusion, SD3 and FLUX folders: the captioned images to distil on (images and a "
                              "metadata.jsonl; the caption column is data.caption_column, default text)")
     parser.add_argument("--max-sequence-length", type=int, metavar="N",
                         help="SD3 and FLUX folders: the T5 prompt length, the pipeline's max_sequence_length "
