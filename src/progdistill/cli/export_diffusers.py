@@ -21,8 +21,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                     "N, guidance_scale=1 + w) takes exactly the student's steps, one U-Net call per step for a "
                     "guided student. SD3 models load with the stock StableDiffusion3Pipeline: pipe(prompt, "
                     "num_inference_steps=N, sigmas=[...]) takes the student's steps (the sigmas are printed); a "
-                    "guided student is written at one guidance weight (--w) and runs with guidance_scale=1. FLUX models load with "
-                    "the stock FluxPipeline: pipe(prompt, num_inference_steps=N, guidance_scale=1 + w) takes the "
+                    "guided student is written at one guidance weight (--w) and runs with guidance_scale=1. FLUX "
+                    "models load with the stock FluxPipeline: pipe(prompt, num_inference_steps=N, guidance_scale=1 + w) takes the "
                     "student's steps.")
     parser.add_argument("--ckpt", required=True, help="student or teacher checkpoint (image model)")
     parser.add_argument("--out", required=True, help="new folder for the pipeline")

@@ -132,7 +132,8 @@ def import_sd3(folder: str | Path, out: str | Path, base: Config, captions: str 
     hidden, pooled = null["encoder_hidden_states"][0], null["pooled_projections"][0]
     size = int(transformer.config.sample_size)
     spec = ModelSpec("sd3", {"transformer": resolve_sd3_transformer_config(transformer_cfg),
-                             "text_length": hidden.shape[0], "text_dim": hidden.shape[1], "pooled_dim": pooled.shape[0]},
+                             "text_length": hidden.shape[0], "text_dim": hidden.shape[1],
+                             "pooled_dim": pooled.shape[0]},
                      "flow", schedule_spec("flow", shift=shift), (int(transformer.config.in_channels), size, size),
                      components=components)
     denoiser = denoiser_from_spec(spec, cfg.perf)

@@ -8,7 +8,8 @@ FlowMatchEulerDiscreteScheduler with SD3's shift 3.0. The CLIP tokenizers are in
 fixture's words; the T5 tokenizer is a Unigram model made here over the same words with the `tokenizers` library
 (each word one piece; T5's special tokens: <pad> 0, </s> 1, <unk> 2, and </s> appended to every sequence), wrapped
 as transformers' T5TokenizerFast. (Training a Unigram model on a few words with tokenizers' UnigramTrainer keeps
-letters and short pieces only, so that the captions would not fit 16 tokens.) Weights are random (from `seed`) unless the caller trains them.
+letters and short pieces only, so that the captions would not fit 16 tokens.) Weights are random (from `seed`)
+unless the caller trains them.
 """
 
 from __future__ import annotations

@@ -35,8 +35,8 @@ def resolve_flux_transformer_config(config: dict) -> dict:
     """A FluxTransformer2DModel config (private "_" keys dropped) completed with the installed diffusers' defaults."""
     from diffusers import FluxTransformer2DModel
 
-    return resolve_args(FluxTransformer2DModel.__init__, {k: v for k, v in dict(config).items()
-                                                          if not k.startswith("_")}, "diffusers' FluxTransformer2DModel")
+    plain = {k: v for k, v in dict(config).items() if not k.startswith("_")}
+    return resolve_args(FluxTransformer2DModel.__init__, plain, "diffusers' FluxTransformer2DModel")
 
 
 def pack(z: Tensor) -> Tensor:
