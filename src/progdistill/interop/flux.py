@@ -19,46 +19,28 @@ the student's steps with no further argument. The shift stays that of the resolu
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 from .. import runfolder
 from ..build import denoiser_from_spec, load_checkpoint, load_data, model_record
-from ..checkpoint import CheckpointError, save_checkpoint
+from ..checkpoint import save_checkpoint
 from ..config import Config, ConfigError
 from ..data.components import describe_components, load_components
 from ..diffusion.schedules import flux_shift, schedule_spec
 from ..nets.spec import ModelSpec, guidance_block
-from .diffusers_io import _read_json
+from . import flow_folders
 
 FLUX_SUBFOLDERS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
-UNSUPPORTED_SCHEDULER = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas",
-                         "shift_terminal", "stochastic_sampling")
 
 
 def is_flux_folder(folder: str | Path) -> bool:
-    try:
-        config = json.loads((Path(folder) / "transformer" / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return config.get("_class_name") == "FluxTransformer2DModel"
+    """Whether `folder`'s transformer/ holds a FluxTransformer2DModel."""
+    return flow_folders.transformer_class(folder) == "FluxTransformer2DModel"
 
 
 def _check_layout(folder: Path) -> tuple[dict, dict]:
-    if not folder.is_dir():
-        raise ConfigError(f"FLUX folder not found: {folder}")
-    missing = [name for name in FLUX_SUBFOLDERS if not (folder / name).is_dir()]
-    if missing:
-        raise ConfigError(f"{folder} lacks {', '.join(m + '/' for m in missing)}: a FLUX folder holds "
-                          f"{', '.join(s + '/' for s in FLUX_SUBFOLDERS)} and model_index.json")
-    transformer = _read_json(folder / "transformer" / "config.json", "the transformer's config")
-    sched = _read_json(folder / "scheduler" / "scheduler_config.json", "the scheduler's config")
-    if sched.get("_class_name", "FlowMatchEulerDiscreteScheduler") != "FlowMatchEulerDiscreteScheduler":
-        raise ConfigError(f"{folder}'s scheduler is {sched.get('_class_name')}; a FLUX folder's is "
-                          "FlowMatchEulerDiscreteScheduler")
-    bad = [k for k in UNSUPPORTED_SCHEDULER if sched.get(k)]
-    if bad:
-        raise ConfigError(f"{folder}'s scheduler sets {', '.join(bad)}: import takes FLUX's shifted uniform grid only")
+    transformer, sched = flow_folders.check_folder(folder, "a FLUX", FLUX_SUBFOLDERS,
+                                                   flow_folders.UNSUPPORTED_SCHEDULER, "FLUX's shifted uniform grid")
     if sched.get("time_shift_type", "exponential") != "exponential":
         raise ConfigError(f"time_shift_type {sched.get('time_shift_type')!r} is not supported (exponential only)")
     return transformer, sched
@@ -82,11 +64,7 @@ def import_flux(folder: str | Path, out: str | Path, base: Config, captions: str
 
     folder = Path(folder).resolve()
     transformer_cfg, sched = _check_layout(folder)
-    transformer_cfg = {k: v for k, v in transformer_cfg.items() if not k.startswith("_")}
-    if base.distill.teacher_clip not in ("auto", "none"):
-        raise ConfigError("distill.teacher_clip clips x_hat to [-1, 1], and latents are not bounded: leave it auto")
-    vae = _read_json(folder / "vae" / "config.json", "the VAE's config (vae/config.json)")
-    factor = 2 ** (len(vae.get("block_out_channels", [0])) - 1)
+    vae, factor = flow_folders.vae_factor(folder)
     if not (base.data.image_size or captions is None):
         raise ConfigError("FLUX has no native sample size: set data.image_size (the resolution to distil at)")
     image_size = base.data.image_size
@@ -96,22 +74,10 @@ def import_flux(folder: str | Path, out: str | Path, base: Config, captions: str
     latent = image_size // factor
     shift = grid_shift(sched, (latent // 2) ** 2)
     components = describe_components(folder, "flux", max_sequence_length)
-    data = replace(base.data, name="captions", root=str(Path(captions).resolve()) if captions else base.data.root,
-                   channels=int(vae.get("in_channels", 3)), components=json.dumps(components), flip=False,
-                   conditional=False)
-    cfg = replace(base, data=data,
-                  model=replace(base.model, arch="flux", parameterization="flow",
-                                diffusers_unet=json.dumps(transformer_cfg), dropout=0.0),
-                  diffusion=replace(base.diffusion, schedule="flow", shift=float(shift), weighting="velocity"),
-                  distill=replace(base.distill, teacher_clip="none"), sample=replace(base.sample, clip=False))
-    if not cfg.data.root:
-        raise ConfigError("give the captioned images to distil on: --captions DIR (images with a metadata.jsonl)")
-    cfg = cfg.validate()
+    cfg = flow_folders.teacher_config(base, "flux", transformer_cfg, shift, captions,
+                                      channels=int(vae.get("in_channels", 3)), components=json.dumps(components))
     null = load_components(components, need=("tokenizer", "text_encoder")).encode_prompts([""])
-    try:
-        transformer = FluxTransformer2DModel.from_pretrained(folder / "transformer")
-    except (OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"could not load the transformer weights in {folder / 'transformer'}: {e}") from None
+    transformer = flow_folders.load_transformer(FluxTransformer2DModel, folder)
     hidden, pooled = null["encoder_hidden_states"][0], null["pooled_projections"][0]
     channels = int(transformer.config.in_channels) // 4
     guidance = (guidance_block(cfg.guided.w_min, cfg.guided.w_max, FLUX_GUIDANCE_DIM, FLUX_W_SCALE)
@@ -143,9 +109,7 @@ def export_flux(ckpt: str | Path, out: str | Path, *, steps: int | None = None,
     loaded = load_checkpoint(ckpt)
     spec = loaded.spec
     steps = int(steps or loaded.sampling["steps"])
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} exists and is not empty; choose a new --out folder")
+    out = flow_folders.new_export_folder(out)
     net = loaded.denoiser.net
     transformer = FluxTransformer2DModel.from_config(dict(net.transformer.config))
     transformer.load_state_dict(net.merged_transformer_state())

@@ -20,93 +20,55 @@ input; so the export's README and summary give the call with `sigmas`.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
-
-import torch
 
 from .. import runfolder
 from ..build import denoiser_from_spec, load_checkpoint, load_data, model_record
-from ..checkpoint import CheckpointError, save_checkpoint
+from ..checkpoint import save_checkpoint
 from ..config import Config, ConfigError
 from ..data.components import describe_components, load_components
 from ..diffusion.schedules import schedule_spec
 from ..nets.spec import ModelSpec
-from .diffusers_io import _read_json
+from . import flow_folders
 
 SD3_SUBFOLDERS = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer",
                   "tokenizer_2", "tokenizer_3", "scheduler")
-# FlowMatchEulerDiscreteScheduler settings that change the sigmas it visits in ways the flow schedule does not model.
-UNSUPPORTED_SCHEDULER = ("use_dynamic_shifting", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas",
-                         "invert_sigmas", "shift_terminal", "stochastic_sampling")
+UNSUPPORTED_SCHEDULER = ("use_dynamic_shifting",) + flow_folders.UNSUPPORTED_SCHEDULER
 
 
 def is_sd3_folder(folder: str | Path) -> bool:
     """Whether `folder`'s transformer/ holds an SD3Transformer2DModel."""
-    try:
-        config = json.loads((Path(folder) / "transformer" / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return config.get("_class_name") == "SD3Transformer2DModel"
+    return flow_folders.transformer_class(folder) == "SD3Transformer2DModel"
 
 
 def check_transformer_layout(folder: str | Path) -> None:
     """Refuse a folder whose transformer/ holds a network other than SD3's or FLUX's, naming it (SANA, PixArt,
     ...)."""
-    try:
-        name = json.loads((Path(folder) / "transformer" / "config.json").read_text()).get("_class_name")
-    except (OSError, ValueError):
-        return
-    if name not in ("SD3Transformer2DModel", "FluxTransformer2DModel"):
+    name = flow_folders.transformer_class(folder)
+    if name is not None and name not in ("SD3Transformer2DModel", "FluxTransformer2DModel"):
         raise ConfigError(f"{folder}/transformer holds a {name}: import takes transformer folders of the SD3 "
                           "(SD3Transformer2DModel) and FLUX (FluxTransformer2DModel) layouts only")
 
 
 def _check_layout(folder: Path) -> tuple[dict, dict]:
-    """(transformer config, scheduler config) of an SD3 folder, or a ConfigError naming what is missing or
-    unsupported."""
-    if not folder.is_dir():
-        raise ConfigError(f"SD3 folder not found: {folder}")
-    missing = [name for name in SD3_SUBFOLDERS if not (folder / name).is_dir()]
-    if missing:
-        raise ConfigError(f"{folder} lacks {', '.join(m + '/' for m in missing)}: an SD3 folder holds "
-                          f"{', '.join(s + '/' for s in SD3_SUBFOLDERS)} and model_index.json")
-    transformer = _read_json(folder / "transformer" / "config.json", "the transformer's config")
-    sched = _read_json(folder / "scheduler" / "scheduler_config.json", "the scheduler's config")
-    if sched.get("_class_name", "FlowMatchEulerDiscreteScheduler") != "FlowMatchEulerDiscreteScheduler":
-        raise ConfigError(f"{folder}'s scheduler is {sched.get('_class_name')}; an SD3 folder's is "
-                          "FlowMatchEulerDiscreteScheduler")
-    bad = [k for k in UNSUPPORTED_SCHEDULER if sched.get(k)]
-    if bad:
-        raise ConfigError(f"{folder}'s scheduler sets {', '.join(bad)}: import takes SD3's static shift only")
+    """(transformer config, scheduler config) of an SD3 folder (SD3.5's dual-attention and qk-norm layouts are the
+    same interface, taken as they are), or a ConfigError naming what is missing or unsupported."""
+    transformer, sched = flow_folders.check_folder(folder, "an SD3", SD3_SUBFOLDERS, UNSUPPORTED_SCHEDULER,
+                                                   "SD3's static shift")
     if int(sched.get("num_train_timesteps", 1000)) != 1000:
         raise ConfigError("the scheduler's num_train_timesteps must be 1000 (the transformer's timestep is "
                           f"1000 sigma), got {sched.get('num_train_timesteps')}")
-    if transformer.get("dual_attention_layers") or transformer.get("qk_norm"):
-        pass  # SD3.5's layouts: the same interface, taken as they are
     return transformer, sched
 
 
 def _sd3_config(base: Config, folder: Path, transformer: dict, shift: float, components: dict,
                 captions: str | None) -> Config:
-    """The teacher's config: the folder's transformer on the flow schedule with its shift, velocity output, the
-    captioned data; targets never clipped (latents are not bounded)."""
-    if base.distill.teacher_clip not in ("auto", "none"):
-        raise ConfigError("distill.teacher_clip clips x_hat to [-1, 1], and latents are not bounded: leave it auto")
-    vae = _read_json(folder / "vae" / "config.json", "the VAE's config (vae/config.json)")
-    factor = 2 ** (len(vae.get("block_out_channels", [0])) - 1)
+    """The teacher's config: data.image_size defaults to the transformer's sample size times the VAE's factor."""
+    vae, factor = flow_folders.vae_factor(folder)
     size = transformer.get("sample_size", 128)
-    data = replace(base.data, name="captions", root=str(Path(captions).resolve()) if captions else base.data.root,
-                   image_size=base.data.image_size or size * factor, channels=int(vae.get("in_channels", 3)),
-                   components=json.dumps(components), flip=False, conditional=False)
-    cfg = replace(base, data=data,
-                  model=replace(base.model, arch="sd3", parameterization="flow", diffusers_unet=json.dumps(transformer),
-                                dropout=0.0),
-                  diffusion=replace(base.diffusion, schedule="flow", shift=float(shift), weighting="velocity"),
-                  distill=replace(base.distill, teacher_clip="none"), sample=replace(base.sample, clip=False))
-    if not cfg.data.root:
-        raise ConfigError("give the captioned images to distil on: --captions DIR (images with a metadata.jsonl)")
-    return cfg.validate()
+    return flow_folders.teacher_config(base, "sd3", transformer, shift, captions,
+                                       image_size=base.data.image_size or size * factor,
+                                       channels=int(vae.get("in_channels", 3)), components=json.dumps(components))
 
 
 def import_sd3(folder: str | Path, out: str | Path, base: Config, captions: str | None = None,
@@ -120,15 +82,11 @@ def import_sd3(folder: str | Path, out: str | Path, base: Config, captions: str 
 
     folder = Path(folder).resolve()
     transformer_cfg, sched = _check_layout(folder)
-    transformer_cfg = {k: v for k, v in transformer_cfg.items() if not k.startswith("_")}
     shift = float(sched.get("shift", 1.0))
     components = describe_components(folder, "sd3", max_sequence_length)
     cfg = _sd3_config(base, folder, transformer_cfg, shift, components, captions)
     null = load_components(components, need=("tokenizer", "text_encoder")).encode_prompts([""])
-    try:
-        transformer = SD3Transformer2DModel.from_pretrained(folder / "transformer")
-    except (OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"could not load the transformer weights in {folder / 'transformer'}: {e}") from None
+    transformer = flow_folders.load_transformer(SD3Transformer2DModel, folder)
     hidden, pooled = null["encoder_hidden_states"][0], null["pooled_projections"][0]
     size = int(transformer.config.sample_size)
     spec = ModelSpec("sd3", {"transformer": resolve_sd3_transformer_config(transformer_cfg),
@@ -168,9 +126,7 @@ def export_sd3(ckpt: str | Path, out: str | Path, *, steps: int | None = None, w
     loaded = load_checkpoint(ckpt)
     spec = loaded.spec
     steps = int(steps or loaded.sampling["steps"])
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} exists and is not empty; choose a new --out folder")
+    out = flow_folders.new_export_folder(out)
     net = loaded.denoiser.net
     guided = spec.guidance is not None
     if guided:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ..diffusion.schedules import flow_time
 from .args import SpecError, resolve_args
 from .base import DenoiserNet
+from .diffusers_parts import LoraHost, text_pair
 from .embedding import guidance_input
 
 FLUX_GUIDANCE_DIM = 256  # the width of FLUX's sinusoidal guidance (and timestep) projection
@@ -59,7 +60,7 @@ def image_ids(h: int, w: int) -> Tensor:
     return ids.reshape(-1, 3)
 
 
-class FluxNet(DenoiserNet):
+class FluxNet(LoraHost, DenoiserNet):
     """net(z, cond, labels, w) of a FluxTransformer2DModel on [C, H, W] latents (see the module docstring)."""
 
     def __init__(self, transformer: dict, text_length: int, text_dim: int, pooled_dim: int, latent_size: list,
@@ -118,35 +119,12 @@ class FluxNet(DenoiserNet):
 
     w_input_prefix = "transformer.time_text_embed.guidance_embedder."
 
-    # --- LoRA (peft through diffusers' add_adapter)
-    def add_lora(self, lora: dict) -> None:
-        from peft import LoraConfig
-
-        if self.lora is not None:
-            raise SpecError("this network already has a LoRA adapter")
-        rank = int(lora["rank"])
-        self.transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                                                target_modules=list(lora["targets"])), adapter_name="default")
-        self.lora = dict(lora)
-        self.train_adapter_only()
-
-    def train_adapter_only(self) -> None:
-        for name, param in self.named_parameters():
-            param.requires_grad_(".lora_" in name)
-
-    def adapter_state(self) -> dict[str, Tensor]:
-        return {name: p.detach().clone() for name, p in self.named_parameters() if ".lora_" in name}
+    def lora_host(self) -> nn.Module:
+        return self.transformer
 
     def merged_transformer_state(self) -> dict[str, Tensor]:
-        if self.lora is None:
-            return dict(self.transformer.state_dict())
-        import copy
-
-        merged = copy.deepcopy(self.transformer)
-        for module in merged.modules():
-            if hasattr(module, "base_layer") and hasattr(module, "merge"):
-                module.merge()
-        return {k.replace(".base_layer", ""): v for k, v in merged.state_dict().items() if ".lora_" not in k}
+        """The transformer's weights with the adapter merged in, under the plain diffusers model's names."""
+        return self.merged_host_state()
 
     def diffusers_modules(self) -> Iterable[nn.Module]:
         return self.transformer.modules()
@@ -154,12 +132,7 @@ class FluxNet(DenoiserNet):
     def forward(self, z: Tensor, cond: Tensor, labels: Mapping[str, Tensor] | None = None,
                 w: Tensor | float | None = None) -> Tensor:
         b = z.shape[0]
-        if labels is None:
-            labels = {k: v.expand(b, *v.shape) for k, v in self.null_condition().items()}
-        if not isinstance(labels, Mapping) or set(labels) != {"encoder_hidden_states", "pooled_projections"}:
-            got = sorted(labels) if isinstance(labels, Mapping) else f"a tensor of shape {tuple(labels.shape)}"
-            raise ValueError("a FLUX transformer takes the condition {'encoder_hidden_states': [B, L, D], "
-                             f"'pooled_projections': [B, P]}}, got {got}")
+        labels = text_pair(labels, self.null_condition(), b, "a FLUX transformer")
         text = labels["encoder_hidden_states"].to(z.dtype)
         guidance = 1.0 + guidance_input(w, z) if self.w_dim is not None else None
         out = self.transformer(hidden_states=pack(z), timestep=cond.expand(b) if cond.ndim == 0 else cond,

@@ -25,10 +25,9 @@ from torch import Tensor, nn
 from ..diffusion.schedules import flow_time
 from .args import SpecError, resolve_args
 from .base import DenoiserNet
+from .diffusers_parts import LoraHost, text_pair
 from .embedding import SinusoidalEmbedding, guidance_input
 
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the joint attention's image-stream projections
-LORA_ADAPTER = "default"
 SD3_TIMESTEP_SCALE = 1000.0  # the transformer's timestep is sigma * num_train_timesteps (1000)
 SD3_W_SCALE = 1000.0  # the w embedding's argument is 1000 w, as diffusers' guidance_scale_embedding
 
@@ -41,7 +40,7 @@ def resolve_sd3_transformer_config(config: dict) -> dict:
                                                          if not k.startswith("_")}, "diffusers' SD3Transformer2DModel")
 
 
-class SD3Net(DenoiserNet):
+class SD3Net(LoraHost, DenoiserNet):
     """net(z, cond, labels, w) of an SD3Transformer2DModel (see the module docstring)."""
 
     def __init__(self, transformer: dict, text_length: int, text_dim: int, pooled_dim: int,
@@ -108,36 +107,12 @@ class SD3Net(DenoiserNet):
         self.w_proj = self.w_embed = None
         self.w_dim = None
 
-    # --- LoRA (peft through diffusers' add_adapter), as the SD 1.x U-Net
-    def add_lora(self, lora: dict) -> None:
-        from peft import LoraConfig
-
-        if self.lora is not None:
-            raise SpecError("this network already has a LoRA adapter")
-        rank = int(lora["rank"])
-        self.transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                                                target_modules=list(lora["targets"])), adapter_name=LORA_ADAPTER)
-        self.lora = dict(lora)
-        self.train_adapter_only()
-
-    def train_adapter_only(self) -> None:
-        for name, param in self.named_parameters():
-            param.requires_grad_(".lora_" in name)
-
-    def adapter_state(self) -> dict[str, Tensor]:
-        return {name: p.detach().clone() for name, p in self.named_parameters() if ".lora_" in name}
+    def lora_host(self) -> nn.Module:
+        return self.transformer
 
     def merged_transformer_state(self) -> dict[str, Tensor]:
-        """The transformer's weights with the adapter merged in, under a plain SD3Transformer2DModel's names."""
-        if self.lora is None:
-            return dict(self.transformer.state_dict())
-        import copy
-
-        merged = copy.deepcopy(self.transformer)
-        for module in merged.modules():
-            if hasattr(module, "base_layer") and hasattr(module, "merge"):
-                module.merge()
-        return {k.replace(".base_layer", ""): v for k, v in merged.state_dict().items() if ".lora_" not in k}
+        """The transformer's weights with the adapter merged in, under the plain diffusers model's names."""
+        return self.merged_host_state()
 
     def diffusers_modules(self) -> Iterable[nn.Module]:
         return self.transformer.modules()
@@ -145,12 +120,7 @@ class SD3Net(DenoiserNet):
     def forward(self, z: Tensor, cond: Tensor, labels: Mapping[str, Tensor] | None = None,
                 w: Tensor | float | None = None) -> Tensor:
         b = z.shape[0]
-        if labels is None:
-            labels = {k: v.expand(b, *v.shape) for k, v in self.null_condition().items()}
-        if not isinstance(labels, Mapping) or set(labels) != {"encoder_hidden_states", "pooled_projections"}:
-            got = sorted(labels) if isinstance(labels, Mapping) else f"a tensor of shape {tuple(labels.shape)}"
-            raise ValueError("an SD3 transformer takes the condition {'encoder_hidden_states': [B, L, D], "
-                             f"'pooled_projections': [B, P]}}, got {got}")
+        labels = text_pair(labels, self.null_condition(), b, "an SD3 transformer")
         self._w = guidance_input(w, z) if self.w_dim is not None else None
         try:
             return self.transformer(hidden_states=z, timestep=cond.expand(b) if cond.ndim == 0 else cond,
@@ -160,6 +130,3 @@ class SD3Net(DenoiserNet):
         finally:
             self._w = None
 
-
-def lora_block(rank: int, targets=LORA_TARGETS) -> dict:
-    return {"rank": int(rank), "targets": list(targets)}

@@ -19,21 +19,11 @@ from torch import Tensor, nn
 from ..diffusion.schedules import DiscreteSchedule
 from .args import SpecError, resolve_args
 from .base import DenoiserNet
+from .diffusers_parts import LoraHost
 from .embedding import guidance_input
 
 # The w embedding of a guided student: diffusers' guidance_scale_embedding, whose argument is 1000 w.
 SD_W_SCALE = 1000.0
-# LoRA students: the attention projections, as diffusers' LoRA training examples adapt them.
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-LORA_ADAPTER = "default"
-
-
-def lora_block(rank: int, targets=LORA_TARGETS) -> dict:
-    """The `lora` argument of a LoRA student's network: its rank (alpha = rank, scale 1, as diffusers assumes for
-    LoRA weights saved without their alpha) and the modules adapted."""
-    return {"rank": int(rank), "targets": list(targets)}
-
-
 def resolve_unet2d_condition_config(config: dict) -> dict:
     """A UNet2DConditionModel config (private "_" keys dropped) completed with the installed diffusers' defaults."""
     from diffusers import UNet2DConditionModel
@@ -49,7 +39,7 @@ def guidance_scale_embedding(w: Tensor, dim: int) -> Tensor:
     return StableDiffusionPipeline.get_guidance_scale_embedding(None, w.detach().float().cpu(), embedding_dim=dim)
 
 
-class TextUNet(DenoiserNet):
+class TextUNet(LoraHost, DenoiserNet):
     """net(z, cond, text, w) of a UNet2DConditionModel: `cond` its (fractional) timestep on `schedule`, `text` the
     encoder hidden states [B, text_length, text_dim] (None: the empty caption)."""
 
@@ -74,39 +64,12 @@ class TextUNet(DenoiserNet):
         if lora is not None:
             self.add_lora(lora)
 
-    def add_lora(self, lora: dict) -> None:
-        """Make this network a LoRA student (peft, through diffusers' add_adapter): a low-rank adapter on the
-        attention projections whose B starts at zero, so it answers exactly as before; only the adapter trains."""
-        from peft import LoraConfig
-
-        if self.lora is not None:
-            raise SpecError("this network already has a LoRA adapter")
-        rank = int(lora["rank"])
-        self.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                                         target_modules=list(lora["targets"])), adapter_name=LORA_ADAPTER)
-        self.lora = dict(lora)
-        self.train_adapter_only()
-
-    def train_adapter_only(self) -> None:
-        """Gradients for the adapter's weights only (the shared base stays frozen)."""
-        for name, param in self.named_parameters():
-            param.requires_grad_(".lora_" in name)
-
-    def adapter_state(self) -> dict[str, Tensor]:
-        """The adapter's weights (a copy): what a LoRA round's teacher adds to the shared base."""
-        return {name: p.detach().clone() for name, p in self.named_parameters() if ".lora_" in name}
+    def lora_host(self) -> nn.Module:
+        return self.unet
 
     def merged_unet_state(self) -> dict[str, Tensor]:
         """The U-Net's weights with the adapter merged in, under a plain UNet2DConditionModel's names."""
-        if self.lora is None:
-            return dict(self.unet.state_dict())
-        import copy
-
-        merged = copy.deepcopy(self.unet)
-        for module in merged.modules():
-            if hasattr(module, "base_layer") and hasattr(module, "merge"):
-                module.merge()
-        return {k.replace(".base_layer", ""): v for k, v in merged.state_dict().items() if ".lora_" not in k}
+        return self.merged_host_state()
 
     def null_condition(self) -> Tensor:
         """The empty caption's hidden states [L, D]."""

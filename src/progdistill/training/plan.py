@@ -219,7 +219,7 @@ def with_lora(spec: ModelSpec, rank: int) -> ModelSpec:
     if not FAMILIES[spec.kind].lora or spec.guidance is not None:
         raise ConfigError("distill.lora_rank is for plain distillation of latent text-to-image models (imported "
                           "Stable Diffusion folders); a guided student's w input cannot ship as LoRA weights")
-    from ..nets.sd_net import lora_block
+    from ..nets.diffusers_parts import lora_block
 
     return replace(spec, args=spec.args | {"lora": lora_block(rank)})
 
