@@ -188,6 +188,25 @@ def test_guided_student_starts_as_its_teacher_and_its_w_folds_exactly(sd3, stude
         torch.testing.assert_close(student(z, student.condition(logsnr), cond), at_w, rtol=0, atol=1e-5)
 
 
+def test_guided_student_compiles_as_one_graph_with_its_w(sd3, students):
+    """The w input enters through a forward hook on time_text_embed and an attribute set for the call: under
+    torch.compile (aot_eager: the tracing, without inductor's minutes of code generation) the network is one graph
+    with no breaks, and a second w reuses it with the right answer."""
+    student = load_denoiser(students["guided"][2])[0].net.eval()
+    z, cond = torch.randn(2, 4, 8, 8), torch.tensor([700.0, 200.0])
+    text = {"encoder_hidden_states": torch.randn(2, 2 * LENGTH, 32), "pooled_projections": torch.randn(2, 64)}
+    torch._dynamo.reset()
+    with torch.no_grad():
+        explained = torch._dynamo.explain(student)(z, cond, text, torch.tensor([0.5, 3.0]))
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+        compiled = torch.compile(student, backend="aot_eager")
+        for w in ([0.5, 3.0], [1.0, 2.0]):
+            w = torch.tensor(w)
+            torch.testing.assert_close(compiled(z, cond, text, w), student(z, cond, text, w), rtol=0, atol=1e-6)
+        assert not torch.equal(student(z, cond, text, torch.zeros(2)), student(z, cond, text, torch.full((2,), 3.0)))
+    torch._dynamo.reset()
+
+
 def test_lora_student_exports_weights_the_teachers_pipeline_loads(sd3, tmp_path):
     from diffusers import StableDiffusion3Pipeline
 

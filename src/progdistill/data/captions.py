@@ -113,21 +113,33 @@ class CaptionedLatents(ExampleData):
         return torch.from_numpy(x), torch.from_numpy(np.asarray(self.text[rows], dtype=np.float32))
 
 
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
+class _NpyFile:
+    """A .npy file of `shape` written chunk by chunk (arrays along the first axis), synced on close."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype):
+        self.dtype = dtype
+        self.f = open(path, "wb")
+        np.lib.format.write_array_header_1_0(self.f, {"descr": np.dtype(dtype).str, "fortran_order": False,
+                                                      "shape": tuple(shape)})
+
+    def write(self, chunk) -> None:
+        self.f.write(memoryview(np.ascontiguousarray(chunk, dtype=self.dtype)).cast("B"))
+
+    def close(self) -> None:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
 
 
 def _write_npy(path: Path, chunks, shape: tuple[int, ...], dtype, bar) -> None:
     """Stream `chunks` (arrays along the first axis) into a .npy file of `shape`."""
-    with open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, {"descr": np.dtype(dtype).str, "fortran_order": False,
-                                                 "shape": tuple(shape)})
+    out = _NpyFile(path, shape, dtype)
+    try:
         for chunk in chunks:
-            f.write(memoryview(np.ascontiguousarray(chunk, dtype=dtype)).cast("B"))
+            out.write(chunk)
             bar.update(len(chunk))
-        f.flush()
-        os.fsync(f.fileno())
+    finally:
+        out.close()
 
 
 def _encode(components: Components, images: np.ndarray, captions: list[str], directory: Path, mode: str,
@@ -150,10 +162,17 @@ def _encode(components: Components, images: np.ndarray, captions: list[str], dir
               file=sys.stderr) as bar:
         probe_text = components.encode_prompts([""])
         if isinstance(probe_text, dict):  # a mapping condition: one file per key, one pass of the encoders
-            encoded = [components.encode_prompts(distinct[s : s + 64]) for s in range(0, len(distinct), 64)]
-            for k, (key, probe_key) in enumerate(probe_text.items()):
-                _write_npy(directory / f"text.{key}.npy", (e[key].numpy() for e in encoded),
-                           (len(distinct), *probe_key.shape[1:]), np.float32, bar if k == 0 else _NoBar())
+            outs = {key: _NpyFile(directory / f"text.{key}.npy", (len(distinct), *v.shape[1:]), np.float32)
+                    for key, v in probe_text.items()}
+            try:
+                for s in range(0, len(distinct), 64):
+                    encoded = components.encode_prompts(distinct[s : s + 64])
+                    for key, out in outs.items():
+                        out.write(encoded[key].numpy())
+                    bar.update(len(distinct[s : s + 64]))
+            finally:
+                for out in outs.values():
+                    out.close()
             files["text_keys"] = list(probe_text)
             probe_text = probe_text[next(iter(probe_text))]
         else:
