@@ -55,12 +55,13 @@ def run(args: argparse.Namespace) -> None:
     from ..config import ConfigError
     from ..interop.diffusers_io import import_diffusers
     from ..interop.flux import import_flux, is_flux_folder
-    from ..interop.sd3 import check_transformer_layout, import_sd3, is_sd3_folder
+    from ..interop.folder_checks import check_import_layout
+    from ..interop.sd3 import import_sd3, is_sd3_folder
     from ..interop.stable_diffusion import import_stable_diffusion, is_stable_diffusion_folder
 
     out = Path(args.out)
     check_fresh_out(out, runfolder.teacher_record(out), args.force)
-    check_transformer_layout(args.model)
+    check_import_layout(args.model)
     sd3, flux = is_sd3_folder(args.model), is_flux_folder(args.model)
     latent = sd3 or flux or is_stable_diffusion_folder(args.model)
     if args.max_sequence_length is not None and not (sd3 or flux):

@@ -30,8 +30,9 @@ from ..config import Config, ConfigError
 from ..denoiser import noise_condition
 from ..diffusion.schedules import alpha_sigma
 from ..nets.families import FAMILIES
-from ..checkpoint import CheckpointError, save_checkpoint
+from ..checkpoint import save_checkpoint
 from ..sampling import sample_in_batches
+from .folder_checks import check_import_layout, load_model
 
 PREDICTION_TYPES = {"eps": "epsilon", "x": "sample", "v": "v_prediction", "both": "v_prediction"}
 PARAMETERIZATIONS = {"epsilon": "eps", "sample": "x", "v_prediction": "v"}
@@ -230,6 +231,7 @@ def read_diffusers_folder(folder: str | Path):
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"diffusers folder not found: {folder}")
+    check_import_layout(folder)
     unet_dir, sched_dir = folder / "unet", folder / "scheduler"
     unet_cfg = _read_json(unet_dir / "config.json", "the U-Net's config (unet/config.json)")
     if unet_cfg.get("_class_name") != "UNet2DModel":
@@ -239,10 +241,7 @@ def read_diffusers_folder(folder: str | Path):
     if sched.get("_class_name") not in ("DDPMScheduler", "DDIMScheduler"):
         raise ConfigError(f"{sched_dir} holds a {sched.get('_class_name')!r}; import takes a DDPMScheduler or "
                           "DDIMScheduler")
-    try:
-        unet = UNet2DModel.from_pretrained(unet_dir)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"could not load the U-Net weights in {unet_dir}: {e}") from None
+    unet = load_model(UNet2DModel, unet_dir, "U-Net")
     return unet, sched
 
 

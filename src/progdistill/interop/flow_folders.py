@@ -8,9 +8,9 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from ..checkpoint import CheckpointError
 from ..config import Config, ConfigError
 from .diffusers_io import _read_json
+from .folder_checks import check_import_layout, load_model
 
 # FlowMatchEulerDiscreteScheduler settings that change the sigmas it visits in ways the flow schedule does not model.
 UNSUPPORTED_SCHEDULER = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas",
@@ -31,6 +31,7 @@ def check_folder(folder: Path, layout: str, subfolders: tuple[str, ...], unsuppo
     a ConfigError naming what is missing or unsupported; `grid` says which time grids the import takes."""
     if not folder.is_dir():
         raise ConfigError(f"{layout.split()[-1]} folder not found: {folder}")
+    check_import_layout(folder)
     missing = [name for name in subfolders if not (folder / name).is_dir()]
     if missing:
         raise ConfigError(f"{folder} lacks {', '.join(m + '/' for m in missing)}: {layout} folder holds "
@@ -71,11 +72,8 @@ def teacher_config(base: Config, arch: str, transformer: dict, shift: float, cap
 
 
 def load_transformer(cls, folder: Path):
-    """`cls.from_pretrained(folder/transformer)`, or a CheckpointError naming the folder."""
-    try:
-        return cls.from_pretrained(folder / "transformer")
-    except (OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"could not load the transformer weights in {folder / 'transformer'}: {e}") from None
+    """`cls.from_pretrained(folder/transformer)`, or a one-line error naming the file and what is wrong."""
+    return load_model(cls, folder / "transformer", "transformer")
 
 
 def new_export_folder(out: str | Path) -> Path:

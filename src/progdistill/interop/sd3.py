@@ -41,15 +41,6 @@ def is_sd3_folder(folder: str | Path) -> bool:
     return flow_folders.transformer_class(folder) == "SD3Transformer2DModel"
 
 
-def check_transformer_layout(folder: str | Path) -> None:
-    """Refuse a folder whose transformer/ holds a network other than SD3's or FLUX's, naming it (SANA, PixArt,
-    ...)."""
-    name = flow_folders.transformer_class(folder)
-    if name is not None and name not in ("SD3Transformer2DModel", "FluxTransformer2DModel"):
-        raise ConfigError(f"{folder}/transformer holds a {name}: import takes transformer folders of the SD3 "
-                          "(SD3Transformer2DModel) and FLUX (FluxTransformer2DModel) layouts only")
-
-
 def _check_layout(folder: Path) -> tuple[dict, dict]:
     """(transformer config, scheduler config) of an SD3 folder (SD3.5's dual-attention and qk-norm layouts are the
     same interface, taken as they are), or a ConfigError naming what is missing or unsupported."""

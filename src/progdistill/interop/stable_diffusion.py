@@ -24,12 +24,13 @@ import torch
 
 from .. import runfolder
 from ..build import denoiser_from_spec, load_checkpoint, load_data, model_record
-from ..checkpoint import CheckpointError, save_checkpoint
+from ..checkpoint import save_checkpoint
 from ..config import Config, ConfigError, resolve_distill
 from ..data.components import describe_components, load_components
 from ..diffusion.schedules import schedule_spec
 from ..nets.sd_net import SD_W_SCALE, resolve_unet2d_condition_config
 from ..nets.spec import ModelSpec
+from .folder_checks import check_import_layout, load_model
 from .diffusers_io import DISTILL_WEIGHTINGS, PARAMETERIZATIONS, PREDICTION_TYPES, _read_json
 
 SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -48,6 +49,7 @@ def _check_layout(folder: Path) -> tuple[dict, dict]:
     """(U-Net config, scheduler config) of a Stable Diffusion folder, or a ConfigError naming what is missing."""
     if not folder.is_dir():
         raise ConfigError(f"Stable Diffusion folder not found: {folder}")
+    check_import_layout(folder)
     missing = [name for name in SD_SUBFOLDERS if not (folder / name).is_dir()]
     if missing:
         raise ConfigError(f"{folder} lacks {', '.join(m + '/' for m in missing)}: a Stable Diffusion folder holds "
@@ -113,10 +115,7 @@ def import_stable_diffusion(folder: str | Path, out: str | Path, base: Config, c
                          components, captions)
     text = load_components(components, need=("tokenizer", "text_encoder"))
     null_text = text.encode_prompts([""])[0]
-    try:
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet")
-    except (OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"could not load the U-Net weights in {folder / 'unet'}: {e}") from None
+    unet = load_model(UNet2DConditionModel, folder / "unet", "U-Net")
     d = cfg.diffusion
     size = unet.config.sample_size if isinstance(unet.config.sample_size, int) else unet.config.sample_size[0]
     spec = ModelSpec("sd_unet", {"unet": resolve_unet2d_condition_config(unet_cfg), "text_length": null_text.shape[0],
