@@ -62,9 +62,12 @@ def expand(null: Tensor | Mapping[str, Tensor], b: int) -> Tensor | dict[str, Te
 
 def null_like(labels: Tensor | Mapping[str, Tensor], null: int | Tensor | Mapping[str, Tensor]) -> Condition:
     """The null condition for every row of `labels`: the null class (an index), or the empty caption's condition
-    (a tensor [L, D], or a mapping of tensors without their batch axis) repeated for every example."""
+    (a tensor [L, D], or a mapping of tensors without their batch axis) repeated for every example. A key of
+    `labels` that the null mapping lacks keeps each row's own value (SDXL's time_ids: the empty caption at the same
+    image size and crop, as the stock pipeline's negative branch)."""
     if isinstance(null, Mapping):
-        return {k: null[k].to(labels[k].device, labels[k].dtype).expand_as(labels[k]) for k in labels}
+        return {k: null[k].to(labels[k].device, labels[k].dtype).expand_as(labels[k]) if k in null else labels[k]
+                for k in labels}
     if isinstance(null, Tensor):
         return null.to(labels.device, labels.dtype).expand_as(labels)
     return torch.full_like(labels, int(null))

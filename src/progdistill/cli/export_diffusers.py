@@ -72,9 +72,10 @@ def run(args: argparse.Namespace) -> None:
     if spec.text_conditioned:
         summary = export_stable_diffusion(args.ckpt, Path(args.out), steps=args.steps,
                                           components_folder=args.components)
-        print(f"StableDiffusionPipeline written to {args.out}: {summary['steps']} steps, prediction_type "
+        name = summary.get("pipeline", "StableDiffusionPipeline")
+        print(f"{name} written to {args.out}: {summary['steps']} steps, prediction_type "
               f"{summary['prediction_type']}, {summary['unet_calls_per_step']} U-Net call(s) per step\n"
-              f"  pipe = StableDiffusionPipeline.from_pretrained({args.out!r})\n  image = {summary['call']}.images[0]")
+              f"  pipe = {name}.from_pretrained({args.out!r})\n  image = {summary['call']}.images[0]")
         return
     summary = export_diffusers(args.ckpt, Path(args.out), steps=args.steps, train_timesteps=args.train_timesteps,
                                clip=False if args.no_clip else None)

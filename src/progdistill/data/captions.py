@@ -7,7 +7,7 @@ the image size and the latent mode, holding `latents.npy` (float32 [N, c, h, w],
 them: the latent distribution's mean by default, or one sample per image from data.seed), `text.npy` (float32
 [U, L, D]: the text encoder's hidden states of the U distinct captions, the empty caption "" first; for a layout whose
 condition is a mapping, as SD3's, one file per key instead: `text.encoder_hidden_states.npy`,
-`text.pooled_projections.npy`),
+`text.pooled_projections.npy`; SDXL's also `time_ids.npy`, float32 [N, 6], per image: `sdxl_time_ids`),
 `caption_index.npy` (int32 [N]: each image's row of text.npy), `ids.npy` (int32 [N, L]: the tokenised captions) and
 `manifest.json`, written last. Images are decoded through the folder cache (cache.py) and encoded a chunk at a time,
 so memory stays flat in the data set's size. Caching the hidden states rather than re-encoding captions every step
@@ -74,10 +74,14 @@ class CaptionedLatents(ExampleData):
     named condition tensors: `text` a dict of arrays), as the batch stream's (x, labels). Never flipped (a flipped
     latent is not the latent of the flipped image)."""
 
-    def __init__(self, latents: np.ndarray, text: np.ndarray | dict[str, np.ndarray], caption_index: np.ndarray):
+    def __init__(self, latents: np.ndarray, text: np.ndarray | dict[str, np.ndarray], caption_index: np.ndarray,
+                 per_image: dict[str, np.ndarray] | None = None):
         self.images, self.text, self.caption_index = latents, text, np.asarray(caption_index)
+        self.per_image = dict(per_image or {})  # condition tensors of each image (SDXL's time_ids), beside `text`
         if len(self.caption_index) != len(latents):
             raise ValueError(f"{len(latents)} latents but {len(self.caption_index)} caption indices")
+        if self.per_image and not isinstance(text, dict):
+            raise ValueError("per-image condition tensors go with a mapping condition (text as a dict of arrays)")
         self.flip = False
 
     @property
@@ -99,7 +103,8 @@ class CaptionedLatents(ExampleData):
 
     def subset(self, limit: int, keep_labels: bool = True) -> "CaptionedLatents":
         n = limit if 0 < limit < len(self) else len(self)
-        return CaptionedLatents(self.images[:n], self.text, self.caption_index[:n])
+        return CaptionedLatents(self.images[:n], self.text, self.caption_index[:n],
+                                {k: v[:n] for k, v in self.per_image.items()})
 
     def __getitems__(self, keys: Sequence) -> tuple[Tensor, Tensor | dict[str, Tensor]]:
         idx = np.fromiter((k[0] for k in keys), dtype=np.int64, count=len(keys))
@@ -108,8 +113,10 @@ class CaptionedLatents(ExampleData):
         x[order] = self.images[idx[order]]
         rows = self.caption_index[idx]
         if isinstance(self.text, dict):
-            return torch.from_numpy(x), {k: torch.from_numpy(np.asarray(v[rows], dtype=np.float32))
-                                         for k, v in self.text.items()}
+            cond = {k: torch.from_numpy(np.asarray(v[rows], dtype=np.float32)) for k, v in self.text.items()}
+            for k, v in self.per_image.items():
+                cond[k] = torch.from_numpy(np.asarray(v[idx], dtype=np.float32))
+            return torch.from_numpy(x), cond
         return torch.from_numpy(x), torch.from_numpy(np.asarray(self.text[rows], dtype=np.float32))
 
 
@@ -185,6 +192,25 @@ def _encode(components: Components, images: np.ndarray, captions: list[str], dir
     return files
 
 
+def sdxl_time_ids(paths: Sequence[Path], size: int) -> np.ndarray:
+    """SDXL's added time ids of each image as the cache prepares it (float32 [N, 6]): its original size (h, w), the
+    top-left corner of its centre crop in the resized image (top, left; cropping the centre square and resizing it
+    to `size` is resizing the short side to `size` and cropping there), and the target size (size, size)."""
+    from PIL import Image, UnidentifiedImageError
+
+    out = np.empty((len(paths), 6), dtype=np.float32)
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as img:
+                w, h = img.size
+        except (UnidentifiedImageError, OSError) as e:
+            raise DataError(f"cannot read image {path}: {e}; delete or replace the file") from e
+        side = min(w, h)
+        scale = size / side
+        out[i] = (h, w, round((h - side) // 2 * scale), round((w - side) // 2 * scale), size, size)
+    return out
+
+
 def _cached(directory: Path, expect: dict) -> dict | None:
     try:
         manifest = json.loads((directory / "manifest.json").read_text())
@@ -194,7 +220,8 @@ def _cached(directory: Path, expect: dict) -> dict | None:
         return None
     keys = manifest.get("files", {}).get("text_keys")
     text = [f"text.{k}.npy" for k in keys] if keys else ["text.npy"]
-    names = ("latents.npy", *text, "caption_index.npy", "ids.npy")
+    per_image = [f"{k}.npy" for k in manifest.get("files", {}).get("per_image", [])]
+    names = ("latents.npy", *text, *per_image, "caption_index.npy", "ids.npy")
     return manifest if all((directory / name).is_file() for name in names) else None
 
 
@@ -229,6 +256,9 @@ def load_captioned_latents(root: str | Path, components: dict, *, image_size: in
         try:
             directory.mkdir(parents=True, exist_ok=True)
             files = _encode(loaded, images, captions, directory, mode, seed, progress)
+            if loaded.layout == "sdxl":
+                np.save(directory / "time_ids.npy", sdxl_time_ids(paths, image_size))
+                files["per_image"] = ["time_ids"]
         except OSError as e:
             raise DataError(f"cannot write the latent cache in {directory}: {e}; free some space or set "
                             "PROGDISTILL_CACHE to another folder") from e
@@ -238,7 +268,8 @@ def load_captioned_latents(root: str | Path, components: dict, *, image_size: in
     keys = manifest["files"].get("text_keys")
     text = ({k: np.load(directory / f"text.{k}.npy", mmap_mode="r") for k in keys} if keys
             else np.load(directory / "text.npy", mmap_mode="r"))
-    return CaptionedLatents(latents, text, np.load(directory / "caption_index.npy"))
+    per_image = {k: np.load(directory / f"{k}.npy") for k in manifest["files"].get("per_image", [])}
+    return CaptionedLatents(latents, text, np.load(directory / "caption_index.npy"), per_image)
 
 
 def cache_directory_of(data: CaptionedLatents) -> Path | None:

@@ -13,7 +13,11 @@ and a VAE with a `shift_factor`: prompts are encoded by StableDiffusion3Pipeline
 condition is exactly the pipeline's: {"encoder_hidden_states": CLIP and T5 hidden states joined on the sequence
 axis, "pooled_projections": the two CLIP pooled outputs}), latents are (mean - shift_factor) * scaling_factor and
 decode as z / scaling_factor + shift_factor. A FLUX folder (layout "flux") has CLIP (pooled output) and T5 and a
-shifted VAE; prompts are encoded by FluxPipeline's own `encode_prompt`.
+shifted VAE; prompts are encoded by FluxPipeline's own `encode_prompt`. An SDXL folder (layout "sdxl") has two CLIP
+text encoders (the second with a projection): StableDiffusionXLPipeline's own `encode_prompt` gives
+{"encoder_hidden_states": both encoders' penultimate hidden states joined on the feature axis, "text_embeds": the
+second's pooled projection}; the U-Net's third added condition, `time_ids` (original size, crop corner, target
+size), is per image (data/captions.py) or the pipeline's default at sampling time. The VAE has no shift factor.
 """
 
 from __future__ import annotations
@@ -33,18 +37,22 @@ COMPONENTS = ("vae", "text_encoder", "tokenizer")
 LAYOUT_COMPONENTS = {"sd": COMPONENTS,
                      "sd3": ("vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2",
                              "tokenizer_3"),
-                     "flux": ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")}
+                     "flux": ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"),
+                     "sdxl": ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")}
 TEXT_COMPONENTS = {"sd": ("tokenizer", "text_encoder"),
                    "sd3": ("tokenizer", "tokenizer_2", "tokenizer_3", "text_encoder", "text_encoder_2",
                            "text_encoder_3"),
-                   "flux": ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2")}
+                   "flux": ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2"),
+                   "sdxl": ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2")}
 # The transformers classes of each layout's text components.
 TEXT_CLASSES = {"sd": {"text_encoder": "CLIPTextModel", "tokenizer": "CLIPTokenizer"},
                 "sd3": {"text_encoder": "CLIPTextModelWithProjection", "text_encoder_2": "CLIPTextModelWithProjection",
                         "text_encoder_3": "T5EncoderModel", "tokenizer": "CLIPTokenizer",
                         "tokenizer_2": "CLIPTokenizer", "tokenizer_3": "T5TokenizerFast"},
                 "flux": {"text_encoder": "CLIPTextModel", "text_encoder_2": "T5EncoderModel",
-                         "tokenizer": "CLIPTokenizer", "tokenizer_2": "T5TokenizerFast"}}
+                         "tokenizer": "CLIPTokenizer", "tokenizer_2": "T5TokenizerFast"},
+                "sdxl": {"text_encoder": "CLIPTextModel", "text_encoder_2": "CLIPTextModelWithProjection",
+                         "tokenizer": "CLIPTokenizer", "tokenizer_2": "CLIPTokenizer"}}
 # The pipelines' default max_sequence_length (T5 tokens): StableDiffusion3Pipeline 256, FluxPipeline 512.
 MAX_SEQUENCE_LENGTH = {"sd3": 256, "flux": 512}
 SD3_MAX_SEQUENCE_LENGTH = MAX_SEQUENCE_LENGTH["sd3"]
@@ -98,6 +106,17 @@ def describe_components(folder: str | Path, layout: str = "sd", max_sequence_len
         if vae_config.get("shift_factor") not in (None, 0, 0.0):
             raise ComponentError("this VAE has a shift_factor (an SD3/Flux-style VAE) but the folder's network is a "
                                  "Stable Diffusion 1.x/2.x U-Net, whose VAEs have scaling_factor only")
+    elif layout == "sdxl":
+        if vae_config.get("shift_factor") not in (None, 0, 0.0):
+            raise ComponentError("this VAE has a shift_factor (an SD3/Flux-style VAE) but the folder's network is an "
+                                 "SDXL U-Net, whose VAE has scaling_factor only")
+        block["shift_factor"] = 0.0
+        block["max_sequence_length"] = None
+        try:
+            index = json.loads((folder / "model_index.json").read_text())
+        except (OSError, ValueError):
+            index = {}
+        block["force_zeros_for_empty_prompt"] = bool(index.get("force_zeros_for_empty_prompt", True))
     else:
         block["shift_factor"] = float(vae_config.get("shift_factor") or 0.0)
         block["max_sequence_length"] = int(max_sequence_length or MAX_SEQUENCE_LENGTH[layout])
@@ -143,6 +162,8 @@ class Components:
             return self._encode_sd3(list(prompts), device)
         if self.layout == "flux":
             return self._encode_flux(list(prompts), device)
+        if self.layout == "sdxl":
+            return self._encode_sdxl(list(prompts), device)
         ids = self.tokenize(prompts)
         encoder = self.text_encoder.to(device)
         mask = None
@@ -172,6 +193,17 @@ class Components:
         hidden, pooled, _ = pipe.encode_prompt(prompts, None, device=torch.device(device),
                                                max_sequence_length=self.max_sequence_length)
         return {"encoder_hidden_states": hidden.float(), "pooled_projections": pooled.float()}
+
+    def _encode_sdxl(self, prompts: list[str], device) -> dict[str, Tensor]:
+        from diffusers import StableDiffusionXLPipeline
+
+        pipe = StableDiffusionXLPipeline(vae=None, unet=None, scheduler=None, tokenizer=self.tokenizer,
+                                         text_encoder=self.text_encoder.to(device),
+                                         tokenizer_2=self.others["tokenizer_2"],
+                                         text_encoder_2=self.others["text_encoder_2"].to(device))
+        hidden, _, pooled, _ = pipe.encode_prompt(prompts, device=torch.device(device),
+                                                  do_classifier_free_guidance=False)
+        return {"encoder_hidden_states": hidden.float(), "text_embeds": pooled.float()}
 
     def tokenize(self, prompts: list[str]) -> Tensor:
         return self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,

@@ -2,7 +2,7 @@
 line naming the file and what is wrong instead of a traceback from deep inside diffusers.
 
 - `check_import_layout(folder)`: refuses what import does not take (ControlNet models and pipelines, inpainting
-  U-Nets, U-Nets with added conditions such as SDXL's, unknown model classes), naming the class or setting, and
+  U-Nets, U-Nets with added conditions other than SDXL's, unknown model classes), naming the class or setting, and
   checks the types of the network's and the VAE's settings.
 - `check_config_types(cls, config, path)`: each value of a model's config.json against the type its diffusers class
   declares for it (a string where a number belongs, a number where a list belongs).
@@ -94,13 +94,10 @@ def _check_text_unet(path: Path, config: dict) -> None:
                           "image-conditioned U-Net (latents, mask and masked image in); import takes text-to-image "
                           "U-Nets only")
     added = config.get("addition_embed_type")
-    if added == "text_time":
-        raise ConfigError(f"{path}: addition_embed_type 'text_time' is the SDXL layout (added text and time-id "
-                          "conditions), which import does not take yet; Stable Diffusion 1.x/2.x, SD3 and FLUX "
-                          "folders it does")
-    if added is not None or config.get("class_embed_type") is not None:
+    if added not in (None, "text_time") or config.get("class_embed_type") is not None:
         raise ConfigError(f"{path}: a U-Net with added conditions (addition_embed_type {added!r}, class_embed_type "
-                          f"{config.get('class_embed_type')!r}) is not a layout import takes")
+                          f"{config.get('class_embed_type')!r}) is not a layout import takes (SD 1.x/2.x: none; SDXL: "
+                          "'text_time')")
 
 
 # ------------------------------------------------------------------------------------------------- config types

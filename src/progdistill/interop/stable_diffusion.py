@@ -26,7 +26,7 @@ from .. import runfolder
 from ..build import denoiser_from_spec, load_checkpoint, load_data, model_record
 from ..checkpoint import save_checkpoint
 from ..config import Config, ConfigError, resolve_distill
-from ..data.components import describe_components, load_components
+from ..data.components import describe_components, layout_of, load_components
 from ..diffusion.schedules import schedule_spec
 from ..nets.sd_net import SD_W_SCALE, resolve_unet2d_condition_config
 from ..nets.spec import ModelSpec
@@ -34,6 +34,13 @@ from .folder_checks import check_import_layout, load_model
 from .diffusers_io import DISTILL_WEIGHTINGS, PARAMETERIZATIONS, PREDICTION_TYPES, _read_json
 
 SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SDXL_SUBFOLDERS = SD_SUBFOLDERS + ("text_encoder_2", "tokenizer_2")
+PIPELINES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
+
+
+def layout_of_unet(unet_config: dict) -> str:
+    """"sdxl" for a U-Net with SDXL's added text and time conditions, "sd" otherwise."""
+    return "sdxl" if unet_config.get("addition_embed_type") == "text_time" else "sd"
 
 
 def is_stable_diffusion_folder(folder: str | Path) -> bool:
@@ -46,15 +53,19 @@ def is_stable_diffusion_folder(folder: str | Path) -> bool:
 
 
 def _check_layout(folder: Path) -> tuple[dict, dict]:
-    """(U-Net config, scheduler config) of a Stable Diffusion folder, or a ConfigError naming what is missing."""
+    """(U-Net config, scheduler config) of a Stable Diffusion (1.x/2.x or SDXL) folder, or a ConfigError naming what
+    is missing."""
     if not folder.is_dir():
         raise ConfigError(f"Stable Diffusion folder not found: {folder}")
     check_import_layout(folder)
-    missing = [name for name in SD_SUBFOLDERS if not (folder / name).is_dir()]
-    if missing:
-        raise ConfigError(f"{folder} lacks {', '.join(m + '/' for m in missing)}: a Stable Diffusion folder holds "
-                          f"{', '.join(s + '/' for s in SD_SUBFOLDERS)} and model_index.json")
     unet = _read_json(folder / "unet" / "config.json", "the U-Net's config (unet/config.json)")
+    sdxl = layout_of_unet(unet) == "sdxl"
+    subfolders = SDXL_SUBFOLDERS if sdxl else SD_SUBFOLDERS
+    missing = [name for name in subfolders if not (folder / name).is_dir()]
+    if missing:
+        kind = "an SDXL" if sdxl else "a Stable Diffusion"
+        raise ConfigError(f"{folder} lacks {', '.join(m + '/' for m in missing)}: {kind} folder holds "
+                          f"{', '.join(s + '/' for s in subfolders)} and model_index.json")
     sched = _read_json(folder / "scheduler" / "scheduler_config.json", "the scheduler's config")
     if unet.get("time_cond_proj_dim") is not None:
         raise ConfigError(f"{folder}'s U-Net already takes a w input (time_cond_proj_dim = "
@@ -84,7 +95,8 @@ def _latent_config(base: Config, folder: Path, unet_cfg: dict, sched: dict, para
                    image_size=base.data.image_size or size * factor, channels=int(vae.get("in_channels", 3)),
                    components=json.dumps(components), flip=False, conditional=False)
     cfg = replace(base, data=data,
-                  model=replace(base.model, arch="sd_unet", parameterization=param, diffusers_unet=json.dumps(unet_cfg),
+                  model=replace(base.model, arch="sdxl" if layout_of_unet(unet_cfg) == "sdxl" else "sd_unet",
+                                parameterization=param, diffusers_unet=json.dumps(unet_cfg),
                                 dropout=float(unet_cfg.get("dropout", 0.0))),
                   diffusion=replace(base.diffusion, schedule="discrete",
                                     num_timesteps=int(sched.get("num_train_timesteps", 1000)),
@@ -110,22 +122,36 @@ def import_stable_diffusion(folder: str | Path, out: str | Path, base: Config, c
     folder = Path(folder).resolve()
     unet_cfg, sched = _check_layout(folder)
     param = PARAMETERIZATIONS[sched.get("prediction_type", "epsilon")]
-    components = describe_components(folder)
+    layout = layout_of_unet(unet_cfg)
+    components = describe_components(folder, layout)
     cfg = _latent_config(base, folder, {k: v for k, v in unet_cfg.items() if not k.startswith("_")}, sched, param,
                          components, captions)
     text = load_components(components, need=("tokenizer", "text_encoder"))
-    null_text = text.encode_prompts([""])[0]
+    null = text.encode_prompts([""])
     unet = load_model(UNet2DConditionModel, folder / "unet", "U-Net")
     d = cfg.diffusion
     size = unet.config.sample_size if isinstance(unet.config.sample_size, int) else unet.config.sample_size[0]
-    spec = ModelSpec("sd_unet", {"unet": resolve_unet2d_condition_config(unet_cfg), "text_length": null_text.shape[0],
-                                 "text_dim": null_text.shape[1]}, param,
+    args = {"unet": resolve_unet2d_condition_config(unet_cfg)}
+    if layout == "sdxl":
+        # The empty caption as the stock pipeline's negative branch has it: zeros where the folder says
+        # force_zeros_for_empty_prompt (SDXL 1.0 does), else the encoded "".
+        zero = components["force_zeros_for_empty_prompt"]
+        null_text, null_pooled = (torch.zeros_like(null[k][0]) if zero else null[k][0]
+                                  for k in ("encoder_hidden_states", "text_embeds"))
+        pixels = cfg.data.image_size
+        args |= {"pooled_dim": null_pooled.shape[0], "time_ids": [pixels, pixels, 0, 0, pixels, pixels]}
+    else:
+        null_text = null[0]
+    args |= {"text_length": null_text.shape[0], "text_dim": null_text.shape[1]}
+    spec = ModelSpec("sdxl" if layout == "sdxl" else "sd_unet", args, param,
                      schedule_spec("discrete", d.logsnr_min, d.logsnr_max, num_timesteps=d.num_timesteps,
                                    beta_schedule=d.beta_schedule, beta_start=d.beta_start, beta_end=d.beta_end),
                      (int(unet.config.in_channels), int(size), int(size)), components=components)
     denoiser = denoiser_from_spec(spec, cfg.perf)
     denoiser.net.unet.load_state_dict(unet.state_dict())
     denoiser.net.null_text.copy_(null_text)
+    if layout == "sdxl":
+        denoiser.net.null_pooled.copy_(null_pooled)
     data = load_data(cfg)  # encodes the captioned images into the latent cache (once; progress bar)
     if data.example_shape != spec.data_shape:
         raise ConfigError(f"the VAE makes latents of shape {list(data.example_shape)} from {cfg.data.image_size}px "
@@ -155,8 +181,10 @@ def exported_scheduler(spec: ModelSpec, steps: int):
 
 def export_stable_diffusion(ckpt: str | Path, out: str | Path, *, steps: int | None = None,
                             components_folder: str | Path | None = None) -> dict:
-    """Write a StableDiffusionPipeline folder for the latent checkpoint `ckpt`; returns a summary."""
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    """Write a StableDiffusionPipeline (SDXL: StableDiffusionXLPipeline) folder for the latent checkpoint `ckpt`;
+    returns a summary."""
+    import diffusers
+    from diffusers import UNet2DConditionModel
 
     loaded = load_checkpoint(ckpt)
     spec = loaded.spec
@@ -172,24 +200,36 @@ def export_stable_diffusion(ckpt: str | Path, out: str | Path, *, steps: int | N
     net = loaded.denoiser.net
     unet = UNet2DConditionModel.from_config(dict(net.unet.config))
     unet.load_state_dict(net.merged_unet_state())  # a LoRA student's adapter merged in
-    pipe = StableDiffusionPipeline(vae=frozen.vae, text_encoder=frozen.text_encoder, tokenizer=frozen.tokenizer,
-                                   unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    layout = layout_of(spec.components)
+    name = PIPELINES[layout]
+    if layout == "sdxl":
+        pipe = diffusers.StableDiffusionXLPipeline(
+            vae=frozen.vae, text_encoder=frozen.text_encoder, tokenizer=frozen.tokenizer, unet=unet,
+            scheduler=scheduler, **frozen.others,
+            force_zeros_for_empty_prompt=spec.components["force_zeros_for_empty_prompt"])
+    else:
+        pipe = diffusers.StableDiffusionPipeline(vae=frozen.vae, text_encoder=frozen.text_encoder,
+                                                 tokenizer=frozen.tokenizer, unet=unet, scheduler=scheduler,
+                                                 safety_checker=None, feature_extractor=None,
+                                                 requires_safety_checker=False)
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out)
     summary = _summary(ckpt, spec, steps)
+    if layout == "sdxl":
+        summary["pipeline"] = name
+        summary["load"] = f"{name}.from_pretrained(folder)"
     if net.lora is not None:
-        summary["lora"] = _save_lora(net, scheduler, out / "lora")
+        summary["lora"] = _save_lora(net, scheduler, out / "lora", getattr(diffusers, name))
     (out / "progdistill_export.json").write_text(json.dumps(summary, indent=2))
     (out / "README.md").write_text(
         f"# progdistill export\n\nA {loaded.record.get('kind', 'model')} of `{ckpt}` for diffusers' stock "
-        f"StableDiffusionPipeline: {steps} DDIM steps (prediction_type {summary['prediction_type']}, trailing "
-        f"spacing).\n\n```python\nfrom diffusers import StableDiffusionPipeline\n"
-        f"pipe = StableDiffusionPipeline.from_pretrained({str(out)!r})\nimage = {summary['call']}.images[0]\n```\n")
+        f"{name}: {steps} DDIM steps (prediction_type {summary['prediction_type']}, trailing "
+        f"spacing).\n\n```python\nfrom diffusers import {name}\n"
+        f"pipe = {name}.from_pretrained({str(out)!r})\nimage = {summary['call']}.images[0]\n```\n")
     return summary
 
 
-def _save_lora(net, scheduler, out: Path) -> dict:
+def _save_lora(net, scheduler, out: Path, pipeline_class=None) -> dict:
     """A LoRA student's adapter as diffusers LoRA weights (pipe.load_lora_weights on the teacher's own pipeline)
     and the scheduler that takes the student's steps (pipe.scheduler = DDIMScheduler.from_pretrained(out,
     subfolder="scheduler"))."""
@@ -198,7 +238,8 @@ def _save_lora(net, scheduler, out: Path) -> dict:
     from peft.utils import get_peft_model_state_dict
 
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(net.unet))
-    StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=layers, safe_serialization=True)
+    (pipeline_class or StableDiffusionPipeline).save_lora_weights(out, unet_lora_layers=layers,
+                                                                  safe_serialization=True)
     scheduler.save_pretrained(out / "scheduler")
     return {"folder": str(out), "rank": net.lora["rank"], "targets": net.lora["targets"],
             "load": f"pipe.load_lora_weights({str(out)!r}); pipe.scheduler = DDIMScheduler.from_pretrained("

@@ -134,3 +134,36 @@ def write_captioned_folder(out: str | Path, images, captions, column: str = "tex
         lines.append(json.dumps({"file_name": name, column: caption}))
     (out / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     return out
+
+
+def sdxl_scheduler_config(prediction_type: str = "epsilon") -> dict:
+    """SDXL's scheduler (EulerDiscreteScheduler, as SDXL 1.0 ships): SD 1.x's betas, leading spacing."""
+    return {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
+            "prediction_type": prediction_type, "steps_offset": 1, "timestep_spacing": "leading",
+            "interpolation_type": "linear", "use_karras_sigmas": False}
+
+
+def build_tiny_sdxl_folder(out: str | Path, words=("a", "photo", "of", "shirt", "shoe", "bag"), *, seed: int = 0,
+                           image_channels: int = 1, image_size: int = 16, prediction_type: str = "epsilon",
+                           max_length: int = 16, force_zeros_for_empty_prompt: bool = True) -> Path:
+    """A randomly initialised SDXL-layout folder at diffusers' SDXL test sizes (two CLIP text encoders of width 32,
+    the second with a projection of 32: cross-attention width 64, added time ids of 6 x 8 plus the pooled 32) that
+    `StableDiffusionXLPipeline.from_pretrained` loads offline (latents 4 x image_size/2 squared)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    from .tiny_sd3 import tiny_clip_with_projection
+
+    tokenizer = tiny_tokenizer(words, max_length)
+    text_encoder = tiny_text_encoder(len(tokenizer), max_length, seed=seed + 1)
+    text_encoder_2 = tiny_clip_with_projection(len(tokenizer), max_length, seed=seed + 4)
+    pooled = text_encoder_2.config.projection_dim
+    unet = tiny_unet(text_encoder.config.hidden_size + text_encoder_2.config.hidden_size, image_size // 2,
+                     seed=seed + 3, addition_embed_type="text_time", addition_time_embed_dim=8,
+                     projection_class_embeddings_input_dim=6 * 8 + pooled)
+    pipe = StableDiffusionXLPipeline(
+        vae=tiny_vae(image_channels, sample_size=image_size, seed=seed + 2), text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2, tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
+        scheduler=EulerDiscreteScheduler.from_config(sdxl_scheduler_config(prediction_type)),
+        force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
+    pipe.save_pretrained(out)
+    return Path(out)

@@ -85,6 +85,9 @@ FAMILIES: dict[str, Family] = {
     "sd_unet": Family("sd_unet", "an imported Stable Diffusion 1.x UNet2DConditionModel (latent, text-conditioned)",
                       "captions", _build_sd_unet, trained_here=False, schedules=("discrete",), text_conditioned=True,
                       lora=True, export="StableDiffusionPipeline"),
+    "sdxl": Family("sdxl", "an imported SDXL UNet2DConditionModel (latent, two text encoders, added text and time "
+                   "conditions)", "captions", _build_sd_unet, trained_here=False, schedules=("discrete",),
+                   text_conditioned=True, lora=True, export="StableDiffusionXLPipeline"),
     "sd3": Family("sd3", "an imported SD3 SD3Transformer2DModel (MMDiT; latent flow matching, text-conditioned)",
                   "captions", _build_sd3, trained_here=False, schedules=("flow",), text_conditioned=True, lora=True,
                   export="StableDiffusion3Pipeline", guided_export=True),

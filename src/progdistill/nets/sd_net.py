@@ -11,7 +11,7 @@ pipeline computes it from guidance_scale - 1; the projection starts at zero, so 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -41,10 +41,17 @@ def guidance_scale_embedding(w: Tensor, dim: int) -> Tensor:
 
 class TextUNet(LoraHost, DenoiserNet):
     """net(z, cond, text, w) of a UNet2DConditionModel: `cond` its (fractional) timestep on `schedule`, `text` the
-    encoder hidden states [B, text_length, text_dim] (None: the empty caption)."""
+    encoder hidden states [B, text_length, text_dim] (None: the empty caption).
+
+    SDXL's U-Net (`pooled_dim` given; addition_embed_type "text_time") takes the mapping {"encoder_hidden_states":
+    [B, L, D], "text_embeds": [B, pooled_dim], "time_ids": [B, 6]} (StableDiffusionXLPipeline's encoder hidden
+    states and added_cond_kwargs); without "time_ids" it uses `time_ids`, the pipeline's default (original and
+    target size the model's pixel size, crop corner 0, 0). Its null condition has no time ids: guidance keeps each
+    row's own (conditioning.null_like), as the pipeline's negative branch does."""
 
     def __init__(self, unet: dict, schedule: DiscreteSchedule, text_length: int, text_dim: int,
-                 dropout: float | None = None, lora: dict | None = None):
+                 dropout: float | None = None, lora: dict | None = None, pooled_dim: int | None = None,
+                 time_ids: list | None = None):
         super().__init__()
         from diffusers import UNet2DConditionModel
 
@@ -59,6 +66,13 @@ class TextUNet(LoraHost, DenoiserNet):
         self.unet = UNet2DConditionModel(**config)
         self.schedule = schedule
         self.register_buffer("null_text", torch.zeros(int(text_length), int(text_dim)))
+        self.pooled_dim = None if pooled_dim is None else int(pooled_dim)
+        if self.pooled_dim is not None:
+            if config.get("addition_embed_type") != "text_time" or time_ids is None or len(time_ids) != 6:
+                raise SpecError("a U-Net with pooled text embeddings is SDXL's: addition_embed_type 'text_time' and "
+                                "six default time ids")
+            self.register_buffer("null_pooled", torch.zeros(self.pooled_dim))
+            self.register_buffer("default_time_ids", torch.tensor([float(v) for v in time_ids]), persistent=False)
         self.w_dim: int | None = None
         self.lora: dict | None = None
         if lora is not None:
@@ -71,8 +85,10 @@ class TextUNet(LoraHost, DenoiserNet):
         """The U-Net's weights with the adapter merged in, under a plain UNet2DConditionModel's names."""
         return self.merged_host_state()
 
-    def null_condition(self) -> Tensor:
-        """The empty caption's hidden states [L, D]."""
+    def null_condition(self) -> Tensor | dict[str, Tensor]:
+        """The empty caption's hidden states [L, D] (SDXL: with its pooled embedding, no time ids)."""
+        if self.pooled_dim is not None:
+            return {"encoder_hidden_states": self.null_text, "text_embeds": self.null_pooled}
         return self.null_text
 
     def condition(self, logsnr: Tensor) -> Tensor:
@@ -94,12 +110,34 @@ class TextUNet(LoraHost, DenoiserNet):
     def diffusers_modules(self) -> Iterable[nn.Module]:
         return self.unet.modules()
 
-    def forward(self, z: Tensor, cond: Tensor, labels: Tensor | None = None, w: Tensor | float | None = None
-                ) -> Tensor:
-        text = labels if labels is not None else self.null_text.expand(z.shape[0], -1, -1)
-        if text.ndim != 3:
-            raise ValueError(f"a text-conditioned U-Net takes encoder hidden states [B, L, D], got {tuple(text.shape)}")
+    def forward(self, z: Tensor, cond: Tensor, labels: Tensor | Mapping[str, Tensor] | None = None,
+                w: Tensor | float | None = None) -> Tensor:
+        added = None
+        if self.pooled_dim is not None:
+            text, added = self._sdxl_condition(labels, z.shape[0], z.dtype)
+        else:
+            text = labels if labels is not None else self.null_text.expand(z.shape[0], -1, -1)
+            if not isinstance(text, Tensor) or text.ndim != 3:
+                got = sorted(text) if isinstance(text, Mapping) else tuple(text.shape)
+                raise ValueError(f"a text-conditioned U-Net takes encoder hidden states [B, L, D], got {got}")
         timestep_cond = None
         if self.w_dim is not None:
             timestep_cond = guidance_scale_embedding(guidance_input(w, z), self.w_dim).to(z.device, z.dtype)
-        return self.unet(z, cond, encoder_hidden_states=text.to(z.dtype), timestep_cond=timestep_cond).sample
+        if added is None:
+            return self.unet(z, cond, encoder_hidden_states=text.to(z.dtype), timestep_cond=timestep_cond).sample
+        return self.unet(z, cond, encoder_hidden_states=text.to(z.dtype), timestep_cond=timestep_cond,
+                         added_cond_kwargs=added).sample
+
+    def _sdxl_condition(self, labels, b: int, dtype) -> tuple[Tensor, dict[str, Tensor]]:
+        if labels is None:
+            labels = {k: v.expand(b, *v.shape) for k, v in self.null_condition().items()}
+        if not isinstance(labels, Mapping) or not {"encoder_hidden_states", "text_embeds"} <= set(labels) or not (
+                set(labels) <= {"encoder_hidden_states", "text_embeds", "time_ids"}):
+            got = sorted(labels) if isinstance(labels, Mapping) else f"a tensor of shape {tuple(labels.shape)}"
+            raise ValueError("an SDXL U-Net takes the condition {'encoder_hidden_states': [B, L, D], 'text_embeds': "
+                             f"[B, P], 'time_ids': [B, 6] (optional)}}, got {got}")
+        time_ids = labels.get("time_ids")
+        if time_ids is None:
+            time_ids = self.default_time_ids.expand(b, -1)
+        return labels["encoder_hidden_states"], {"text_embeds": labels["text_embeds"].to(dtype),
+                                                 "time_ids": time_ids.to(dtype)}
