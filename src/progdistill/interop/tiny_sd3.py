@@ -176,17 +176,24 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m progdistill.interop.tiny_sd3",
                                      description="Write a tiny, randomly initialised SD3-layout folder (diffusers' "
                                                  "test sizes; StableDiffusion3Pipeline loads it offline), or with "
-                                                 "--flux a FLUX-layout one (FluxPipeline), and with --captions a "
+                                                 "--flux a FLUX-layout one (FluxPipeline), with --sdxl an SDXL-layout "
+                                                 "one (StableDiffusionXLPipeline), and with --captions a "
                                                  "small captioned image folder to distil it on.")
     parser.add_argument("out", help="folder to write the SD3 pipeline into")
     parser.add_argument("--flux", action="store_true", help="a FLUX-layout folder (FLUX.1-schnell's layout)")
+    parser.add_argument("--sdxl", action="store_true", help="an SDXL-layout folder (StableDiffusionXLPipeline: a "
+                        "UNet2DConditionModel with added text and time conditions, two CLIP text encoders)")
     parser.add_argument("--flux-dev", action="store_true", help="a FLUX-layout folder with guidance_embeds "
                         "(FLUX.1-dev's layout: w is an input of the teacher)")
     parser.add_argument("--captions", metavar="DIR", help="also write captioned toy images here")
     parser.add_argument("--num", type=int, default=64, help="how many captioned images (default 64)")
     parser.add_argument("--max-length", type=int, default=16, help="the tokenizers' length (default 16)")
     a = parser.parse_args(argv)
-    if a.flux or a.flux_dev:
+    if a.sdxl:
+        from .tiny_sd import build_tiny_sdxl_folder
+
+        print(f"SDXL folder: {build_tiny_sdxl_folder(a.out, max_length=a.max_length)}")
+    elif a.flux or a.flux_dev:
         print(f"FLUX folder: {build_tiny_flux_folder(a.out, max_length=a.max_length, guidance_embeds=a.flux_dev)}")
     else:
         print(f"SD3 folder: {build_tiny_sd3_folder(a.out, max_length=a.max_length)}")
