@@ -215,6 +215,9 @@ class PerfConfig:
     channels_last: bool = False  # NHWC memory format for U-Nets and their inputs
     fused_adam: bool = False  # torch's fused Adam kernel
     compile: bool = False  # torch.compile the network's forward for training and distillation
+    # Recompute the trained networks' activations in the backward pass (diffusers' own switch): less activation
+    # memory for about one more forward pass of compute; the same weights to rounding (docs/memory.md).
+    gradient_checkpointing: bool = False
     # Each example's noise from a counter-based generator (training/noise.py): each process draws only its own rows,
     # on the device. Another noise stream than the default one (results differ as with another seed).
     per_example_noise: bool = False
@@ -365,7 +368,15 @@ def method_fits(cfg: Config) -> None:
                           f"{d.method} students keep an EMA network, which would copy the shared base weights")
 
 
+def checkpointing_fits(cfg: Config) -> None:
+    """perf.gradient_checkpointing only for networks built on diffusers models (their own switch)."""
+    if cfg.perf.gradient_checkpointing and not FAMILIES[cfg.model.arch].checkpointing:
+        raise ConfigError(f"perf.gradient_checkpointing: model.arch {cfg.model.arch!r} has no diffusers blocks to "
+                          "checkpoint; leave it off")
+
+
 CROSS_FIELD_RULES: tuple[Callable[[Config], None], ...] = (
     network_fits_data, image_source_is_complete, label_dropout_has_labels, guidance_range_is_ordered,
     teacher_loss_trains, flow_schedule_fits, logsnr_range_is_ordered, distill_steps_halve, method_fits,
+    checkpointing_fits,
 )

@@ -36,3 +36,18 @@ class DenoiserNet(nn.Module):
     def diffusers_modules(self) -> Iterable[nn.Module]:
         """The modules of a diffusers model inside this network (none for a network of the project's own)."""
         return ()
+
+
+def enable_gradient_checkpointing(module: nn.Module) -> int:
+    """Switch on gradient (activation) checkpointing in every diffusers model inside `module` (their own switch:
+    each block's activations are recomputed in the backward pass instead of kept; torch's non-reentrant checkpoint,
+    which restores the RNG state, so dropout draws the same masks). Returns how many models; a SpecError where there
+    is none (the MLP)."""
+    roots = [m for m in module.modules()
+             if getattr(m, "_supports_gradient_checkpointing", False) and hasattr(m, "enable_gradient_checkpointing")]
+    if not roots:
+        raise SpecError(f"perf.gradient_checkpointing: {type(module).__name__} has no diffusers model to checkpoint "
+                        "(the MLP has no blocks); leave it off")
+    for root in roots:
+        root.enable_gradient_checkpointing()
+    return len(roots)

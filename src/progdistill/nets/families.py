@@ -30,6 +30,7 @@ class Family:
     export: str | None = None  # the stock diffusers pipeline `export` writes for it (None: no export)
     guided_export: bool = False  # a w-conditioned student of it exports too
     own_timesteps: bool = False  # a discrete-time network that keeps its own timesteps in the export
+    checkpointing: bool = True  # built on diffusers models, whose gradient checkpointing switch it offers
 
 
 def _build_mlp(spec):
@@ -76,7 +77,7 @@ def _build_flux(spec):
 
 
 FAMILIES: dict[str, Family] = {
-    "mlp": Family("mlp", "an MLP on flat (2-D) data", "vector", _build_mlp),
+    "mlp": Family("mlp", "an MLP on flat (2-D) data", "vector", _build_mlp, checkpointing=False),
     "unet": Family("unet", "the paper's U-Net (diffusers' UNet2DModel) on images", "image", _build_unet,
                    export="DDIMPipeline", guided_export=True),
     "diffusers": Family("diffusers", "an imported diffusers UNet2DModel on its own discrete schedule", "image",

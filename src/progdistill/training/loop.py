@@ -18,6 +18,7 @@ from .. import conditioning
 from ..denoiser import Denoiser
 from ..diffusion.weighting import weighted_loss
 from ..compiling import maybe_compiled
+from ..nets.base import enable_gradient_checkpointing
 from .objectives import Target
 
 
@@ -92,6 +93,8 @@ class TrainingLoop:
         self.channels_last = bool(perf and perf.channels_last)
         if self.channels_last:
             denoiser.to(memory_format=torch.channels_last)
+        if perf and perf.gradient_checkpointing:
+            enable_gradient_checkpointing(denoiser)
         optimizer = torch.optim.Adam(denoiser.parameters(), lr=settings.lr, betas=settings.betas,
                                      fused=True if perf and perf.fused_adam else None)
         self.generator = torch.Generator(device=accelerator.device).manual_seed(opts.seed)

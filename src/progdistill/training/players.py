@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .. import conditioning
 from ..checkpoint import CheckpointError, checkpoint_paths, load_tensors, prune, read_record, save_checkpoint
+from ..nets.base import enable_gradient_checkpointing
 from .counting import EvalCounter
 from .loop import HISTORY_EVERY, SMOOTHING, DROPOUT_SEED_OFFSET, NonFiniteLossError, OptimSettings, make_ema
 from .phase import Phase, PhaseResult, Run, _finish, _saving, run_phase
@@ -85,6 +86,8 @@ class PlayersLoop:
         self.counter, self.first, self.pending, self.last = EvalCounter(run.accelerator.num_processes), 1, [], {}
         self.states: list[_State] = []
         for player in players:
+            if run.cfg.perf.gradient_checkpointing:
+                enable_gradient_checkpointing(player.module)
             trainable = [p for p in player.module.parameters() if p.requires_grad]
             s = player.settings
             optimizer = torch.optim.Adam(trainable, lr=s.lr, betas=s.betas)
