@@ -9,7 +9,7 @@ training steps (forward, MSE loss, backward, Adam) with perf.gradient_checkpoint
   them (weights, optimizer state and the batch already allocated before). This is an approximation of the
   activation memory on the CPU: the allocator may keep freed pages, and the first step also allocates Adam's state
   (the same in both settings);
-- the time per step (the median of the last two steps).
+- the time per step (the faster of the last two steps).
 
     python benchmarks/memory_cpu.py --out runs/memory_cpu      # ~5 minutes on 2 cores; run nothing beside it
 
