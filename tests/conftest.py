@@ -64,20 +64,22 @@ def write_fashion(folder: Path, n_train: int = 96, n_test: int = 20) -> Path:
 # file's setup+call time from `pytest --durations=0` on this machine; files not listed count as short and keep their
 # order after these. The option `--no-loadscope-reorder` (pyproject addopts) makes xdist keep this order.
 _FILE_SECONDS = {
-    "test_images.py": 79,
-    "test_dmd.py": 70,
-    "test_diffusers_interop.py": 70,
-    "test_gpu_check.py": 66,
-    "test_guided.py": 60,
-    "test_resume.py": 59,
-    "test_methods.py": 54,
-    "test_end_to_end.py": 49,
-    "test_api_docs.py": 35,
-    "test_data_stream.py": 34,
-    "test_latent.py": 33,
-    "test_guided_eval_export.py": 20,
-    "test_parallel.py": 19,
-    "test_runlog.py": 16,
+    "test_gpu_check.py": 128,
+    "test_dmd.py": 89,
+    "test_guided.py": 81,
+    "test_resume.py": 81,
+    "test_images.py": 76,
+    "test_diffusers_interop.py": 73,
+    "test_methods.py": 71,
+    "test_end_to_end.py": 51,
+    "test_latent.py": 49,
+    "test_api_docs.py": 43,
+    "test_sdxl.py": 37,
+    "test_sd3.py": 33,
+    "test_data_stream.py": 29,
+    "test_parallel.py": 24,
+    "test_runlog.py": 19,
+    "test_guided_eval_export.py": 19,
 }
 
 

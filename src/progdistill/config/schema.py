@@ -256,8 +256,8 @@ def network_fits_data(cfg: Config) -> None:
     fam = FAMILIES[arch]
     if (name in choices.CAPTIONED) != (fam.data == "captions"):
         raise ConfigError(f"data.name {name!r} with model.arch {arch!r}: captioned images (data.name 'captions') go "
-                          "with latent text-to-image models (model.arch 'sd_unet', 'sdxl', 'sd3' or 'flux') only; create such "
-                          "a run with "
+                          "with latent text-to-image models (model.arch 'sd_unet', 'sdxl', 'sd3' or 'flux') only; "
+                          "create such a run with "
                           "`progdistill import-diffusers --model SD_FOLDER --captions IMAGES`")
     if fam.data == "captions":
         if not (cfg.data.components and cfg.data.root and cfg.data.image_size > 0):

@@ -59,6 +59,18 @@ def tiny_text_encoder(vocab_size: int, max_length: int = 16, hidden: int = 32, l
     return CLIPTextModel(config).eval()
 
 
+def tiny_clip_with_projection(vocab_size: int, max_length: int = 16, hidden: int = 32, projection: int = 32,
+                              seed: int = 0):
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=37, projection_dim=projection,
+                            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=max_length,
+                            bos_token_id=0, eos_token_id=1, pad_token_id=1, layer_norm_eps=1e-5, hidden_act="gelu")
+    torch.manual_seed(seed)
+    return CLIPTextModelWithProjection(config).eval()
+
+
 def tiny_unet(cross_attention_dim: int = 32, sample_size: int = 8, channels=(8, 16), latent_channels: int = 4,
               seed: int = 0, **extra):
     """A small UNet2DConditionModel on `latent_channels` x `sample_size`^2 latents (random weights from `seed`)."""
@@ -150,8 +162,6 @@ def build_tiny_sdxl_folder(out: str | Path, words=("a", "photo", "of", "shirt", 
     the second with a projection of 32: cross-attention width 64, added time ids of 6 x 8 plus the pooled 32) that
     `StableDiffusionXLPipeline.from_pretrained` loads offline (latents 4 x image_size/2 squared)."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
-
-    from .tiny_sd3 import tiny_clip_with_projection
 
     tokenizer = tiny_tokenizer(words, max_length)
     text_encoder = tiny_text_encoder(len(tokenizer), max_length, seed=seed + 1)

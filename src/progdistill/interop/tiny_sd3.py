@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .tiny_sd import tiny_tokenizer
+# tiny_clip_with_projection lives in tiny_sd (the SDXL fixture uses it too); importable from here as before
+from .tiny_sd import tiny_clip_with_projection, tiny_tokenizer  # noqa: F401
 
 T5_SPECIALS = ("<pad>", "</s>", "<unk>")
 
@@ -48,18 +49,6 @@ def tiny_t5_tokenizer(words, max_length: int = 16):
                                                        special_tokens=[("</s>", T5_SPECIALS.index("</s>"))])
     return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
                            extra_ids=0, model_max_length=max_length)
-
-
-def tiny_clip_with_projection(vocab_size: int, max_length: int = 16, hidden: int = 32, projection: int = 32,
-                              seed: int = 0):
-    import torch
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
-
-    config = CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=37, projection_dim=projection,
-                            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=max_length,
-                            bos_token_id=0, eos_token_id=1, pad_token_id=1, layer_norm_eps=1e-5, hidden_act="gelu")
-    torch.manual_seed(seed)
-    return CLIPTextModelWithProjection(config).eval()
 
 
 def tiny_t5_encoder(vocab_size: int, d_model: int = 32, seed: int = 0):

@@ -86,7 +86,7 @@ class PlayersLoop:
         self.counter, self.first, self.pending, self.last = EvalCounter(run.accelerator.num_processes), 1, [], {}
         self.states: list[_State] = []
         for player in players:
-            if run.cfg.perf.gradient_checkpointing:
+            if getattr(getattr(getattr(run, "cfg", None), "perf", None), "gradient_checkpointing", False):
                 enable_gradient_checkpointing(player.module)
             trainable = [p for p in player.module.parameters() if p.requires_grad]
             s = player.settings
