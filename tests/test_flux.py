@@ -9,23 +9,20 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from progdistill.build import load_checkpoint, load_denoiser, schedule_of
+from latent_helpers import plain_and_guided_students, project_samples
+from progdistill.build import load_checkpoint, load_denoiser
 from progdistill.config import ConfigError, load_config
 from progdistill.data.components import load_components
 from progdistill.diffusion.schedules import flux_shift
 from progdistill.interop.flux import export_flux, import_flux
-from progdistill.interop.stable_diffusion import prompt_embeddings
 from progdistill.interop.tiny_sd import write_captioned_folder
 from progdistill.interop.tiny_sd3 import build_tiny_flux_folder
 from progdistill.nets.flux_net import pack, unpack
-from progdistill.sampling import generate
-from progdistill.training.guided import distill_guided
 from progdistill.training.rounds import distill
 
 WORDS = ("a", "photo", "of", "shirt", "shoe", "bag")
@@ -56,18 +53,11 @@ def flux(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def students(flux):
-    plain = distill(flux["teacher"], flux["root"] / "run", progress=False)
-    guided = distill_guided(flux["teacher"], flux["root"] / "guided",
-                            load_config("stable_diffusion", DISTILL + GUIDED), progress=False)
-    steps = lambda stems: {int(Path(s).name[8:12]): s for s in stems}  # noqa: E731
-    return {"plain": steps(plain), "guided": steps(guided)}
+    return plain_and_guided_students(flux["teacher"], flux["root"], load_config("stable_diffusion", DISTILL + GUIDED))
 
 
 def _ours(stem, steps: int, w: float | None):
-    loaded = load_checkpoint(stem)
-    spec = loaded.spec
-    return generate(loaded.denoiser, schedule_of(spec), steps, 2, spec.data_shape, clip=False, seed=3,
-                    labels=prompt_embeddings(spec, PROMPTS), guidance=w), spec
+    return project_samples(stem, steps, w, PROMPTS)
 
 
 def _pipeline(folder, steps: int, data_shape, guidance_scale: float = 1.0, calls: list | None = None, **kw):

@@ -9,23 +9,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from kill_at import kill_after
-from progdistill.build import load_checkpoint, load_denoiser, schedule_of
+from latent_helpers import plain_and_guided_students, project_samples
+from progdistill.build import load_checkpoint, load_denoiser
 from progdistill.config import ConfigError, load_config
 from progdistill.data.captions import load_captioned_latents
 from progdistill.data.components import ComponentError, load_components
 from progdistill.interop.sd3 import export_sd3, import_sd3, student_sigmas
-from progdistill.interop.stable_diffusion import prompt_embeddings
 from progdistill.interop.tiny_sd import write_captioned_folder
 from progdistill.interop.tiny_sd3 import build_tiny_sd3_folder
-from progdistill.sampling import generate
-from progdistill.training.guided import distill_guided
 from progdistill.training.rounds import distill
 
 WORDS = ("a", "photo", "of", "shirt", "shoe", "bag")
@@ -60,18 +57,11 @@ def sd3(tmp_path_factory):
 @pytest.fixture(scope="module")
 def students(sd3):
     """Plain and guided distillation 8 -> 1 (a few updates: weights that differ from the teacher's)."""
-    plain = distill(sd3["teacher"], sd3["root"] / "run", progress=False)
-    cfg = load_config("stable_diffusion", DISTILL + GUIDED)
-    guided = distill_guided(sd3["teacher"], sd3["root"] / "guided", cfg, progress=False)
-    steps = lambda stems: {int(Path(s).name[8:12]): s for s in stems}  # noqa: E731
-    return {"plain": steps(plain), "guided": steps(guided)}
+    return plain_and_guided_students(sd3["teacher"], sd3["root"], load_config("stable_diffusion", DISTILL + GUIDED))
 
 
 def _ours(stem, steps: int, w: float | None):
-    loaded = load_checkpoint(stem)
-    spec = loaded.spec
-    return generate(loaded.denoiser, schedule_of(spec), steps, 2, spec.data_shape, clip=False, seed=3,
-                    labels=prompt_embeddings(spec, PROMPTS), guidance=w), spec
+    return project_samples(stem, steps, w, PROMPTS)
 
 
 def _pipeline(folder, steps: int, data_shape, guidance_scale: float = 1.0, calls: list | None = None):

@@ -8,21 +8,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from kill_at import kill_after
-from progdistill.build import load_checkpoint, load_data, load_denoiser, schedule_of
+from latent_helpers import plain_and_guided_students, project_samples
+from progdistill.build import load_checkpoint, load_data, load_denoiser
 from progdistill.config import load_config
 from progdistill.config.loading import config_from_json
 from progdistill.data.components import load_components
-from progdistill.interop.stable_diffusion import export_stable_diffusion, import_stable_diffusion, prompt_embeddings
+from progdistill.interop.stable_diffusion import export_stable_diffusion, import_stable_diffusion
 from progdistill.interop.tiny_sd import build_tiny_sdxl_folder, write_captioned_folder
-from progdistill.sampling import generate
-from progdistill.training.guided import distill_guided
 from progdistill.training.rounds import distill
 
 WORDS = ("a", "photo", "of", "shirt", "shoe", "bag")
@@ -59,18 +57,11 @@ def sdxl(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def students(sdxl):
-    plain = distill(sdxl["teacher"], sdxl["root"] / "run", progress=False)
-    cfg = load_config("stable_diffusion", DISTILL + GUIDED)
-    guided = distill_guided(sdxl["teacher"], sdxl["root"] / "guided", cfg, progress=False)
-    steps = lambda stems: {int(Path(s).name[8:12]): s for s in stems}  # noqa: E731
-    return {"plain": steps(plain), "guided": steps(guided)}
+    return plain_and_guided_students(sdxl["teacher"], sdxl["root"], load_config("stable_diffusion", DISTILL + GUIDED))
 
 
 def _ours(stem, steps: int, w: float | None):
-    loaded = load_checkpoint(stem)
-    spec = loaded.spec
-    return generate(loaded.denoiser, schedule_of(spec), steps, 2, spec.data_shape, clip=False, seed=3,
-                    labels=prompt_embeddings(spec, PROMPTS), guidance=w), spec
+    return project_samples(stem, steps, w, PROMPTS)
 
 
 def _pipeline(folder, steps: int, data_shape, guidance_scale: float = 1.0, calls: list | None = None):
